@@ -1,0 +1,1 @@
+"""demo (see design.md)."""
