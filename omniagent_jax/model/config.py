@@ -10,9 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 from typing import Any
 
 from omniagent_jax.processing import tokens
+
+# The YAML presets of a source checkout (`configs/`); installed wheels use the presets in code.
+REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,3 +273,39 @@ def preset(name: str) -> ThinkerConfig:
         return PRESETS[name]()
     except KeyError:
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+def with_overrides(config: ThinkerConfig, overrides: dict[str, Any]) -> ThinkerConfig:
+    """Applies nested overrides such as `{"text": {"num_hidden_layers": 3}}`; unknown keys are errors."""
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"unknown model config field {key!r}")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"model config field {key!r} takes a mapping, got {value!r}")
+            known = {f.name for f in dataclasses.fields(current)}
+            bad = sorted(set(value) - known)
+            if bad:
+                raise ValueError(f"unknown field(s) {bad} in model config section {key!r}")
+            value = dataclasses.replace(current, **{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        changes[key] = value
+    return dataclasses.replace(config, **changes)
+
+
+def load_config(path_or_name: str | os.PathLike) -> ThinkerConfig:
+    """A preset name (`tiny`), a YAML file (`preset:` + nested overrides), or an HF config.json / checkpoint dir."""
+    name = os.fspath(path_or_name)
+    if name in PRESETS:
+        return preset(name)
+    if name.endswith((".yaml", ".yml")):
+        import yaml
+
+        with open(name, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{name}: expected a mapping at the top level")
+        base = preset(raw.pop("preset", "qwen2_5_omni_7b"))
+        return with_overrides(base, raw)
+    return ThinkerConfig.from_hf(name)
