@@ -1,0 +1,55 @@
+"""Variable-length (block-diagonal) attention as padded segments, for the vision and audio towers.
+
+The towers attend within contiguous runs of rows (vision windows, temporal patches, 2-s audio
+chunks). The host cuts the row range into segments and pads each to the longest one, giving a
+`[segments, max_len]` gather table; the device gathers, attends per segment and scatters back.
+Shapes depend only on (rows, segments, max_len), so `jit` compiles once per such bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Segments:
+    """`index[s, j]` = row of the j-th member of segment s (padding points at row 0); `valid[s, j]` marks real members."""
+
+    index: jax.Array  # int32 [S, L]
+    valid: jax.Array  # bool [S, L]
+
+
+def segments_from_cu_seqlens(cu_seqlens: np.ndarray) -> Segments:
+    """Segments for contiguous runs `[cu[i], cu[i+1])`; empty runs are dropped."""
+    cu = np.asarray(cu_seqlens, dtype=np.int64)
+    lengths = np.diff(cu)
+    starts = cu[:-1][lengths > 0]
+    lengths = lengths[lengths > 0]
+    max_len = int(lengths.max()) if len(lengths) else 1
+    offsets = np.arange(max_len)[None, :]
+    valid = offsets < lengths[:, None]
+    index = np.where(valid, starts[:, None] + offsets, 0)
+    return Segments(index=np.asarray(index, np.int32), valid=valid)
+
+
+def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segments) -> jax.Array:
+    """Non-causal multi-head attention within each segment.
+
+    q, k, v `[N, H, D]` (rows packed) → `[N, H, D]`. Softmax in fp32, cast back before `@ V`
+    (the reference's eager path). Rows are assumed to be covered by exactly one segment.
+    """
+    n, h, d = q.shape
+    idx, valid = jnp.asarray(segments.index), jnp.asarray(segments.valid)
+    qs, ks, vs = q[idx], k[idx], v[idx]  # [S, L, H, D]
+    scores = jnp.einsum("sqhd,skhd->shqk", qs, ks) * jnp.asarray(d**-0.5, q.dtype)
+    scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+    out = jnp.einsum("shqk,skhd->sqhd", probs, vs)  # [S, L, H, D]
+    flat_rows = jnp.where(valid, idx, n).reshape(-1)  # padding rows go to a dropped overflow row
+    packed = jnp.zeros((n + 1, h, d), out.dtype).at[flat_rows].set(out.reshape(-1, h, d))
+    return packed[:n]
