@@ -20,3 +20,27 @@ def shared_reference() -> pathlib.Path:
     if not SHARED_REFERENCE.is_dir():
         pytest.skip(f"shared reference files not found at {SHARED_REFERENCE}")
     return SHARED_REFERENCE
+
+
+@pytest.fixture(scope="session")
+def reference_pairs(tmp_path_factory):
+    """`get(name)` → (torch reference thinker, our Thinker loaded from its release-layout directory, dir),
+    built once per config name (`configs/model/<name>`) for the whole session."""
+    cache: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in cache:
+            import jax.numpy as jnp
+            import torch_ref
+
+            from omniagent_jax.model import Thinker
+            from omniagent_jax.model.config import REPO_CONFIGS, load_config
+
+            cfg = load_config(REPO_CONFIGS / "model" / name)
+            ref = torch_ref.build_reference(cfg, seed=len(name))
+            path = tmp_path_factory.mktemp(name.replace(".", "_"))
+            torch_ref.save_release_layout(ref, path, num_shards=3, prefix="thinker.")
+            cache[name] = (ref, Thinker.from_pretrained(path, dtype=jnp.float32), path)
+        return cache[name]
+
+    return get

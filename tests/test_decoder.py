@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from omniagent_jax.model import ContiguousKVCache, NoCache, Thinker, abstract_thinker
-from omniagent_jax.model.config import REPO_CONFIGS, load_config, qwen2_5_omni_7b
+from omniagent_jax.model.config import load_config, qwen2_5_omni_7b
 from omniagent_jax.model.decoder import text_positions
 from omniagent_jax.processing import tokens
 
@@ -33,13 +33,10 @@ def left_padded_batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module", params=PARITY_CONFIGS)
-def parity_pair(request, tmp_path_factory):
+def parity_pair(request, reference_pairs):
     """(reference torch thinker, our thinker loaded from the release-layout directory it was saved to)."""
-    cfg = load_config(REPO_CONFIGS / "model" / request.param)
-    ref = torch_ref.build_reference(cfg, seed=len(request.param))
-    path = tmp_path_factory.mktemp(request.param.replace(".", "_"))
-    torch_ref.save_release_layout(ref, path, num_shards=3, prefix="thinker.")
-    return ref, Thinker.from_pretrained(path, dtype=jnp.float32)
+    ref, ours, _ = reference_pairs(request.param)
+    return ref, ours
 
 
 def test_logits_parity_left_padded_batch(parity_pair):
