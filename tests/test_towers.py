@@ -106,3 +106,20 @@ def test_audio_without_valid_frames_is_an_error(pair):
         ours.encode_audios(np.zeros((1, 128, 10), np.float32), np.zeros((1, 10), np.int64))
     with pytest.raises(ValueError, match=r"input_features must be \[B, 128, T\]"):
         ours.encode_audios(np.zeros((1, 80, 10), np.float32), np.ones((1, 10), np.int64))
+
+
+def test_segment_attention_in_groups_equals_all_at_once():
+    """Bounding the scores held at once (long clips) must not change the result."""
+    import jax
+
+    from omniagent_jax.model.segments import segment_attention, segments_from_cu_seqlens
+
+    rng = np.random.default_rng(0)
+    q, k, v = (jax.numpy.asarray(rng.standard_normal((70, 2, 8)), dtype=jax.numpy.float32) for _ in range(3))
+    segs = segments_from_cu_seqlens(np.array([0, 16, 16, 40, 52, 70]))  # includes an empty run
+    whole = segment_attention(q, k, v, segs)
+    grouped = segment_attention(q, k, v, segs, max_scores=2 * 24 * 24 * 2)  # 2 segments per group, 2 groups padded
+    np.testing.assert_allclose(np.asarray(grouped), np.asarray(whole), atol=1e-6)
+    # rows only see their own segment: perturbing rows 40..51 leaves rows 0..39 unchanged
+    v2 = v.at[40:52].add(1.0)
+    np.testing.assert_allclose(np.asarray(segment_attention(q, k, v2, segs))[:40], np.asarray(whole)[:40], atol=1e-6)

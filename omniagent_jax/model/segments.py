@@ -37,19 +37,38 @@ def segments_from_cu_seqlens(cu_seqlens: np.ndarray) -> Segments:
     return Segments(index=np.asarray(index, np.int32), valid=valid)
 
 
-def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segments) -> jax.Array:
+# Upper bound on attention scores held at once (segments × heads × L × L); larger inputs are processed
+# in groups of segments so a long clip's full-attention blocks never materialise together.
+MAX_SCORES = 1 << 27
+
+
+def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segments, max_scores: int = MAX_SCORES) -> jax.Array:
     """Non-causal multi-head attention within each segment.
 
     q, k, v `[N, H, D]` (rows packed) → `[N, H, D]`. Softmax in fp32, cast back before `@ V`
-    (the reference's eager path). Rows are assumed to be covered by exactly one segment.
+    (the reference's eager path). Every row must belong to exactly one segment. This pure-JAX path is
+    the CPU reference; a varlen kernel (cuDNN / Pallas) can replace it behind the same signature.
     """
     n, h, d = q.shape
     idx, valid = jnp.asarray(segments.index), jnp.asarray(segments.valid)
-    qs, ks, vs = q[idx], k[idx], v[idx]  # [S, L, H, D]
-    scores = jnp.einsum("sqhd,skhd->shqk", qs, ks) * jnp.asarray(d**-0.5, q.dtype)
-    scores = jnp.where(valid[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("shqk,skhd->sqhd", probs, vs)  # [S, L, H, D]
+    num, length = idx.shape
+    group = max(1, min(num, max_scores // (h * length * length)))
+    pad = (-num) % group
+    if pad:
+        idx = jnp.concatenate([idx, jnp.zeros((pad, length), idx.dtype)])
+        valid = jnp.concatenate([valid, jnp.zeros((pad, length), bool)])
+
+    def attend(block):
+        b_idx, b_valid = block
+        qs, ks, vs = q[b_idx], k[b_idx], v[b_idx]  # [G, L, H, D]
+        scores = jnp.einsum("sqhd,skhd->shqk", qs, ks) * jnp.asarray(d**-0.5, q.dtype)
+        scores = jnp.where(b_valid[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+        return jnp.einsum("shqk,skhd->sqhd", probs, vs)
+
+    groups = (idx.reshape(-1, group, length), valid.reshape(-1, group, length))
+    out = jax.lax.map(attend, groups) if groups[0].shape[0] > 1 else attend((groups[0][0], groups[1][0]))[None]
+    out = out.reshape(-1, length, h, d)
     flat_rows = jnp.where(valid, idx, n).reshape(-1)  # padding rows go to a dropped overflow row
     packed = jnp.zeros((n + 1, h, d), out.dtype).at[flat_rows].set(out.reshape(-1, h, d))
     return packed[:n]
