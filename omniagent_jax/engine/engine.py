@@ -1,0 +1,444 @@
+"""The inference engine: continuous batching over a paged KV cache with prefix reuse.
+
+A request is a prompt (token ids + the processor's media inputs for it) and sampling parameters.
+Admission matches the longest cached prefix (full pages, chained hashes of tokens + media content +
+rope positions) and allocates pages for the rest; prefill runs in chunks over the uncached suffix
+only, and the towers encode only media with a placeholder in that suffix; decode steps run jitted
+over every active sequence, padded to shape buckets. When pages run out, the most recently admitted
+sequence is preempted (its pages released; it is recomputed later from its tokens so far).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omniagent_jax.engine.paged_cache import PagedKVCache
+from omniagent_jax.engine.pages import NULL_PAGE, OutOfPages, PagePool, page_hashes
+from omniagent_jax.engine.sampling import SamplingParams, sample_tokens, sampling_arrays
+from omniagent_jax.model import Thinker
+
+MEDIA_INPUT_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "video_second_per_grid",
+    "input_features",
+    "feature_attention_mask",
+)
+
+
+@dataclasses.dataclass
+class Request:
+    """One prompt. `media` holds the processor's outputs for this prompt alone (HF names)."""
+
+    input_ids: np.ndarray
+    sampling: SamplingParams = SamplingParams()
+    media: dict | None = None
+    use_audio_in_video: bool = False
+    request_id: str | None = None
+
+
+@dataclasses.dataclass
+class Completion:
+    request_id: str
+    tokens: list[int]
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose KV came from the prefix cache
+    logprobs: list[float] | None = None
+    entropies: list[float] | None = None
+
+
+@dataclasses.dataclass
+class EngineStats:
+    prefilled_tokens: int = 0  # tokens run through prefill (incl. recomputation after preemption)
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    decode_steps: int = 0
+    preemptions: int = 0
+    tower_items: int = 0  # media items encoded by the towers
+
+
+def _bucket(n: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+class _Sequence:
+    """Host state of one request in flight."""
+
+    def __init__(self, request: Request, model: Thinker, page_size: int):
+        self.request = request
+        self.id = request.request_id
+        self.params = request.sampling
+        self.prompt = np.asarray(request.input_ids, np.int64).reshape(-1)
+        media = request.media or {}
+        positions, delta = model.rope_index(
+            self.prompt[None],
+            image_grid_thw=media.get("image_grid_thw"),
+            video_grid_thw=media.get("video_grid_thw"),
+            video_second_per_grid=media.get("video_second_per_grid"),
+            feature_attention_mask=media.get("feature_attention_mask"),
+            use_audio_in_video=request.use_audio_in_video,
+        )
+        self.prompt_positions = positions[:, 0]
+        self.rope_delta = int(delta[0])
+        self.media = _MediaIndex(self.prompt, media, model)
+        self.page_size = page_size
+        self.output: list[int] = []
+        self.logprobs: list[float] = []
+        self.entropies: list[float] = []
+        self.pages: list[int] = []
+        self.hashes: list[bytes] = []  # chained hashes of the full pages registered so far
+        self.num_cached = 0  # tokens whose KV sits in `pages`
+        self.cached_from_prefix = 0
+        self.finish_reason: str | None = None
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.concatenate([self.prompt, np.asarray(self.output, np.int64)])
+
+    def positions(self, start: int, end: int) -> np.ndarray:
+        """Rope positions `[3, end − start]`: TMRoPE for the prompt, `index + delta` for generated tokens."""
+        n = len(self.prompt)
+        head = self.prompt_positions[:, start:min(end, n)]
+        tail = np.arange(max(start, n), end) + self.rope_delta
+        return np.concatenate([head, np.broadcast_to(tail, (3, len(tail)))], axis=1)
+
+    def media_keys(self, start: int, end: int) -> np.ndarray:
+        keys = np.zeros(end - start, np.uint64)
+        n = min(end, len(self.prompt))
+        if start < n:
+            keys[: n - start] = self.media.keys[start:n]
+        return keys
+
+    @property
+    def needs_prefill(self) -> bool:
+        # Every token but the one the next decode step feeds must be cached before decoding.
+        return self.num_cached < len(self.prompt) + len(self.output) - (1 if self.output else 0) or not self.output
+
+    def prefix_hashes(self) -> list[bytes]:
+        tokens = self.tokens
+        return page_hashes(tokens, self.media_keys(0, len(tokens)), self.positions(0, len(tokens)), self.page_size)
+
+
+class _MediaIndex:
+    """Which media item and feature row fills each placeholder token of a prompt, plus content keys."""
+
+    def __init__(self, prompt: np.ndarray, media: dict, model: Thinker):
+        cfg = model.config
+        self.model = model
+        self.media = media
+        self.keys = np.zeros(len(prompt), np.uint64)
+        self.slots: list[tuple[str, int, np.ndarray]] = []  # (kind, item, token positions)
+        merge = cfg.vision.spatial_merge_size**2
+        for kind, token_id, counts in (
+            ("audio", cfg.audio_token_id, _audio_counts(media)),
+            ("image", cfg.image_token_id, _grid_counts(media.get("image_grid_thw"), merge)),
+            ("video", cfg.video_token_id, _grid_counts(media.get("video_grid_thw"), merge)),
+        ):
+            where = np.flatnonzero(prompt == token_id)
+            if len(where) != sum(counts):
+                raise ValueError(f"{kind} placeholder/feature mismatch: {len(where)} placeholder tokens, media gives {sum(counts)}")
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+            for item in range(len(counts)):
+                positions = where[offsets[item] : offsets[item + 1]]
+                digest = int.from_bytes(hashlib.blake2b(self._content(kind, item), digest_size=8).digest(), "little")
+                self.keys[positions] = (np.uint64(digest) + np.arange(len(positions), dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+                self.slots.append((kind, item, positions))
+
+    def _rows(self, kind: str, item: int):
+        m = self.media
+        if kind == "audio":
+            fmask = np.asarray(m["feature_attention_mask"])
+            return np.asarray(m["input_features"])[item : item + 1], fmask[item : item + 1]
+        rows_key, grid_key = ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
+        grid = np.asarray(m[grid_key]).reshape(-1, 3)
+        sizes = np.concatenate([[0], np.cumsum(grid.prod(axis=1))]).astype(int)
+        return np.asarray(m[rows_key])[sizes[item] : sizes[item + 1]], grid[item : item + 1]
+
+    def _content(self, kind: str, item: int) -> bytes:
+        a, b = self._rows(kind, item)
+        return kind.encode() + np.ascontiguousarray(a).tobytes() + np.ascontiguousarray(b).tobytes()
+
+    def embeddings(self, start: int, end: int) -> tuple[list[np.ndarray], list[jax.Array]]:
+        """Media embeddings for the placeholder tokens in `[start, end)`; only items that have one there are encoded."""
+        where, rows = [], []
+        for kind, item, positions in self.slots:
+            inside = (positions >= start) & (positions < end)
+            if not inside.any():
+                continue
+            a, b = self._rows(kind, item)
+            feats = self.model.encode_audios(a, b) if kind == "audio" else self.model.encode_images(a, b)
+            where.append(positions[inside] - start)
+            rows.append(feats[np.flatnonzero(inside)])
+        return where, rows
+
+
+def _grid_counts(grid, merge: int) -> list[int]:
+    if grid is None:
+        return []
+    return [int(g) // merge for g in np.asarray(grid).reshape(-1, 3).prod(axis=1)]
+
+
+def _audio_counts(media: dict) -> list[int]:
+    from omniagent_jax.processing.layout import audio_token_count
+
+    if media.get("input_features") is None:
+        return []
+    return [audio_token_count(int(n)) for n in np.asarray(media["feature_attention_mask"]).sum(axis=-1)]
+
+
+@functools.partial(jax.jit, donate_argnums=(1, 2))
+def _forward(model: Thinker, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions):
+    """One step over `[B, T]` new tokens → logits at each row's last real token, and the updated pages."""
+    embeds = model.embed_tokens(ids)
+    embeds = jnp.where(media_mask[..., None], media_rows.astype(embeds.dtype), embeds)
+    cache = PagedKVCache(k_pages, v_pages, page_table, context_len, num_new)
+    hidden, cache = model.decode(embeds, positions, cache)
+    last = hidden[jnp.arange(ids.shape[0]), jnp.maximum(num_new - 1, 0)]
+    return model.logits(last), cache.k_pages, cache.v_pages
+
+
+class Engine:
+    """Generation over many sequences at once with a paged, prefix-shared KV cache.
+
+    `generate(requests)` runs them to completion; `submit` / `step` / `cancel` / `pop_finished` drive
+    it incrementally (a server does that).
+    """
+
+    def __init__(self, model: Thinker, *, page_size: int = 16, num_pages: int = 1024, max_batch: int = 16, prefill_chunk: int = 512):
+        text = model.config.text
+        self.model = model
+        self.pool = PagePool(num_pages, page_size)
+        self.page_size = page_size
+        self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
+        self.k_pages, self.v_pages = PagedKVCache.allocate(
+            num_layers=text.num_hidden_layers, num_pages=num_pages, page_size=page_size,
+            num_kv_heads=text.num_key_value_heads, head_dim=text.head_dim, dtype=model.dtype,
+        )
+        self.waiting: list[_Sequence] = []
+        self.running: list[_Sequence] = []
+        self.finished: dict[str, Completion] = {}
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+
+    # ------------------------------------------------------------------ public API
+
+    def submit(self, request: Request) -> str:
+        if request.request_id is None:
+            request = dataclasses.replace(request, request_id=f"req-{next(self._ids)}")
+        seq = _Sequence(request, self.model, self.page_size)
+        need = self.pool.pages_for(len(seq.prompt) + seq.params.max_new_tokens)
+        if need > self.pool.num_pages - 1:
+            raise ValueError(
+                f"request {seq.id} needs up to {need} pages ({len(seq.prompt)} prompt + {seq.params.max_new_tokens} new tokens) "
+                f"but the pool has {self.pool.num_pages - 1}"
+            )
+        self.waiting.append(seq)
+        return seq.id
+
+    def cancel(self, request_id: str) -> None:
+        for queue in (self.waiting, self.running):
+            for seq in queue:
+                if seq.id == request_id:
+                    queue.remove(seq)
+                    self._finish(seq, "cancelled")
+                    return
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def step(self) -> None:
+        self._admit()
+        prefilling = [s for s in self.running if s.needs_prefill]
+        if prefilling:
+            self._prefill(prefilling)
+        decoding = [s for s in self.running if not s.needs_prefill and s.finish_reason is None]
+        if decoding:
+            self._decode(decoding)
+
+    def pop_finished(self) -> dict[str, Completion]:
+        done, self.finished = self.finished, {}
+        return done
+
+    def generate(self, requests: Iterable[Request]) -> list[Completion]:
+        ids = [self.submit(r) for r in requests]
+        while self.has_work():
+            self.step()
+        done = self.pop_finished()
+        return [done[i] for i in ids]
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _admit(self) -> None:
+        in_flight = {h for s in self.running if s.needs_prefill for h in s.prefix_hashes()[len(s.hashes):]}
+        for seq in list(self.waiting):
+            if len(self.running) >= self.max_batch:
+                break
+            hashes = seq.prefix_hashes()
+            total = len(seq.tokens)
+            # The last token is always recomputed (its logits start decoding), so never share its page.
+            usable = min(len(hashes), (total - 1) // self.page_size)
+            matched = self.pool.prefix.match(hashes[:usable])
+            if len(matched) < usable and hashes[len(matched)] in in_flight:
+                continue  # another sequence is prefilling this very prefix: wait and share it
+            need = self.pool.pages_for(total) - len(matched)
+            if need > self.pool.num_free - self._reserve():
+                break
+            self.pool.retain(matched)
+            seq.pages = matched + self.pool.allocate(need)
+            seq.hashes = hashes[: len(matched)]
+            seq.num_cached = len(matched) * self.page_size
+            if not seq.output:
+                seq.cached_from_prefix = seq.num_cached
+            self.stats.cached_tokens += seq.num_cached
+            self.waiting.remove(seq)
+            self.running.append(seq)
+            in_flight.update(hashes[len(matched):])
+
+    def _reserve(self) -> int:
+        """Pages kept back so running sequences can grow by one page each before preemption kicks in."""
+        return min(len(self.running), self.pool.num_free)
+
+    def _preempt_for(self, seq: _Sequence) -> bool:
+        """Frees pages by preempting the most recently admitted other sequence; False if none."""
+        victims = [s for s in self.running if s is not seq]
+        if not victims:
+            return False
+        victim = victims[-1]
+        self.running.remove(victim)
+        self.pool.release(victim.pages)
+        victim.pages, victim.hashes, victim.num_cached = [], [], 0
+        self.waiting.insert(0, victim)
+        self.stats.preemptions += 1
+        return True
+
+    def _ensure_pages(self, seq: _Sequence, num_tokens: int) -> bool:
+        need = self.pool.pages_for(num_tokens) - len(seq.pages)
+        while need > 0:
+            try:
+                seq.pages += self.pool.allocate(need)
+                return True
+            except OutOfPages:
+                if not self._preempt_for(seq):
+                    raise
+        return True
+
+    # ------------------------------------------------------------------ model steps
+
+    def _run(self, seqs: list[_Sequence], starts: list[int], ends: list[int]) -> np.ndarray:
+        b = _bucket(len(seqs))
+        t = _bucket(max(e - s for s, e in zip(starts, ends)))
+        m = _bucket(max(len(s.pages) for s in seqs))
+        d = self.model.config.text.hidden_size
+        ids = np.zeros((b, t), np.int32)
+        positions = np.zeros((3, b, t), np.int32)
+        page_table = np.full((b, m), NULL_PAGE, np.int32)
+        context_len = np.zeros(b, np.int32)
+        num_new = np.zeros(b, np.int32)
+        media_mask = np.zeros((b, t), bool)
+        media_rows = None
+        for i, (seq, start, end) in enumerate(zip(seqs, starts, ends)):
+            n = end - start
+            ids[i, :n] = seq.tokens[start:end]
+            positions[:, i, :n] = seq.positions(start, end)
+            page_table[i, : len(seq.pages)] = seq.pages
+            context_len[i], num_new[i] = start, n
+            if start < len(seq.prompt):
+                where, rows = seq.media.embeddings(start, min(end, len(seq.prompt)))
+                self.stats.tower_items += len(rows)
+                for w, r in zip(where, rows):
+                    if media_rows is None:
+                        media_rows = jnp.zeros((b, t, d), self.model.dtype)
+                    media_rows = media_rows.at[i, w].set(r.astype(self.model.dtype))
+                    media_mask[i, w] = True
+        if media_rows is None:
+            media_rows = jnp.zeros((1, 1, d), self.model.dtype)
+        logits, self.k_pages, self.v_pages = _forward(
+            self.model, self.k_pages, self.v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions
+        )
+        return logits[: len(seqs)]
+
+    def _prefill(self, seqs: list[_Sequence]) -> None:
+        starts, ends = [], []
+        for seq in seqs:
+            target = len(seq.tokens)
+            start = seq.num_cached
+            end = min(target, start + self.prefill_chunk)
+            starts.append(start)
+            ends.append(end)
+        logits = self._run(seqs, starts, ends)
+        done = []
+        for seq, start, end, row in zip(seqs, starts, ends, logits):
+            seq.num_cached = end
+            self.stats.prefilled_tokens += end - start
+            self._register_full_pages(seq)
+            if end == len(seq.tokens):
+                done.append((seq, row))
+        if done:
+            self._sample([s for s, _ in done], jnp.stack([r for _, r in done]))
+
+    def _decode(self, seqs: list[_Sequence]) -> None:
+        for seq in list(seqs):
+            if seq in self.running:
+                self._ensure_pages(seq, seq.num_cached + 1)
+        seqs = [s for s in seqs if s in self.running]  # some may have been preempted
+        if not seqs:
+            return
+        logits = self._run(seqs, [s.num_cached for s in seqs], [s.num_cached + 1 for s in seqs])
+        for seq in seqs:
+            seq.num_cached += 1
+            self._register_full_pages(seq)
+        self.stats.decode_steps += 1
+        self._sample(seqs, logits)
+
+    def _sample(self, seqs: list[_Sequence], logits: jax.Array) -> None:
+        arrays = sampling_arrays([s.params for s in seqs], [len(s.output) for s in seqs])
+        token, logp, entropy = (np.asarray(x) for x in sample_tokens(logits, *arrays))
+        for seq, tok, lp, ent in zip(seqs, token.tolist(), logp.tolist(), entropy.tolist()):
+            seq.output.append(tok)
+            seq.logprobs.append(lp)
+            seq.entropies.append(ent)
+            if tok in seq.params.stop_token_ids:
+                self._retire(seq, "stop")
+            elif len(seq.output) >= seq.params.max_new_tokens:
+                self._retire(seq, "length")
+
+    def _register_full_pages(self, seq: _Sequence) -> None:
+        full = seq.num_cached // self.page_size
+        if full <= len(seq.hashes):
+            return
+        tokens = seq.tokens[: full * self.page_size]
+        hashes = page_hashes(tokens, seq.media_keys(0, len(tokens)), seq.positions(0, len(tokens)), self.page_size)
+        for i in range(len(seq.hashes), full):
+            self.pool.prefix.insert(hashes[i], seq.pages[i])
+        seq.hashes = hashes
+
+    def _retire(self, seq: _Sequence, reason: str) -> None:
+        self.running.remove(seq)
+        self._finish(seq, reason)
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        if seq.pages:
+            self.pool.release(seq.pages)
+            seq.pages = []
+        seq.finish_reason = reason
+        want = seq.params.logprobs
+        self.finished[seq.id] = Completion(
+            request_id=seq.id,
+            tokens=list(seq.output),
+            finish_reason=reason,
+            prompt_tokens=len(seq.prompt),
+            cached_tokens=seq.cached_from_prefix,
+            logprobs=list(seq.logprobs) if want else None,
+            entropies=list(seq.entropies) if want else None,
+        )

@@ -1,0 +1,78 @@
+"""Sampling: greedy, temperature, top-k, top-p with per-request seeds; log-probs and entropies in fp32.
+
+Each request's randomness is `fold_in(PRNGKey(seed), step)`, so a request samples the same tokens
+whatever else shares its batch. Log-probs and entropies are of the model's raw distribution
+(temperature 1, no truncation): what RL's importance ratios and TAURA's turn entropy need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omniagent_jax.processing import tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = tokens.STOP_TOKEN_IDS
+    seed: int = 0
+    logprobs: bool = False  # also return per-token log-probs and entropies
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@jax.jit
+def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array, steps: jax.Array):
+    """logits `[B, V]` and per-row parameters → (token `[B]`, log-prob `[B]`, entropy `[B]`)."""
+    logits = logits.astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    greedy = jnp.argmax(logits, axis=-1)
+
+    # Truncation: top-k, then top-p over the sorted, tempered distribution.
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+    order = jnp.argsort(-scaled, axis=-1)
+    sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+    rank = jnp.arange(logits.shape[-1])[None, :]
+    keep = jnp.where(top_k[:, None] > 0, rank < top_k[:, None], True)
+    probs = jax.nn.softmax(jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token: the first always stays
+    keep = keep & (before < top_p[:, None])
+    sorted_logits = jnp.where(keep, sorted_logits, -jnp.inf)
+
+    def draw(seed, step, row_logits):
+        return jax.random.categorical(jax.random.fold_in(jax.random.PRNGKey(seed), step), row_logits)
+
+    choice = jax.vmap(draw)(seeds, steps, sorted_logits)
+    sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+    token = jnp.where(temperature > 0, sampled, greedy)
+    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], entropy
+
+
+def sampling_arrays(params: list[SamplingParams], steps: list[int]) -> tuple[np.ndarray, ...]:
+    return (
+        np.array([p.temperature for p in params], np.float32),
+        np.array([p.top_k for p in params], np.int32),
+        np.array([p.top_p for p in params], np.float32),
+        np.array([p.seed for p in params], np.uint32),
+        np.array(steps, np.int32),
+    )
