@@ -292,7 +292,8 @@ class Engine:
             if len(matched) < usable and hashes[len(matched)] in in_flight:
                 continue  # another sequence is prefilling this very prefix: wait and share it
             need = self.pool.pages_for(total) - len(matched)
-            if need > self.pool.num_free - self._reserve():
+            revived = sum(1 for page in matched if self.pool.refcount[page] == 0)  # evictable now, held once retained
+            if need > self.pool.num_free - revived - self._reserve():
                 break
             self.pool.retain(matched)
             seq.pages = matched + self.pool.allocate(need)

@@ -1,0 +1,176 @@
+"""Inference engine: greedy parity with `transformers.generate`, log-probs/entropies, prefix reuse
+(multi-turn and a group of rollouts) gives identical outputs, no page leaks, preemption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from omniagent_jax.engine import Engine, PagePool, Request, SamplingParams
+from omniagent_jax.engine.pages import page_hashes
+
+torch_ref = pytest.importorskip("torch_ref")
+from test_thinker_media import build_case  # noqa: E402
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=10, stop_token_ids=(), logprobs=True)
+
+
+@pytest.fixture(scope="module")
+def pair(reference_pairs):
+    ref, ours, _ = reference_pairs("tiny.yaml")
+    return ref, ours
+
+
+def reference_generate(ref, ids, n, **inputs):
+    """Greedy continuation by transformers, plus its per-step logits."""
+    with torch.no_grad():
+        out = ref.generate(
+            input_ids=torch.as_tensor(ids[None]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=n, do_sample=False, output_logits=True, return_dict_in_generate=True,
+            **{k: torch.as_tensor(v) for k, v in inputs.items()},
+        )
+    return out.sequences[0, len(ids):].tolist(), torch.stack(out.logits)[:, 0].float().numpy()
+
+
+def assert_same_or_near_tie(ours: list[int], theirs: list[int], their_logits: np.ndarray):
+    """Token-identical, or the first divergence is a near-tie of the reference (top-2 gap < 1e-4)."""
+    if ours == theirs:
+        return
+    step = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    top2 = np.sort(their_logits[step])[-2:]
+    assert top2[1] - top2[0] < 1e-4, f"diverged at step {step}: ours {ours[step]} vs reference {theirs[step]}, gap {top2[1] - top2[0]:.3g}"
+
+
+def test_greedy_text_batch_matches_transformers_generate(pair):
+    ref, model = pair
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, 150_000, n) for n in (3, 17, 42)]
+    engine = Engine(model, page_size=8, num_pages=64, max_batch=4)
+    outs = engine.generate([Request(p, GREEDY) for p in prompts])
+    for prompt, out in zip(prompts, outs):
+        want, logits = reference_generate(ref, prompt, GREEDY.max_new_tokens)
+        assert_same_or_near_tie(out.tokens, want, logits)
+        # per-token log-probs = log-softmax of the reference's logits at the chosen token; entropy from the same
+        logp = torch.log_softmax(torch.as_tensor(logits), -1).numpy()
+        np.testing.assert_allclose(out.logprobs, logp[np.arange(len(want)), want], atol=1e-4)
+        np.testing.assert_allclose(out.entropies, -(np.exp(logp) * logp).sum(-1), atol=1e-4)
+    engine.pool.check_no_leak()
+
+
+@pytest.mark.parametrize("case", ["image+text", "audio+text", "video+audio_in_video"])
+def test_greedy_with_media_matches_transformers_generate(pair, case):
+    ref, model = pair
+    ids, mask, inputs, aiv = build_case(case, ref)
+    ids = ids[0][mask[0] == 1]
+    engine = Engine(model, page_size=8, num_pages=64)
+    out = engine.generate([Request(ids, GREEDY, media=inputs, use_audio_in_video=aiv)])[0]
+    want, logits = reference_generate(ref, ids, GREEDY.max_new_tokens, use_audio_in_video=aiv, **inputs)
+    assert_same_or_near_tie(out.tokens, want, logits)
+    assert engine.stats.tower_items == sum(k in inputs for k in ("pixel_values", "pixel_values_videos", "input_features"))
+
+
+def test_multi_turn_prefix_reuse_gives_identical_outputs(pair):
+    """An episode grows turn by turn; with reuse only the new suffix is prefilled, outputs unchanged."""
+    _, model = pair
+    rng = np.random.default_rng(1)
+    params = SamplingParams(temperature=1.0, top_k=50, max_new_tokens=6, stop_token_ids=(), seed=7)
+    reuse = Engine(model, page_size=8, num_pages=128)
+    history = rng.integers(0, 150_000, 30)
+    prefilled_with, prefilled_without = 0, 0
+    for turn in range(4):
+        before = reuse.stats.prefilled_tokens
+        out = reuse.generate([Request(history, params)])[0]
+        prefilled_with += reuse.stats.prefilled_tokens - before
+        fresh = Engine(model, page_size=8, num_pages=128)
+        again = fresh.generate([Request(history, params)])[0]
+        prefilled_without += fresh.stats.prefilled_tokens
+        assert out.tokens == again.tokens, f"turn {turn}: reuse changed the output"
+        if turn:
+            assert out.cached_tokens >= (len(history) - 20) // 8 * 8
+        history = np.concatenate([history, out.tokens, rng.integers(0, 150_000, 9)])
+    assert prefilled_with < prefilled_without / 2
+    reuse.pool.check_no_leak()
+
+
+def test_group_of_rollouts_shares_the_prompt(pair):
+    _, model = pair
+    prompt = np.random.default_rng(2).integers(0, 150_000, 45)
+    group = [Request(prompt, SamplingParams(temperature=1.0, max_new_tokens=5, stop_token_ids=(), seed=s)) for s in range(8)]
+    shared = Engine(model, page_size=8, num_pages=128, max_batch=8)
+    outs = shared.generate(group)
+    assert shared.stats.prefilled_tokens < 2 * len(prompt)  # one full prefill + 7 short tails
+    singles = [Engine(model, page_size=8, num_pages=128).generate([r])[0] for r in group[:3]]
+    for a, b in zip(outs, singles):
+        assert a.tokens == b.tokens  # a request's samples do not depend on its batch
+    assert len({tuple(o.tokens) for o in outs}) > 1  # different seeds, different rollouts
+    shared.pool.check_no_leak()
+
+
+def test_no_page_leaks_after_finished_stopped_and_cancelled(pair):
+    _, model = pair
+    rng = np.random.default_rng(3)
+    engine = Engine(model, page_size=4, num_pages=64, max_batch=4)
+    first_greedy = engine.generate([Request(rng.integers(0, 150_000, 9), SamplingParams(temperature=0, max_new_tokens=1))])[0].tokens[0]
+    ids = [
+        engine.submit(Request(rng.integers(0, 150_000, 9), SamplingParams(temperature=0, max_new_tokens=50, stop_token_ids=(first_greedy,)))),
+        engine.submit(Request(rng.integers(0, 150_000, 13), SamplingParams(max_new_tokens=3, stop_token_ids=()))),
+        engine.submit(Request(rng.integers(0, 150_000, 21), SamplingParams(max_new_tokens=40, stop_token_ids=()))),
+        engine.submit(Request(rng.integers(0, 150_000, 5), SamplingParams(max_new_tokens=40, stop_token_ids=()))),
+    ]
+    engine.step()
+    engine.step()
+    engine.cancel(ids[2])  # running
+    engine.cancel(ids[3])
+    while engine.has_work():
+        engine.step()
+    done = engine.pop_finished()
+    assert {done[i].finish_reason for i in ids} >= {"length", "cancelled"}
+    engine.pool.check_no_leak()
+
+
+def test_running_out_of_pages_preempts_and_still_returns_correct_outputs(pair):
+    _, model = pair
+    rng = np.random.default_rng(4)
+    requests = [Request(rng.integers(0, 150_000, n), SamplingParams(temperature=0, max_new_tokens=20, stop_token_ids=())) for n in (10, 14, 12, 9)]
+    roomy = Engine(model, page_size=4, num_pages=128).generate(requests)
+    tight = Engine(model, page_size=4, num_pages=16, max_batch=4)  # 15 usable pages for 4 × ~8 needed
+    outs = tight.generate(requests)
+    assert tight.stats.preemptions > 0
+    assert [o.tokens for o in outs] == [o.tokens for o in roomy]
+    tight.pool.check_no_leak()
+
+
+def test_request_that_can_never_fit_is_refused(pair):
+    _, model = pair
+    engine = Engine(model, page_size=4, num_pages=4)
+    with pytest.raises(ValueError, match="needs up to .* pages"):
+        engine.submit(Request(np.arange(30), SamplingParams(max_new_tokens=10)))
+
+
+def test_page_hashes_distinguish_media_content_and_positions():
+    ids = np.full(8, 151655)
+    pos = np.tile(np.arange(8), (3, 1))
+    a = page_hashes(ids, np.arange(8, dtype=np.uint64) + 1, pos, 4)
+    b = page_hashes(ids, np.arange(8, dtype=np.uint64) + 99, pos, 4)
+    c = page_hashes(ids, np.arange(8, dtype=np.uint64) + 1, pos + 1, 4)
+    assert len(a) == 2 and a != b and a != c
+    assert a == page_hashes(ids, np.arange(8, dtype=np.uint64) + 1, pos, 4)
+    assert len(page_hashes(ids[:7], np.zeros(7, np.uint64), pos[:, :7], 4)) == 1  # only full pages
+
+
+def test_page_pool_accounting_and_errors():
+    pool = PagePool(5, 4)
+    pages = pool.allocate(3)
+    assert 0 not in pages and pool.num_free == 1
+    pool.prefix.insert(b"h", pages[0])
+    pool.release(pages)
+    assert pool.num_free == 4 and pool.prefix.match([b"h"]) == [pages[0]]
+    again = pool.allocate(4)  # evicts the cached page last
+    assert pool.prefix.match([b"h"]) == []
+    pool.release(again)
+    pool.check_no_leak()
+    with pytest.raises(ValueError, match="not referenced"):
+        pool.release([again[0]])
+    with pytest.raises(ValueError, match="at least 2 pages"):
+        PagePool(1, 4)
