@@ -174,3 +174,30 @@ def test_page_pool_accounting_and_errors():
         pool.release([again[0]])
     with pytest.raises(ValueError, match="at least 2 pages"):
         PagePool(1, 4)
+
+
+def test_sampling_truncation_and_reproducibility():
+    """top-k 1 is greedy; top-p keeps the smallest set reaching p; the same seed and step give the same token."""
+    import jax.numpy as jnp
+
+    from omniagent_jax.engine.sampling import sample_tokens, sampling_arrays
+
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4))
+    rows = [
+        SamplingParams(temperature=1.0, top_k=1, seed=0),
+        SamplingParams(temperature=1.0, top_p=0.7, seed=1),
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=1.0, seed=5),
+    ]
+    seen_top_p = set()
+    for step in range(60):
+        token, logp, entropy = (np.asarray(x) for x in sample_tokens(logits, *sampling_arrays(rows, [step] * 4)))
+        assert token[0] == 0 and token[2] == 0
+        seen_top_p.add(int(token[1]))
+        np.testing.assert_allclose(logp, np.log([0.5, 0.3, 0.15, 0.05])[token], rtol=1e-5)
+        again = np.asarray(sample_tokens(logits, *sampling_arrays(rows, [step] * 4))[0])
+        assert (again == token).all()
+    assert seen_top_p == {0, 1}  # 0.5 + 0.3 reach 0.7; tokens 2 and 3 are cut
+    np.testing.assert_allclose(entropy, -(np.array([0.5, 0.3, 0.15, 0.05]) * np.log([0.5, 0.3, 0.15, 0.05])).sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0.0)

@@ -403,8 +403,11 @@ class Engine:
         self._sample(seqs, logits)
 
     def _sample(self, seqs: list[_Sequence], logits: jax.Array) -> None:
-        arrays = sampling_arrays([s.params for s in seqs], [len(s.output) for s in seqs])
-        token, logp, entropy = (np.asarray(x) for x in sample_tokens(logits, *arrays))
+        pad = _bucket(len(seqs)) - len(seqs)  # bucketed rows: one compile per batch-size bucket
+        arrays = sampling_arrays([s.params for s in seqs] + [seqs[0].params] * pad, [len(s.output) for s in seqs] + [0] * pad)
+        if pad:
+            logits = jnp.concatenate([logits, jnp.zeros((pad, logits.shape[1]), logits.dtype)])
+        token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in sample_tokens(logits, *arrays))
         for seq, tok, lp, ent in zip(seqs, token.tolist(), logp.tolist(), entropy.tolist()):
             seq.output.append(tok)
             seq.logprobs.append(lp)

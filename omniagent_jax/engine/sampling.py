@@ -47,24 +47,32 @@ def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
     logp = jax.nn.log_softmax(logits, axis=-1)
     entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
     greedy = jnp.argmax(logits, axis=-1)
-
-    # Truncation: top-k, then top-p over the sorted, tempered distribution.
     scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
-    order = jnp.argsort(-scaled, axis=-1)
-    sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
-    rank = jnp.arange(logits.shape[-1])[None, :]
-    keep = jnp.where(top_k[:, None] > 0, rank < top_k[:, None], True)
-    probs = jax.nn.softmax(jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token: the first always stays
-    keep = keep & (before < top_p[:, None])
-    sorted_logits = jnp.where(keep, sorted_logits, -jnp.inf)
+    keys = jax.vmap(lambda seed, step: jax.random.fold_in(jax.random.PRNGKey(seed), step))(seeds, steps)
 
-    def draw(seed, step, row_logits):
-        return jax.random.categorical(jax.random.fold_in(jax.random.PRNGKey(seed), step), row_logits)
+    def plain(_):
+        return jax.vmap(jax.random.categorical)(keys, scaled)
 
-    choice = jax.vmap(draw)(seeds, steps, sorted_logits)
-    sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
-    token = jnp.where(temperature > 0, sampled, greedy)
+    def truncated(_):
+        # top-k, then top-p over the sorted, tempered distribution; the most likely token always stays.
+        order = jnp.argsort(-scaled, axis=-1)
+        sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+        rank = jnp.arange(logits.shape[-1])[None, :]
+        keep = jnp.where(top_k[:, None] > 0, rank < top_k[:, None], True)
+        probs = jax.nn.softmax(jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        keep = keep & (before < top_p[:, None])
+        choice = jax.vmap(jax.random.categorical)(keys, jnp.where(keep, sorted_logits, -jnp.inf))
+        return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+
+    def sampled(_):
+        sampling = temperature > 0
+        needs_sort = jnp.any(sampling & ((top_k > 0) | (top_p < 1.0)))
+        return jax.lax.cond(needs_sort, truncated, plain, None)
+
+    # The full-vocabulary sort only runs when some sampled row truncates; all-greedy batches skip sampling.
+    drawn = jax.lax.cond(jnp.any(temperature > 0), sampled, lambda _: greedy, None)
+    token = jnp.where(temperature > 0, drawn, greedy)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], entropy
 
 
