@@ -65,6 +65,7 @@ class EngineStats:
     decode_steps: int = 0
     preemptions: int = 0
     tower_items: int = 0  # media items encoded by the towers
+    peak_pages: int = 0  # most pages referenced at once
 
 
 def _bucket(n: int, minimum: int = 1) -> int:
@@ -305,6 +306,10 @@ class Engine:
             self.waiting.remove(seq)
             self.running.append(seq)
             in_flight.update(hashes[len(matched):])
+            self._note_peak()
+
+    def _note_peak(self) -> None:
+        self.stats.peak_pages = max(self.stats.peak_pages, int((self.pool.refcount > 0).sum()))
 
     def _reserve(self) -> int:
         """Pages kept back so running sequences can grow by one page each before preemption kicks in."""
@@ -328,6 +333,7 @@ class Engine:
         while need > 0:
             try:
                 seq.pages += self.pool.allocate(need)
+                self._note_peak()
                 return True
             except OutOfPages:
                 if not self._preempt_for(seq):
