@@ -1,0 +1,296 @@
+"""``omniagent run``: one video, one question, the OTA trace printed as it happens.
+
+The top-level ``omniagent`` command wires :func:`add_run_arguments` and :func:`run_command` in; a
+caller that owns a policy object (the JAX engine) passes it as ``policy=``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from omniagent_jax.agent import prompts, rewards
+from omniagent_jax.agent.budget import StepBudget
+from omniagent_jax.agent.data import Sample
+from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
+from omniagent_jax.agent.limits import (
+    DEFAULT_MAX_AUDIO,
+    DEFAULT_MAX_CLIP,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_STEPS,
+    MIN_MAX_STEPS,
+    EpisodeLimits,
+)
+from omniagent_jax.agent.policy import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    OpenAIPolicy,
+    Policy,
+    PolicyError,
+    ScriptedPolicy,
+)
+from omniagent_jax.agent.records import latest_run_record, write_json
+from omniagent_jax.agent.runner import StepRecord, run_episode
+
+DEFAULT_OUTPUT = pathlib.Path("inference_output") / "latest_run.json"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+_PREVIEW_CHARS = 400
+
+
+class UsageError(ValueError):
+    """Bad command-line input (exit code 2)."""
+
+
+def _limit_number(text: str) -> float:
+    """A limit as typed: ``300`` stays an int and ``300.0`` a float (the prompt prints it as typed)."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``run`` options to ``parser``."""
+    q = parser.add_argument_group("question")
+    q.add_argument("--video", required=True, help="video file")
+    q.add_argument("--question", required=True, help="question text")
+    q.add_argument("--options", nargs="*", default=None,
+                   help="MCQ options, e.g. --options 'A. red' 'B. blue' (one string with newlines also works)")
+    q.add_argument("--question-type", default=None,
+                   help=f"one of {', '.join(prompts.QUESTION_TYPES)} (a dataset suffix such as MCQ_VideoMME is "
+                        "allowed); default MCQ when --options is given, else FF")
+    q.add_argument("--answer", default=None, help="ground truth, to score the final answer")
+
+    p = parser.add_argument_group("policy")
+    p.add_argument("--policy", choices=("scripted", "openai"), default=None,
+                   help="scripted: replay --scripted-outputs; openai: an OpenAI-compatible endpoint")
+    p.add_argument("--scripted-outputs", default=None,
+                   help="model turns to replay: a JSON list of strings, or one turn per line")
+    p.add_argument("--openai-url", default=None, help="endpoint, e.g. http://127.0.0.1:8000/v1 "
+                   "(default $OMNIAGENT_OPENAI_URL; the key is read from $OMNIAGENT_OPENAI_API_KEY or .env)")
+    p.add_argument("--openai-model", default=None, help="served model name (default $OMNIAGENT_OPENAI_MODEL)")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
+    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--image-format", choices=("png", "jpeg"), default="png", help="frame encoding sent to the endpoint")
+
+    e = parser.add_argument_group("episode")
+    e.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help="step budget cap (MAX_STEPS)")
+    e.add_argument("--fixed-steps", action="store_true",
+                   help="use exactly --max-steps (default: dynamic min(MIN_MAX_STEPS + duration/max_clip, MAX_STEPS))")
+    e.add_argument("--min-max-steps", type=int, default=MIN_MAX_STEPS)
+    e.add_argument("--forced-answer", action="store_true",
+                   help="after the last step without an answer, grant one extra turn that must answer")
+    e.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES)
+    e.add_argument("--max-audio", type=_limit_number, default=DEFAULT_MAX_AUDIO, help="seconds")
+    e.add_argument("--max-clip", type=_limit_number, default=DEFAULT_MAX_CLIP, help="seconds")
+    e.add_argument("--strict-confidence", action="store_true", help="require the confidence key (as in training)")
+    e.add_argument("--mcq-mode", choices=rewards.MCQ_MODES, default="strict")
+    e.add_argument("--judge", action="store_true",
+                   help="score FF answers with the LLM judge configured by $OMNIAGENT_JUDGE_URL/_MODEL/_API_KEY or .env")
+    e.add_argument("--system-prompt-file", default=None,
+                   help="system prompt template with the slots {max_frames}, {max_audio}, {max_clip}")
+    e.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write the run record")
+    return parser
+
+
+# ------------------------------------------------------------------------------------ inputs
+def _options(raw: Sequence[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in raw or ():
+        out += [line.strip() for line in item.replace("\\n", "\n").splitlines() if line.strip()]
+    return tuple(out)
+
+
+def build_sample(args: argparse.Namespace) -> Sample:
+    video = pathlib.Path(args.video)
+    if not video.is_file():
+        raise UsageError(f"video not found: {video}")
+    if not args.question.strip():
+        raise UsageError("--question is empty")
+    options = _options(args.options)
+    qtype = args.question_type or ("MCQ" if options else "FF")
+    try:
+        rewards.check_ground_truth(qtype, args.answer, options)
+    except ValueError as e:
+        hint = " (pass them with --options)" if "needs options" in str(e) else ""
+        raise UsageError(f"{e}{hint}") from None
+    return Sample(video=str(video), question_type=qtype, question=args.question, options=options, answer=args.answer)
+
+
+def build_config(args: argparse.Namespace) -> EnvConfig:
+    template = prompts.DEFAULT_SYSTEM_PROMPT_TEMPLATE
+    try:
+        if args.system_prompt_file:
+            template = prompts.load_system_prompt_template(args.system_prompt_file)
+        limits = EpisodeLimits(max_frames=args.max_frames, max_audio=args.max_audio, max_clip=args.max_clip)
+        budget = StepBudget(max_steps=args.max_steps, dynamic=not args.fixed_steps,
+                            min_max_steps=args.min_max_steps, forced_answer=args.forced_answer)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return EnvConfig(limits=limits, budget=budget, system_prompt_template=template,
+                     strict_confidence=args.strict_confidence, mcq_mode=args.mcq_mode)
+
+
+def read_scripted_outputs(path: str) -> list[str]:
+    """A JSON list of strings, or one model turn per non-empty line."""
+    p = pathlib.Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read --scripted-outputs {p}: {e.strerror or e}") from None
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            outputs = json.loads(stripped)
+        except ValueError as e:
+            raise UsageError(f"--scripted-outputs {p} is not a JSON list: {e}") from None
+        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+            raise UsageError(f"--scripted-outputs {p} must be a JSON list of strings")
+    else:
+        outputs = [line for line in text.splitlines() if line.strip()]
+    if not outputs:
+        raise UsageError(f"--scripted-outputs {p} holds no turns")
+    return outputs
+
+
+def build_policy(args: argparse.Namespace) -> tuple[Policy, str]:
+    if args.policy == "scripted":
+        if not args.scripted_outputs:
+            raise UsageError("--policy scripted needs --scripted-outputs FILE")
+        return ScriptedPolicy(read_scripted_outputs(args.scripted_outputs)), "scripted"
+    if args.policy == "openai":
+        try:
+            policy = OpenAIPolicy.from_env(
+                url=args.openai_url, model=args.openai_model, temperature=args.temperature, top_p=args.top_p,
+                top_k=args.top_k, max_tokens=args.max_new_tokens, image_format=args.image_format)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        return policy, "openai"
+    raise UsageError("no policy: pass --policy scripted|openai")
+
+
+# ---------------------------------------------------------------------------------- printing
+def _preview(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "…"
+
+
+def format_action(rec: StepRecord) -> str:
+    act = rec.action
+    if act is None:
+        return "(unparsed)"
+    if act["type"] == "get_frames":
+        return f"get_frames {act['start']:.2f}s-{act['end']:.2f}s num={act['num']}"
+    if act["type"] in ("get_audio", "get_clip"):
+        return f"{act['type']} {act['start']:.2f}s-{act['end']:.2f}s"
+    return f"answer {act['content']!r}"
+
+
+def print_step(rec: StepRecord, env: VideoEnvironment, out: TextIO) -> None:
+    r = rec.result
+    conf = "n/a" if rec.turn is None or rec.turn.confidence is None else f"{rec.turn.confidence:.2f}"
+    print(f"[Step {rec.step}/{env.max_steps}] {format_action(rec)} | confidence={conf} | reward={r.reward:.4f} | "
+          f"gen={rec.generation_seconds:.2f}s env={r.env_seconds:.2f}s total={rec.step_wall_seconds:.2f}s", file=out)
+    if rec.turn is not None:
+        print(f"  observation: {_preview(rec.turn.observation)}", file=out)
+        print(f"  think: {_preview(rec.turn.think)}", file=out)
+    else:
+        print(f"  output: {_preview(rec.output)}", file=out)
+    if r.error_code is not None:
+        print(f"  error: {r.error_code.value}" + (f": {r.error_detail}" if r.error_detail else ""), file=out)
+    out.flush()
+
+
+# -------------------------------------------------------------------------------------- main
+def run_command(args: argparse.Namespace, policy: Policy | None = None, *, out: TextIO | None = None) -> int:
+    """Run one episode; returns the process exit code (0 done, 1 runtime failure, 2 bad input)."""
+    out = out or sys.stdout
+    err = sys.stderr
+    try:
+        sample = build_sample(args)
+        config = build_config(args)
+        if policy is None:
+            policy, policy_name = build_policy(args)
+        else:
+            policy_name = type(policy).__name__
+        judge = None
+        if args.judge:
+            from omniagent_jax.agent.judge import LLMJudge
+
+            judge = LLMJudge.from_env()
+            if judge is None:
+                raise UsageError("--judge needs OMNIAGENT_JUDGE_URL and OMNIAGENT_JUDGE_MODEL (environment or .env)")
+    except UsageError as e:
+        print(f"omniagent run: error: {e}", file=err)
+        return EXIT_BAD_INPUT
+
+    from omniagent_jax.media import MediaError
+
+    try:
+        env = VideoEnvironment(sample, config, judge=judge)
+    except MediaError as e:
+        print(f"omniagent run: error: cannot read video {sample.video}: {e}", file=err)
+        return EXIT_BAD_INPUT
+    with env:
+        print(f"video: {sample.video} ({env.duration:.2f}s, {env.fps:.2f} fps, audio={env.has_audio}); "
+              f"type {sample.question_type}; budget {env.max_steps} steps; policy {policy_name}", file=out)
+        try:
+            result = run_episode(env, policy, on_step=lambda rec, e: print_step(rec, e, out))
+        except PolicyError as e:
+            print(f"omniagent run: error: the policy failed: {e}", file=err)
+            return EXIT_FAILED
+        runtime_config: dict[str, Any] = {
+            "policy": policy_name,
+            "dynamic_step_enabled": config.budget.dynamic,
+            "tito_enabled": False,
+            "max_steps": config.budget.max_steps,
+            "effective_max_steps": env.max_steps,
+            "min_max_steps": config.budget.min_max_steps,
+            "forced_answer": config.budget.forced_answer,
+            "max_frames": config.limits.max_frames,
+            "max_audio_seconds": config.limits.max_audio,
+            "max_clip_seconds": config.limits.max_clip,
+            "mode": "OmniAgent",
+            "strict_confidence": config.strict_confidence,
+            "mcq_mode": config.mcq_mode,
+            "system_prompt_file": args.system_prompt_file,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": args.top_k,
+            "kvcache_enabled": False,
+            "prefix_caching_enabled": False,
+            "prompt_token_ids_enabled": False,
+            "internal_tito_enabled": False,
+            "run_id": uuid.uuid4().hex,
+        }
+        record = latest_run_record(result, env, runtime_config=runtime_config, policy_name=policy_name)
+    path = write_json(args.output, record)
+    scored = "" if result.scored else " (not scored)"
+    print(f"final answer: {result.final_answer!r} | reward={result.total_reward:.4f}{scored} | won={result.won} | "
+          f"steps={result.steps_used}/{result.max_steps} | end={result.end_reason} | {result.wall_seconds:.2f}s", file=out)
+    print(f"saved {path}", file=out)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry (``python -m omniagent_jax.agent.cli``) until the top-level CLI wires it in."""
+    parser = add_run_arguments(argparse.ArgumentParser(prog="omniagent run", description=__doc__))
+    return run_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
