@@ -168,3 +168,51 @@ def describe_message(msg: dict[str, Any]) -> str:
         else:
             parts.append(f"<{p.get('type')}>")
     return f"{msg.get('role')}: [" + ", ".join(parts) + "]"
+
+
+# ----------------------------------------------------------------------------- real test videos
+def write_test_video(
+    path: pathlib.Path,
+    *,
+    duration: float,
+    fps: float,
+    width: int = 32,
+    height: int = 32,
+    audio: bool = False,
+    gop: int = 12,
+) -> pathlib.Path:
+    """A tiny H.264 (+ AAC 16 kHz mono) MP4 with ``round(duration * fps)`` frames, for real-media
+    tests. ``fps`` may be a ``Fraction`` (e.g. 30000/1001). Each frame's gray level encodes its
+    index so decoders can be checked. The audio track is cut to whole AAC frames inside the video's
+    duration so it never lengthens the container."""
+    import av
+    from fractions import Fraction
+
+    rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
+    n_frames = int(round(duration * rate))
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.options = {"g": str(gop), "preset": "ultrafast", "tune": "zerolatency"}
+        astream = None
+        if audio:
+            astream = out.add_stream("aac", rate=AUDIO_RATE)
+            astream.layout = "mono"
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), (i * 7) % 256, np.uint8), format="rgb24")
+            for packet in vs.encode(frame):
+                out.mux(packet)
+        for packet in vs.encode():
+            out.mux(packet)
+        if astream is not None:
+            total = int(float(n_frames / rate) * AUDIO_RATE) // 1024 * 1024
+            for pos in range(0, total, 1024):
+                t = np.arange(pos, pos + 1024) / AUDIO_RATE
+                samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+                af = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+                af.sample_rate, af.pts = AUDIO_RATE, pos
+                for packet in astream.encode(af):
+                    out.mux(packet)
+            for packet in astream.encode():
+                out.mux(packet)
+    return path

@@ -174,6 +174,13 @@ def test_frames_timestamps_and_headers():
     assert env.step(h.frames(0, 60, 3)).error_code is None
 
 
+def test_length_limits_tolerate_float_error():
+    env = make_env(duration=600.0)
+    assert env.step(h.clip(124.14, 184.14)).error_code is None  # 60.000000000000014 s at a 60 s limit
+    assert env.step(h.audio(100.7, 400.7)).error_code is None    # 300.00000000000006 s at a 300 s limit
+    assert env.step(h.clip(0, 60.01)).error_code is ErrorCode.CLIP_TOO_LONG
+
+
 def test_clip_min_frames_rule_and_audio_in_clip():
     env = make_env(fps=25.0)
     assert env.step(h.clip(1, 1.16)).error_code is None  # exactly 4 source frames

@@ -24,6 +24,7 @@ from omniagent_jax.agent.limits import (
     CLIP_MIN_FPS,
     CLIP_MIN_FRAMES_SLACK,
     CLIP_MIN_SOURCE_FRAMES,
+    LENGTH_LIMIT_SLACK,
     MIN_AUDIO_SECONDS,
     TOKEN_LIMIT_TOLERANCE,
     EpisodeLimits,
@@ -304,7 +305,7 @@ class VideoEnvironment:
             raise ActionError(ErrorCode.CLIP_NEG_LEN)
         if length < MIN_AUDIO_SECONDS:
             raise ActionError(ErrorCode.AUDIO_TOO_SHORT, prompts.detail_too_short(length, MIN_AUDIO_SECONDS))
-        if length > self.config.limits.max_audio:
+        if length > self.config.limits.max_audio + LENGTH_LIMIT_SLACK:
             raise ActionError(ErrorCode.AUDIO_TOO_LONG, prompts.detail_too_long(length, self.config.limits.max_audio))
         wave = self._reader.audio(s, e)
         header = prompts.audio_header(s, e)
@@ -319,7 +320,7 @@ class VideoEnvironment:
         if e <= s:
             raise ActionError(ErrorCode.CLIP_NEG_LEN)
         length = e - s
-        if length > self.config.limits.max_clip:
+        if length > self.config.limits.max_clip + LENGTH_LIMIT_SLACK:
             raise ActionError(ErrorCode.CLIP_TOO_LONG, prompts.detail_too_long(length, self.config.limits.max_clip))
         if self.fps >= CLIP_MIN_FPS and length * self.fps < CLIP_MIN_SOURCE_FRAMES - CLIP_MIN_FRAMES_SLACK:
             raise ActionError(

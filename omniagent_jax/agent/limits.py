@@ -23,6 +23,10 @@ CLIP_MIN_FPS = 2.0
 # The reference compares dur * fps < 3.999 rather than < 4 so that float error on an exact 4-frame
 # span does not reject it.
 CLIP_MIN_FRAMES_SLACK = 1e-3
+# Float slack on the "too long" checks: a request of exactly the limit written with decimals
+# (124.14 -> 184.14 for a 60 s limit) differs from it by ~1e-14 and must not be rejected (the
+# reference compares without slack and rejects such requests at random).
+LENGTH_LIMIT_SLACK = 1e-6
 # Clips are sampled at this rate by the media layer (protocol.md §2, §8).
 CLIP_SAMPLE_FPS = 2.0
 # An episode stops when its prompt exceeds max_prompt_tokens - TOKEN_LIMIT_TOLERANCE tokens.

@@ -143,11 +143,13 @@ def export_sft(
         return bool((steps[-1].get("extra_info") or {}).get("won"))
 
     stats = {"samples": len(by_sample), "trajectories": len(trajectories), "kept_trajectories": 0,
-             "kept_steps": 0, "dropped_not_won": 0, "dropped_too_long": 0, "dropped_error_steps": 0}
+             "kept_steps": 0, "dropped_not_won": 0, "dropped_superseded": 0, "dropped_too_long": 0,
+             "dropped_error_steps": 0}
     chosen = set()
     for tids in by_sample.values():
         winners = [t for t in tids if won(t)]
         stats["dropped_not_won"] += len(tids) - len(winners)
+        stats["dropped_superseded"] += max(0, len(winners) - 1)
         if winners:
             chosen.add(winners[-1])
     out: list[dict[str, Any]] = []

@@ -1,0 +1,223 @@
+"""OpenAIPolicy end to end against a local OpenAI-compatible stub that replays a reference trajectory."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import threading
+import wave
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import agent_helpers as h
+from omniagent_jax.agent.budget import StepBudget
+from omniagent_jax.agent.data import Sample
+from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
+from omniagent_jax.agent.limits import EpisodeLimits
+from omniagent_jax.agent.messages import message_text
+from omniagent_jax.agent.openai_http import chat_completions_url
+from omniagent_jax.agent.policy import (
+    OpenAIPolicy,
+    Policy,
+    PolicyError,
+    ScriptedPolicy,
+    encode_image,
+    encode_wav,
+    to_openai_messages,
+)
+from omniagent_jax.agent.runner import run_episode
+
+SERVER_LIFETIME_S = 60
+
+
+class StubState:
+    def __init__(self, outputs, *, fail_first: int = 0, fail_code: int = 500):
+        self.outputs = list(outputs)
+        self.requests: list[dict] = []
+        self.fail_first = fail_first
+        self.fail_code = fail_code
+
+
+def make_handler(state: StubState):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path != "/v1/chat/completions":
+                return self._send(404, {"error": "not found"})
+            if state.fail_first > 0:
+                state.fail_first -= 1
+                return self._send(state.fail_code, {"error": {"message": "try again"}})
+            state.requests.append(body)
+            text = state.outputs.pop(0)
+            return self._send(200, {
+                "id": "cmpl-1", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text},
+                             "logprobs": {"content": [{"token": "x", "logprob": -0.25}, {"token": "y", "logprob": -1.5}]}}],
+                "usage": {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290},
+            })
+
+        def _send(self, code, payload):
+            data = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+@contextlib.contextmanager
+def stub_server(state: StubState):
+    """A local OpenAI-compatible stub on 127.0.0.1; stops when the test ends or after 60 s."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    guard = threading.Timer(SERVER_LIFETIME_S, server.shutdown)
+    guard.daemon = True
+    guard.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        guard.cancel()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def decode_data_url(url: str, prefix: str) -> bytes:
+    assert url.startswith(prefix), url[:40]
+    return base64.b64decode(url[len(prefix):])
+
+
+def check_request(body: dict, env_messages: list[dict]) -> None:
+    """The request carries the context: same roles and texts, media as decodable data URLs."""
+    chat = body["messages"]
+    assert [m["role"] for m in chat] == [m["role"] for m in env_messages]
+    for sent, ours in zip(chat, env_messages):
+        if isinstance(sent["content"], str):
+            assert sent["content"] == message_text(ours)
+            continue
+        sent_text = "".join(p["text"] for p in sent["content"] if p["type"] == "text")
+        assert sent_text == message_text(ours)
+        for p in sent["content"]:
+            if p["type"] == "image_url":
+                img = Image.open(io.BytesIO(decode_data_url(p["image_url"]["url"], "data:image/png;base64,")))
+                assert img.size == (h.FAKE_FRAME_SIZE, h.FAKE_FRAME_SIZE)
+            elif p["type"] == "input_audio":
+                assert p["input_audio"]["format"] == "wav"
+                with wave.open(io.BytesIO(base64.b64decode(p["input_audio"]["data"]))) as w:
+                    assert w.getframerate() == 16000 and w.getnchannels() == 1
+            elif p["type"] == "video_url":
+                frames = p["video_url"]["url"][len("data:video/jpeg;base64,"):].split(",")
+                assert p["video_url"]["url"].startswith("data:video/jpeg;base64,") and len(frames) >= 2
+                Image.open(io.BytesIO(base64.b64decode(frames[0]))).verify()
+            else:
+                assert p["type"] == "text"
+
+
+def test_openai_policy_replays_reference_trajectory(shared_reference):
+    """The TR trajectory fetches frames, audio and a clip with audio, then answers."""
+    steps = h.load_reference_trajectories(shared_reference / "example_train_sft.jsonl")[1]
+    info = steps[0]["extra_info"]
+    assert info["question_type"] == "TR"
+    outputs = [s["output"] for s in steps]
+    state = StubState(outputs)
+    sample = Sample(video=info["video"], question_type="TR", question=info["question"], answer=info["answer"])
+    config = EnvConfig(limits=EpisodeLimits(58, 200.0, 42.0), budget=StepBudget(max_steps=22))
+    seen = []
+    with stub_server(state) as url, VideoEnvironment(
+        sample, config, media_opener=h.fake_opener(info["duration_seconds"], info["fps"], True), **h.FAKE_ENV_KW
+    ) as env:
+        policy = OpenAIPolicy(url, "omniagent-stub", logprobs=True, timeout_s=30)
+        assert isinstance(policy, Policy)
+        result = run_episode(env, policy, on_step=lambda rec, e: seen.append(rec.raw_input))
+    assert [r.output for r in result.steps] == outputs
+    assert result.won and result.total_reward == pytest.approx(steps[-1]["episode_reward"], abs=1e-9)
+    assert len(state.requests) == len(steps)
+    for body, ctx in zip(state.requests, seen):
+        assert body["model"] == "omniagent-stub" and body["top_k"] == 20 and body["stop"] == ["<|im_end|>"]
+        assert body["logprobs"] is True
+        check_request(body, ctx)
+    kinds = [[p["type"] for m in b["messages"] if isinstance(m["content"], list) for p in m["content"] if p["type"] != "text"]
+             for b in state.requests]
+    assert kinds[1] == ["image_url"] * 58 and kinds[2] == ["input_audio"] and kinds[3] == ["video_url", "input_audio"]
+    assert state.requests[3]["mm_processor_kwargs"] == {"use_audio_in_video": True, "fps": 2.0}
+    assert "mm_processor_kwargs" not in state.requests[1]
+    rec = result.steps[0]
+    assert rec.logprobs == [-0.25, -1.5] and rec.policy_metrics["prompt_total_tokens"] == 1234
+    assert rec.policy_metrics["response_tokens"] == 56
+
+
+def test_clip_without_audio_sets_the_flag_off():
+    clip = h.FakeClip(np.zeros((3, 4, 4, 3), np.uint8), np.array([0.0, 0.5, 1.0]), 2.0, None)
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "Clip 0.00s-1.50s"}, {"type": "video", "video": clip}]}]
+    chat, mm = to_openai_messages(msgs)
+    assert mm == {"use_audio_in_video": False, "fps": 2.0}
+    assert [p["type"] for p in chat[0]["content"]] == ["text", "video_url"]
+    with pytest.raises(ValueError, match="cannot send"):
+        to_openai_messages([{"role": "user", "content": [{"type": "hologram"}]}])
+
+
+def test_encoders_round_trip():
+    frame = (np.arange(2 * 3 * 3) % 255).astype(np.uint8).reshape(2, 3, 3)
+    png = Image.open(io.BytesIO(decode_data_url(encode_image(frame), "data:image/png;base64,")))
+    assert np.array_equal(np.asarray(png), frame)  # lossless
+    assert encode_image(frame, "jpeg").startswith("data:image/jpeg;base64,")
+    with pytest.raises(ValueError):
+        encode_image(frame, "gif")
+    wave_in = np.array([0.0, 0.5, -0.5, 1.5], np.float32)
+    with wave.open(io.BytesIO(base64.b64decode(encode_wav(wave_in)))) as w:
+        pcm = np.frombuffer(w.readframes(4), "<i2")
+    assert pcm.tolist() == [0, 16384, -16384, 32767]
+
+
+def test_retries_then_errors():
+    state = StubState([h.frames(0, 1, 2)], fail_first=1)
+    with stub_server(state) as url:
+        policy = OpenAIPolicy(url, "m", timeout_s=10, retries=1)
+        policy.client.retry_delay_s = 0.0
+        out = policy.generate([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+        assert out.text == h.frames(0, 1, 2)
+    state = StubState([], fail_first=5, fail_code=400)
+    with stub_server(state) as url:
+        policy = OpenAIPolicy(url, "m", timeout_s=10, retries=3)
+        with pytest.raises(PolicyError, match="HTTP 400"):
+            policy.generate([{"role": "user", "content": "hi"}])
+        assert state.fail_first == 4  # a 4xx is not retried
+    with stub_server(StubState([])) as url:
+        dead = url  # the server is gone after the block
+    policy = OpenAIPolicy(dead, "m", timeout_s=5, retries=0)
+    with pytest.raises(PolicyError, match="cannot reach"):
+        policy.generate([{"role": "user", "content": "hi"}])
+
+
+def test_endpoint_urls_and_config_errors(tmp_path, monkeypatch):
+    assert chat_completions_url("http://h:8000") == "http://h:8000/v1/chat/completions"
+    assert chat_completions_url("http://h:8000/v1/") == "http://h:8000/v1/chat/completions"
+    assert chat_completions_url("http://h/v1/chat/completions") == "http://h/v1/chat/completions"
+    with pytest.raises(ValueError, match="http"):
+        OpenAIPolicy("h:8000", "m")
+    for name in ("OMNIAGENT_OPENAI_URL", "OMNIAGENT_OPENAI_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="needs an endpoint URL"):
+        OpenAIPolicy.from_env(env_file=tmp_path / "none")
+
+
+def test_scripted_policy_records_and_runs_out():
+    p = ScriptedPolicy(["a"])
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    assert p.generate(msgs, unchanged_prefix=0).text == "a"
+    msgs[0]["content"].append({"type": "text", "text": "later"})
+    assert len(p.inputs[0][0]["content"]) == 1  # the record is a copy
+    with pytest.raises(PolicyError, match="only 1 outputs"):
+        p.generate(msgs)
