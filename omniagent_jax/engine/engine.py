@@ -24,6 +24,7 @@ from omniagent_jax.engine.paged_cache import PagedKVCache
 from omniagent_jax.engine.pages import NULL_PAGE, OutOfPages, PagePool, page_hashes
 from omniagent_jax.engine.sampling import SamplingParams, sample_tokens, sampling_arrays
 from omniagent_jax.model import Thinker
+from omniagent_jax.processing.layout import audio_token_count, vision_token_count
 
 MEDIA_INPUT_KEYS = (
     "pixel_values",
@@ -139,7 +140,7 @@ class _MediaIndex:
         self.media = media
         self.keys = np.zeros(len(prompt), np.uint64)
         self.slots: list[tuple[str, int, np.ndarray]] = []  # (kind, item, token positions)
-        merge = cfg.vision.spatial_merge_size**2
+        merge = cfg.vision.spatial_merge_size
         for kind, token_id, counts in (
             ("audio", cfg.audio_token_id, _audio_counts(media)),
             ("image", cfg.image_token_id, _grid_counts(media.get("image_grid_thw"), merge)),
@@ -184,14 +185,10 @@ class _MediaIndex:
 
 
 def _grid_counts(grid, merge: int) -> list[int]:
-    if grid is None:
-        return []
-    return [int(g) // merge for g in np.asarray(grid).reshape(-1, 3).prod(axis=1)]
+    return [] if grid is None else [vision_token_count(g, merge) for g in np.asarray(grid).reshape(-1, 3)]
 
 
 def _audio_counts(media: dict) -> list[int]:
-    from omniagent_jax.processing.layout import audio_token_count
-
     if media.get("input_features") is None:
         return []
     return [audio_token_count(int(n)) for n in np.asarray(media["feature_attention_mask"]).sum(axis=-1)]

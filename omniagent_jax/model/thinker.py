@@ -20,8 +20,8 @@ from omniagent_jax.model.decoder import TextDecoder, text_positions
 from omniagent_jax.model.kv_cache import KVCache, NoCache
 from omniagent_jax.model.layers import linear
 from omniagent_jax.model.tmrope import get_rope_index
-from omniagent_jax.model.vision import VisionTower, vision_layout, vision_token_count
-from omniagent_jax.processing.layout import audio_token_count
+from omniagent_jax.model.vision import VisionTower, vision_layout
+from omniagent_jax.processing.layout import audio_token_count, vision_token_count
 
 
 class Thinker(nnx.Module):
@@ -233,14 +233,14 @@ def _required(x, name: str, given: str):
 
 def _expected_media_tokens(cfg: ThinkerConfig, image_grid_thw, video_grid_thw, feature_attention_mask) -> dict[str, int]:
     merge = cfg.vision.spatial_merge_size
+
+    def visual(grid) -> int:
+        return 0 if grid is None else sum(vision_token_count(g, merge) for g in np.asarray(grid).reshape(-1, 3))
+
     audio = 0
     if feature_attention_mask is not None:
         audio = sum(audio_token_count(int(n)) for n in np.asarray(feature_attention_mask).sum(axis=-1))
-    return {
-        "image": vision_token_count(image_grid_thw, merge) if image_grid_thw is not None else 0,
-        "video": vision_token_count(video_grid_thw, merge) if video_grid_thw is not None else 0,
-        "audio": audio,
-    }
+    return {"image": visual(image_grid_thw), "video": visual(video_grid_thw), "audio": audio}
 
 
 def abstract_thinker(config: ThinkerConfig, dtype=jnp.bfloat16) -> Thinker:

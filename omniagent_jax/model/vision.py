@@ -89,11 +89,6 @@ def vision_layout(grid_thw: np.ndarray, cfg: VisionConfig) -> VisionLayout:
     )
 
 
-def vision_token_count(grid_thw: np.ndarray, merge: int = 2) -> int:
-    grid_thw = np.asarray(grid_thw, np.int64).reshape(-1, 3)
-    return int((grid_thw.prod(axis=1) // (merge * merge)).sum())
-
-
 # ---------------------------------------------------------------------------------------- device side
 
 
