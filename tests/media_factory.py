@@ -1,0 +1,211 @@
+"""Synthetic test media written with PyAV: videos whose frames say which frame they are.
+
+Every frame ``i`` shows its index as a 4×4 grid of big flat blocks (16 bits, row-major, most
+significant bit first): a set bit is a red block, a clear bit a dark-blue one. Flat blocks survive
+H.264 at any sane quality, so :func:`frame_index` recovers ``i`` from decoded pixels, and the
+red-vs-blue choice also proves the channel order is RGB. Audio is :func:`audio_signal`, a chirp
+that repeats every second, so the timing of any decoded range can be checked by cross-correlation.
+
+Everything is tiny on purpose (tens of pixels, a few seconds) so that tests stay fast. Import it
+from tests (``import media_factory``); it never touches the library under test.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from fractions import Fraction
+
+import av
+import numpy as np
+
+GRID = 4  # blocks per side; GRID² bits per frame
+MAX_FRAMES = 1 << (GRID * GRID)
+ON_RGB = (255, 0, 0)
+OFF_RGB = (0, 0, 112)
+AUDIO_AMPLITUDE = 0.5
+CHIRP_F0 = 200.0  # Hz at the start of each second
+CHIRP_RATE = 1000.0  # Hz per second: 200 → 1200 Hz over each second
+VFR_TIME_BASE = Fraction(1, 1000)
+# Frame intervals of a VFR video, in units of 1/fps, cycled (their mean is 1, so fps is the average).
+VFR_PATTERN = (0.5, 1.5, 1.0)
+
+
+# ------------------------------------------------------------------------------- frame content
+def frame_image(index: int, width: int, height: int) -> np.ndarray:
+    """The uint8 RGB ``[height, width, 3]`` picture of frame ``index``."""
+    if not 0 <= index < MAX_FRAMES:
+        raise ValueError(f"frame index {index} does not fit in {GRID * GRID} bits")
+    img = np.empty((height, width, 3), np.uint8)
+    bits = [(index >> (GRID * GRID - 1 - k)) & 1 for k in range(GRID * GRID)]
+    for k, bit in enumerate(bits):
+        r, c = divmod(k, GRID)
+        rows, cols = _block(r, c, width, height)
+        img[rows, cols] = ON_RGB if bit else OFF_RGB
+    return img
+
+
+def frame_index(img: np.ndarray) -> int:
+    """Recover the index from a decoded (upright, unrotated) frame; raise if a block is ambiguous."""
+    height, width = img.shape[:2]
+    index = 0
+    for k in range(GRID * GRID):
+        r, c = divmod(k, GRID)
+        rows, cols = _block(r, c, width, height, inner=True)
+        mean = img[rows, cols].reshape(-1, 3).mean(axis=0)
+        is_on = mean[0] > 160 and mean[2] < 80
+        is_off = mean[0] < 80 and mean[2] > 60
+        if is_on == is_off:
+            raise ValueError(f"block {k} has mean colour {mean.round(1)}, neither on {ON_RGB} nor off {OFF_RGB}")
+        index = (index << 1) | int(is_on)
+    return index
+
+
+def _block(r: int, c: int, width: int, height: int, inner: bool = False) -> tuple[slice, slice]:
+    y0, y1 = r * height // GRID, (r + 1) * height // GRID
+    x0, x1 = c * width // GRID, (c + 1) * width // GRID
+    if inner:  # the middle half, away from chroma bleed and ringing at block edges
+        dy, dx = (y1 - y0) // 4, (x1 - x0) // 4
+        y0, y1, x0, x1 = y0 + dy, y1 - dy, x0 + dx, x1 - dx
+    return slice(y0, y1), slice(x0, x1)
+
+
+def frame_times(duration: float, fps: float, vfr: bool = False) -> np.ndarray:
+    """Presentation times (s) of the frames ``make_video`` writes: ``round(duration·fps)`` frames
+    (at least one) at ``i/fps``, or, with ``vfr``, at intervals cycling through ``VFR_PATTERN/fps``
+    rounded to milliseconds (the VFR time base)."""
+    n = max(1, round(duration * fps))
+    if not vfr:
+        return np.arange(n) / fps
+    steps = np.array([VFR_PATTERN[i % len(VFR_PATTERN)] for i in range(n - 1)]) / fps
+    times = np.concatenate([[0.0], np.cumsum(steps)])
+    return np.round(times * 1000) / 1000
+
+
+def audio_signal(t: np.ndarray) -> np.ndarray:
+    """The audio written at times ``t`` (s): a 200→1200 Hz chirp restarting every second.
+
+    Its phase at whole seconds is a whole number of cycles, so the wave is continuous there.
+    """
+    tau = np.mod(np.asarray(t, np.float64), 1.0)
+    phase = 2 * np.pi * (CHIRP_F0 * tau + 0.5 * CHIRP_RATE * tau**2)
+    return (AUDIO_AMPLITUDE * np.sin(phase)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------- writers
+def make_video(
+    path: str | pathlib.Path,
+    *,
+    duration: float,
+    fps: float,
+    width: int = 64,
+    height: int = 48,
+    audio: bool = False,
+    audio_rate: int = 44100,
+    audio_channels: int = 2,
+    gop: int | None = None,
+    vfr: bool = False,
+    rotation: int = 0,
+    codec: str = "h264",
+    preset: str = "veryfast",
+    faststart: bool = False,
+) -> pathlib.Path:
+    """Write a video of ``frame_image(i)`` frames at ``frame_times(duration, fps, vfr)``.
+
+    ``rotation`` is the clockwise rotation a player applies to show the stored frames upright (the
+    legacy ``rotate`` tag; an upright phone video stored landscape has 90); it is written as a
+    display matrix. ``gop`` fixes the keyframe interval (scene-cut keyframes off); ``faststart``
+    puts the MP4 index (moov) first, so a truncated copy still opens. ``audio`` adds an AAC track
+    of ``audio_signal`` as long as the video (``duration``). ``codec`` is any PyAV encoder name;
+    ``h264`` is libx264 with B-frames (``preset`` veryfast), which exercises frame reordering.
+    """
+    path = pathlib.Path(path)
+    times = frame_times(duration, fps, vfr)
+    if len(times) > MAX_FRAMES:
+        raise ValueError(f"{len(times)} frames do not fit the {GRID * GRID}-bit frame index")
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as out:
+        rate = Fraction(fps).limit_denominator(1001)
+        time_base = VFR_TIME_BASE if vfr else 1 / rate
+        vs = out.add_stream(codec, rate=rate)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.codec_context.time_base = time_base
+        codec_options: dict[str, str] = {}
+        if codec in ("h264", "libx264"):
+            codec_options["preset"] = preset
+            if gop is not None:
+                codec_options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+        elif gop is not None:
+            vs.codec_context.gop_size = gop
+        vs.codec_context.options = codec_options
+        if rotation % 360:
+            # set_display_rotation takes counter-clockwise degrees; the tag is clockwise.
+            vs.set_display_rotation(-float(rotation))
+        astream = None
+        if audio:
+            astream = out.add_stream("aac", rate=audio_rate, layout="stereo" if audio_channels == 2 else "mono")
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")
+            frame.pts = int(round(t / time_base))
+            frame.time_base = time_base
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+        if astream is not None:
+            _write_audio(out, astream, duration, audio_rate, audio_channels)
+    return path
+
+
+def make_audio_only(
+    path: str | pathlib.Path,
+    *,
+    duration: float,
+    audio_rate: int = 44100,
+    audio_channels: int = 2,
+    codec: str | None = None,
+) -> pathlib.Path:
+    """Write ``audio_signal`` with no video stream: AAC for ``.m4a``/``.mp4``, PCM for ``.wav``."""
+    path = pathlib.Path(path)
+    codec = codec or ("pcm_s16le" if path.suffix == ".wav" else "aac")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=audio_rate, layout="stereo" if audio_channels == 2 else "mono")
+        _write_audio(out, stream, duration, audio_rate, audio_channels)
+    return path
+
+
+def _write_audio(out, stream, duration: float, rate: int, channels: int) -> None:
+    total = int(round(duration * rate))
+    chunk = 1024
+    fmt = stream.codec_context.format.name if stream.codec_context.format else "fltp"
+    layout = "stereo" if channels == 2 else "mono"
+    for start in range(0, total, chunk):
+        n = min(chunk, total - start)
+        wave = audio_signal((start + np.arange(n)) / rate)
+        planar = np.repeat(wave[None, :], channels, axis=0)
+        if fmt == "s16":
+            data = (planar.T.reshape(1, -1) * 32767).round().astype(np.int16)
+        elif fmt == "s16p":
+            data = (planar * 32767).round().astype(np.int16)
+        elif fmt == "flt":
+            data = planar.T.reshape(1, -1)
+        else:
+            data = planar
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
+        frame.sample_rate = rate
+        frame.pts = start
+        frame.time_base = Fraction(1, rate)
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+
+
+def make_truncated(src: str | pathlib.Path, dst: str | pathlib.Path, fraction: float = 0.5) -> pathlib.Path:
+    """Copy the first ``fraction`` of ``src``'s bytes to ``dst`` (an interrupted download)."""
+    data = pathlib.Path(src).read_bytes()
+    dst = pathlib.Path(dst)
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def make_not_media(path: str | pathlib.Path) -> pathlib.Path:
+    """A text file with a video's name."""
+    path = pathlib.Path(path)
+    path.write_text("this is not a video, just some text that happens to be named like one\n" * 20)
+    return path
