@@ -26,6 +26,7 @@ import logging
 import os
 import pathlib
 import tempfile
+from collections.abc import Callable
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -253,7 +254,7 @@ def build_backend(ranks: dict[bytes, int]) -> Tokenizer:
     return backend
 
 
-def _check_special_ids(token_to_id, where: str) -> None:
+def _check_special_ids(token_to_id: Callable[[str], int | None], where: str) -> None:
     """Every special of `tokens.py` must have its id there: the model and processor hard-wire them."""
     wrong = {t: token_to_id(t) for t, i in tokens.SPECIAL_TOKEN_IDS.items() if token_to_id(t) != i}
     if wrong:
@@ -323,6 +324,7 @@ def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
 
 @functools.lru_cache(maxsize=4)
 def _built_tokenizer(source: str) -> PreTrainedTokenizerFast:
+    """Verify `source`, then take the backend from the disk cache or build (and cache) it."""
     data = _read_verified(pathlib.Path(source))
     cache_file = cached_backend_path()
     backend = _load_cached_backend(cache_file)
@@ -336,6 +338,7 @@ def _built_tokenizer(source: str) -> PreTrainedTokenizerFast:
 
 
 def _has_own_tokenizer(directory: pathlib.Path) -> bool:
+    """Whether `directory` holds a complete tokenizer of its own."""
     return any(all((directory / name).is_file() for name in names) for names in _OWN_TOKENIZER_FILE_SETS)
 
 
@@ -370,6 +373,7 @@ def _chat_template_beside(directory: pathlib.Path) -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _directory_tokenizer(directory: str, fingerprint: tuple) -> PreTrainedTokenizerFast:
+    """A checkpoint's own tokenizer, checked against `tokens` and completed with the Omni defaults."""
     del fingerprint  # part of the cache key only
     path = pathlib.Path(directory)
     try:
