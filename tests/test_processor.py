@@ -410,3 +410,25 @@ def test_preprocessor_config(tmp_path, tokenizer):
     path.write_text(json.dumps({**released, "feature_size": 80, "patch_size": 16}))
     with pytest.raises(ValueError, match="feature_size=80.*patch_size=16|patch_size=16.*feature_size=80"):
         read_preprocessor_config(path)
+
+
+def test_inputs_feed_both_thinkers(processor, reference_pairs):
+    # End to end: the placeholder counts equal what the towers emit (the reference model raises on
+    # any mismatch) and our thinker gives the reference's logits on the processor's output.
+    import torch
+
+    ref_model, ours_model, _ = reference_pairs("tiny.yaml")
+    convs = [
+        [user("look", part("image", image(50, 70)), part("audio", wave(1.3)), part("video", clip(6, 60, 80, 2.6)))],
+        [user("hello")],
+    ]
+    inputs = processor(convs, use_audio_in_video=True)
+    media = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        want = ref_model(
+            input_ids=torch.as_tensor(inputs["input_ids"]), attention_mask=torch.as_tensor(inputs["attention_mask"]),
+            use_audio_in_video=True, **{k: torch.as_tensor(v) for k, v in media.items()},
+        ).logits.float().numpy()
+    got = np.asarray(ours_model(inputs["input_ids"], inputs["attention_mask"], use_audio_in_video=True, **media))
+    real = inputs["attention_mask"] == 1
+    assert np.abs(got - want)[real].max() <= 1e-4
