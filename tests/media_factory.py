@@ -173,27 +173,32 @@ def make_audio_only(
 
 def _write_audio(out, stream, duration: float, rate: int, channels: int) -> None:
     total = int(round(duration * rate))
-    chunk = 1024
-    fmt = stream.codec_context.format.name if stream.codec_context.format else "fltp"
+    chunk = stream.codec_context.frame_size or 1024
+    fmt = av.AudioFormat(stream.codec_context.format.name if stream.codec_context.format else "fltp")
     layout = "stereo" if channels == 2 else "mono"
     for start in range(0, total, chunk):
         n = min(chunk, total - start)
-        wave = audio_signal((start + np.arange(n)) / rate)
-        planar = np.repeat(wave[None, :], channels, axis=0)
-        if fmt == "s16":
-            data = (planar.T.reshape(1, -1) * 32767).round().astype(np.int16)
-        elif fmt == "s16p":
-            data = (planar * 32767).round().astype(np.int16)
-        elif fmt == "flt":
-            data = planar.T.reshape(1, -1)
-        else:
-            data = planar
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=layout)
+        planar = np.repeat(audio_signal((start + np.arange(n)) / rate)[None, :], channels, axis=0)
+        data = _to_sample_format(planar, fmt)
+        frame = av.AudioFrame.from_ndarray(data, format=fmt.name, layout=layout)
         frame.sample_rate = rate
         frame.pts = start
         frame.time_base = Fraction(1, rate)
         out.mux(stream.encode(frame))
     out.mux(stream.encode(None))
+
+
+def _to_sample_format(planar: np.ndarray, fmt: av.AudioFormat) -> np.ndarray:
+    """float [channels, n] in [-1, 1] -> the array PyAV expects for ``fmt`` (planar or packed)."""
+    base = fmt.name.rstrip("p")
+    if base in ("s16", "s32"):
+        scale = 32767 if base == "s16" else 2**31 - 1
+        data = (planar.astype(np.float64) * scale).round().astype(np.int16 if base == "s16" else np.int32)
+    elif base == "u8":
+        data = (planar * 127 + 128).round().astype(np.uint8)
+    else:
+        data = planar.astype(np.float32 if base == "flt" else np.float64)
+    return np.ascontiguousarray(data if fmt.is_planar else data.T.reshape(1, -1))
 
 
 def make_truncated(src: str | pathlib.Path, dst: str | pathlib.Path, fraction: float = 0.5) -> pathlib.Path:

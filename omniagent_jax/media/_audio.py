@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import av
 import av.error
 import numpy as np
 
-from omniagent_jax.media._open import Opened, seconds
+from omniagent_jax.media._open import Opened, seconds, seek, stream_end, stream_start
 from omniagent_jax.media.constants import AUDIO_SAMPLE_RATE, FRAME_TIME_EPS
 from omniagent_jax.media.errors import MediaError
 
@@ -28,12 +30,14 @@ def read_audio_range(opened: Opened, start: float, end: float) -> np.ndarray:
         raise MediaError(opened.path, "no_audio", "no audio stream")
     first_sample = round(start * AUDIO_SAMPLE_RATE)
     stop_sample = round(end * AUDIO_SAMPLE_RATE)
-    stream_start = _stream_start(opened, stream)
+    first_time = stream_start(opened, stream)
     where = f"audio stream #{stream.index} ({stream.codec_context.name})"
 
-    backoff = _PREROLL_S
+    # Also room for the samples dropped to align with the output grid (see _align_to_output_grid).
+    rate = stream.codec_context.sample_rate or AUDIO_SAMPLE_RATE
+    backoff = _PREROLL_S + 1.0 / math.gcd(rate, AUDIO_SAMPLE_RATE)
     for _ in range(_MAX_SEEK_ATTEMPTS):
-        target = max(start - backoff, stream_start)
+        target = max(start - backoff, first_time)
         decoded = _decode(opened, stream, target, start, stop_sample, where)
         if decoded is None:  # the first frame after the seek is later than `start`
             backoff *= 4
@@ -41,7 +45,7 @@ def read_audio_range(opened: Opened, start: float, end: float) -> np.ndarray:
         t0_sample, wave, at_end = decoded
         break
     else:
-        t0_sample, wave, at_end = _decode(opened, stream, stream_start, start, stop_sample, where, check_start=False)
+        t0_sample, wave, at_end = _decode(opened, stream, first_time, start, stop_sample, where, check_start=False)
 
     # Audio that starts after time 0 is silent before its first sample.
     lead = max(0, t0_sample - first_sample)
@@ -49,7 +53,7 @@ def read_audio_range(opened: Opened, start: float, end: float) -> np.ndarray:
     out = wave[begin : begin + (stop_sample - first_sample - lead)]
     got_until = t0_sample + len(wave)
     if at_end and got_until < stop_sample:
-        stated_end = _stream_end(opened, stream)
+        stated_end = stream_end(opened, stream)
         if stated_end is not None and got_until < min(stop_sample, stated_end * AUDIO_SAMPLE_RATE) - _CUT_SLACK_S * AUDIO_SAMPLE_RATE:
             raise MediaError(
                 opened.path,
@@ -67,24 +71,31 @@ def _decode(opened: Opened, stream, target: float, start: float, stop_sample: in
 
     Returns (sample index of the first output sample, samples, whether the stream ended), or None
     when ``check_start`` and the first frame begins after ``start`` (the seek overshot)."""
-    offset = int((target + opened.origin) / stream.time_base)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_SAMPLE_RATE, options={"rematrix_maxval": "1.0"})
     chunks: list[np.ndarray] = []
     have = 0
     t0_sample: int | None = None
+    to_drop = 0
     want = stop_sample + round(_POSTROLL_S * AUDIO_SAMPLE_RATE)
     previous: float | None = None
     try:
-        opened.container.seek(offset, backward=True, stream=stream)
+        decoder = _fresh_decoder(stream)
+        seek(opened, stream, target, where)
         for packet in opened.container.demux(stream):
-            for frame in packet.decode():
+            for frame in decoder.decode(packet if packet.size else None):
                 if frame.pts is not None:
                     previous = seconds(frame.pts, stream.time_base) - opened.origin
                 if t0_sample is None:
                     t0 = previous if previous is not None else target
-                    if check_start and t0 > start + FRAME_TIME_EPS and target > _stream_start(opened, stream):
+                    if check_start and t0 > start + FRAME_TIME_EPS and target > stream_start(opened, stream):
                         return None
-                    t0_sample = round(t0 * AUDIO_SAMPLE_RATE)
+                    t0_sample, to_drop = _align_to_output_grid(t0, frame.sample_rate)
+                if to_drop:
+                    dropped = min(to_drop, frame.samples)
+                    to_drop -= dropped
+                    frame = _drop_head(frame, dropped)
+                    if frame is None:
+                        continue
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
                     have += out.samples
@@ -95,20 +106,55 @@ def _decode(opened: Opened, stream, target: float, start: float, stop_sample: in
     except av.error.FFmpegError as e:
         at = f"after {previous:.3f}s" if previous is not None else f"near {target:.3f}s"
         raise MediaError(opened.path, "decode", f"{where}: FFmpeg failed {at}: {e}") from e
+    except ValueError as e:  # PyAV's resampler refuses a frame whose rate/layout/format changed
+        raise MediaError(opened.path, "decode", f"{where}: the audio format changes mid-stream near {previous}s: {e}") from e
     if t0_sample is None:
         t0_sample = round(target * AUDIO_SAMPLE_RATE)
     return t0_sample, _join(chunks), True
+
+
+def _fresh_decoder(stream) -> av.codec.context.CodecContext:
+    """A new decoder for ``stream``. FFmpeg's AAC decoder keeps a little state across a flush, so
+    reusing the stream's decoder after an earlier request changes the output in the last bits;
+    a fresh one per request makes a reused `VideoReader` give exactly what a one-shot call gives."""
+    source = stream.codec_context
+    decoder = av.CodecContext.create(source.codec.name, "r")
+    decoder.extradata = source.extradata
+    decoder.sample_rate = source.sample_rate
+    decoder.layout = source.layout
+    if source.format is not None:
+        decoder.format = source.format
+    return decoder
+
+
+def _align_to_output_grid(t0: float, rate: int) -> tuple[int, int]:
+    """Output sample j of the resampler is input time t0 + j/16000; unless t0 is on the 16 kHz
+    grid that puts every sample up to half a sample off. Dropping the first few input samples
+    moves the start to the next instant on both grids (every rate/gcd(rate, 16000) input samples:
+    441 at 44.1 kHz, 3 at 48 kHz). Returns (the output sample index of that instant, how many
+    input samples to drop)."""
+    n0 = round(t0 * rate)
+    period = rate // math.gcd(rate, AUDIO_SAMPLE_RATE)
+    drop = (-n0) % period
+    return (n0 + drop) * AUDIO_SAMPLE_RATE // rate, drop
+
+
+def _drop_head(frame: av.AudioFrame, count: int) -> av.AudioFrame | None:
+    """``frame`` without its first ``count`` samples (None when nothing is left)."""
+    if count == 0:
+        return frame
+    if count >= frame.samples:
+        return None
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    data = data[:, count:] if frame.format.is_planar else data[:, count * channels :]
+    trimmed = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=frame.format.name, layout=frame.layout.name)
+    trimmed.sample_rate = frame.sample_rate
+    trimmed.time_base = frame.time_base
+    return trimmed
 
 
 def _join(chunks: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
 
 
-def _stream_start(opened: Opened, stream) -> float:
-    return seconds(stream.start_time, stream.time_base) - opened.origin if stream.start_time is not None else 0.0
-
-
-def _stream_end(opened: Opened, stream) -> float | None:
-    if stream.duration is None or stream.duration <= 0:
-        return None
-    return seconds((stream.start_time or 0) + stream.duration, stream.time_base) - opened.origin

@@ -36,7 +36,10 @@ class Opened:
     video: av.video.stream.VideoStream | None
     audio: av.audio.stream.AudioStream | None
     origin: float  # seconds: the file's first timestamp, which is time 0 for every request
-    video_end: float | None  # seconds (relative to origin): where the video stream ends
+    video_end: float | None  # seconds (relative to origin): where the video stream says it ends
+    # MP4/MOV load their whole sample table when opened, and `inspect` checked it against the
+    # file size; other demuxers build their index while reading, so it proves nothing.
+    full_index: bool = False
 
 
 def open_media(path: str | os.PathLike[str]) -> Opened:
@@ -85,6 +88,39 @@ def seconds(ts: int, time_base: Fraction | None) -> float:
     return float(ts * time_base) if time_base is not None else float(ts)
 
 
+def stream_start(opened: Opened, stream: av.stream.Stream) -> float:
+    """The first timestamp of ``stream``, in seconds from the file's time 0."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return seconds(stream.start_time, stream.time_base) - opened.origin
+
+
+def seek(opened: Opened, stream: av.stream.Stream, target: float, where: str) -> None:
+    """Seek ``stream`` to the keyframe at or before ``target`` (s); at or before the stream's first
+    timestamp, rewind to its very beginning instead."""
+    time_base = stream.time_base
+    if target > stream_start(opened, stream):
+        try:
+            opened.container.seek(int(math.floor((target + opened.origin) / time_base)), backward=True, stream=stream)
+            return
+        except av.error.FFmpegError:
+            pass  # some demuxers refuse some targets (AVI): decoding from the start is slower but right
+    # A seek to exactly the first timestamp can land mid-GOP (MPEG-TS seeks by dts, not keyframe),
+    # so aim a second earlier; some demuxers (AVI) refuse that, then aim at the start itself.
+    first = stream.start_time if stream.start_time is not None else 0
+    errors = []
+    for offset in (first - int(1 / time_base), first):
+        try:
+            opened.container.seek(offset, backward=True, stream=stream)
+            return
+        except av.error.FFmpegError as e:
+            errors.append(e)
+    try:
+        opened.container.seek(0, backward=True)
+    except av.error.FFmpegError as e:
+        raise MediaError(opened.path, "decode", f"{where}: cannot seek to the start: {errors[0]}; {e}") from e
+
+
 def _inspect(path: str, container: av.container.InputContainer) -> Opened:
     fmt = container.format.name
     video = next(
@@ -100,6 +136,7 @@ def _inspect(path: str, container: av.container.InputContainer) -> Opened:
 
     origin = container.start_time / _AV_TIME_BASE if container.start_time is not None else 0.0
     video_end = _stream_end(video, origin) if video is not None else None
+    full_index = "mp4" in fmt.split(",") and video is not None and len(video.index_entries) > 0
     fps = _frame_rate(video) if video is not None else 0.0
     if video is not None and not fps > 0:
         raise MediaError(path, "decode", f"video stream #{video.index} ({video.codec_context.name}) has no frame rate")
@@ -130,7 +167,7 @@ def _inspect(path: str, container: av.container.InputContainer) -> Opened:
         audio_codec=audio.codec_context.name if audio is not None else None,
         audio_sample_rate=audio.codec_context.sample_rate if audio is not None else None,
     )
-    return Opened(path, container, info, video, audio, origin, video_end)
+    return Opened(path, container, info, video, audio, origin, video_end, full_index)
 
 
 def _frame_rate(video: av.video.stream.VideoStream) -> float:
@@ -140,11 +177,24 @@ def _frame_rate(video: av.video.stream.VideoStream) -> float:
     return 0.0
 
 
+def stream_end(opened: Opened, stream: av.stream.Stream) -> float | None:
+    """Where ``stream`` says it ends (s from time 0), or None when it does not say."""
+    return _stream_end(stream, opened.origin)
+
+
 def _stream_end(stream: av.stream.Stream, origin: float) -> float | None:
-    if stream.duration is None or stream.duration <= 0 or stream.time_base is None:
-        return None
-    start = stream.start_time if stream.start_time is not None else 0
-    return seconds(start + stream.duration, stream.time_base) - origin
+    start = seconds(stream.start_time, stream.time_base) - origin if stream.start_time is not None else 0.0
+    if stream.duration is not None and stream.duration > 0 and stream.time_base is not None:
+        return start + seconds(stream.duration, stream.time_base)
+    # Matroska keeps per-stream durations as a tag ("00:00:03.023000000").
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return start + int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            return None
+    return None
 
 
 def _duration(container, video, audio, origin: float, fps: float) -> float | None:

@@ -15,7 +15,7 @@ import av
 import av.error
 import numpy as np
 
-from omniagent_jax.media._open import Opened, seconds
+from omniagent_jax.media._open import Opened, seconds, seek, stream_start
 from omniagent_jax.media.constants import FRAME_TIME_EPS
 from omniagent_jax.media.errors import MediaError
 
@@ -43,8 +43,7 @@ class FrameDecoder:
         self.stream = opened.video
         self.time_base = self.stream.time_base
         self.fps = opened.info.fps
-        start = self.stream.start_time
-        self.stream_start = seconds(start, self.time_base) - opened.origin if start is not None else 0.0
+        self.stream_start = stream_start(opened, self.stream)
         self._where = f"video stream #{self.stream.index} ({self.stream.codec_context.name})"
 
     # ------------------------------------------------------------------------------- frames
@@ -86,18 +85,23 @@ class FrameDecoder:
     def frame_times(self, start: float, end: float) -> np.ndarray:
         """Presentation times of the frames in ``[start, end)``, ascending, from packet timestamps
         (demuxing only), or by decoding when the packets carry none."""
+        scan = None
         for target in self._seek_targets(start):
-            times, first = self._packet_times(target, end)
-            if times is None:
+            scan = self._packet_times(target, end)
+            if scan is None:
                 return self._decoded_times(start, end)
-            if (first is not None and first <= start + FRAME_TIME_EPS) or target <= self.stream_start:
+            times, reached_end = scan
+            if (times and times[0] <= start + FRAME_TIME_EPS) or target <= self.stream_start:
                 break
         else:
-            times, _ = self._packet_times(self.stream_start, end)
-            if times is None:
+            scan = self._packet_times(self.stream_start, end)
+            if scan is None:
                 return self._decoded_times(start, end)
-        times = np.unique(np.asarray(times, np.float64))
-        return times[(times >= start - FRAME_TIME_EPS) & (times < end - FRAME_TIME_EPS)]
+        times, reached_end = scan
+        if reached_end and end > max(times, default=-math.inf) + 1.0 / self.fps:
+            self._check_not_cut(max(times, default=self.stream_start), end)
+        arr = np.unique(np.asarray(times, np.float64))
+        return arr[(arr >= start - FRAME_TIME_EPS) & (arr < end - FRAME_TIME_EPS)]
 
     # ----------------------------------------------------------------------------- seeking
     def _seek_targets(self, t: float) -> Iterator[float]:
@@ -133,20 +137,21 @@ class FrameDecoder:
         entries = self.stream.index_entries
         if len(entries) == 0:
             return t - position > _NO_INDEX_SEEK_GAP_S
-        i = entries.search_timestamp(self._offset(t), backward=True)
+        # MP4 index timestamps are decode times, which run ahead of presentation times by the
+        # B-frame delay; the first entry against the stream's start time measures that delay.
+        shift = 0
+        if self.stream.start_time is not None:
+            shift = max(0, self.stream.start_time - entries[0].timestamp)
+        i = entries.search_timestamp(self._offset(t) - shift, backward=True)
         if i < 0:
             return False
-        # Index timestamps are decode times, at or before the keyframe's presentation time.
-        return seconds(entries[i].timestamp, self.time_base) - self.o.origin > position
+        return seconds(entries[i].timestamp + shift, self.time_base) - self.o.origin > position
 
     def _offset(self, t: float) -> int:
         return int(math.floor((t + self.o.origin) / self.time_base))
 
     def _seek(self, target: float) -> None:
-        try:
-            self.o.container.seek(self._offset(target), backward=True, stream=self.stream)
-        except av.error.FFmpegError as e:
-            raise MediaError(self.o.path, "decode", f"{self._where}: cannot seek to {target:.3f}s: {e}") from e
+        seek(self.o, self.stream, target, self._where)
 
     # ---------------------------------------------------------------------------- decoding
     def _decode_from(self, target: float) -> Iterator[TimedFrame]:
@@ -167,9 +172,10 @@ class FrameDecoder:
         # No timestamp (raw elementary streams): assume the nominal frame interval.
         return (previous + 1.0 / self.fps) if previous is not None else self.stream_start
 
-    def _packet_times(self, target: float, end: float) -> tuple[list[float] | None, float | None]:
-        """Presentation times of the packets from a seek to ``target`` until none can be before
-        ``end``, and the first packet's time; (None, None) when a packet has no timestamp."""
+    def _packet_times(self, target: float, end: float) -> tuple[list[float], bool] | None:
+        """Presentation times of the packets from a seek to ``target`` (the first is the keyframe
+        the seek found) until none can be before ``end``, and whether the stream ended first;
+        None when a packet has no timestamp."""
         self._seek(target)
         times: list[float] = []
         past_end = 0
@@ -178,7 +184,7 @@ class FrameDecoder:
                 if packet.size == 0:  # the flush packet at the end of the stream
                     continue
                 if packet.pts is None:
-                    return None, None
+                    return None
                 if packet.is_discard:  # before an edit list's start: the decoder drops it
                     continue
                 t = seconds(packet.pts, self.time_base) - self.o.origin
@@ -186,14 +192,14 @@ class FrameDecoder:
                 if packet.dts is not None:
                     # Decode order: a later packet has a later dts, and pts >= dts.
                     if seconds(packet.dts, self.time_base) - self.o.origin >= end - FRAME_TIME_EPS:
-                        break
+                        return times, False
                 elif t >= end - FRAME_TIME_EPS:
                     past_end += 1
                     if past_end >= _PACKETS_PAST_END:
-                        break
+                        return times, False
         except av.error.FFmpegError as e:
             raise MediaError(self.o.path, "decode", f"{self._where}: FFmpeg failed reading packets near {target:.3f}s: {e}") from e
-        return times, (times[0] if times else None)
+        return times, True
 
     def _decoded_times(self, start: float, end: float) -> np.ndarray:
         times = []
@@ -210,9 +216,9 @@ class FrameDecoder:
 
     # ---------------------------------------------------------------------------- checking
     def _check_not_cut(self, last: float, t: float) -> None:
-        """The stream ended before ``t``. With an index, `inspect` already proved the file whole;
+        """The stream ended before ``t``. With a full index `inspect` already proved the file whole;
         without one, a stream that stops well before its stated end was cut short."""
-        if len(self.stream.index_entries) > 0:
+        if self.o.full_index:
             return
         stated_end = self.o.video_end if self.o.video_end is not None else self.o.info.duration
         if last < stated_end - 1.0 / self.fps - max(_CUT_SLACK_S, 2.0 / self.fps):

@@ -40,7 +40,8 @@ class VideoInfo:
         return self.video_codec is not None
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: field-wise == on numpy arrays is ambiguous; repr shows shapes, not megabytes of pixels.
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Clip:
     """A clip as the model sees it: frames sampled at 2 fps plus the clip's audio.
 
@@ -54,6 +55,11 @@ class Clip:
     timestamps: np.ndarray
     fps: float
     audio: np.ndarray | None
+
+    def __repr__(self) -> str:
+        span = f"{self.timestamps[0]:.2f}..{self.timestamps[-1]:.2f}s" if len(self.timestamps) else "empty"
+        audio = "None" if self.audio is None else f"{self.audio.shape[0]} samples"
+        return f"Clip(frames={tuple(self.frames.shape)} {self.frames.dtype}, timestamps={span}, fps={self.fps}, audio={audio})"
 
 
 def _floor_by(x: float, factor: int) -> int:
