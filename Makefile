@@ -20,8 +20,19 @@ $(VENV)/.test: $(VENV)/.core
 	$(PIP) install -e '.[test]'
 	touch $@
 
-run: $(VENV)/.core
-	$(VENV)/bin/omniagent run $(if $(MODEL),--model $(MODEL),)
+# The main job: one OTA episode on the bundled example video. Without MODEL it uses the tiny
+# preset with random weights (created on first use), capped at a few short turns.
+EXAMPLE_VIDEO := assets/example.mp4
+RUN_ARGS ?= --max-steps 3 --fixed-steps --max-new-tokens 128
+
+$(EXAMPLE_VIDEO):
+	$(PY) tools/make_example_video.py --out $@
+
+run: $(VENV)/.core $(EXAMPLE_VIDEO)
+	$(VENV)/bin/omniagent run --video $(EXAMPLE_VIDEO) \
+		--question "What colour is the square when the high-pitched tone plays?" \
+		--options "A. Red" "B. Green" "C. Blue" "D. Yellow" --answer C \
+		$(RUN_ARGS) $(if $(MODEL),--model $(MODEL),)
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q $(PYTEST_ARGS)

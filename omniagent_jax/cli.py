@@ -1,51 +1,104 @@
-"""`omniagent` command line: run, eval, train, serve, demo (sub-commands arrive with their issues)."""
+"""`omniagent` command line.
+
+    omniagent run   --video V --question Q [...]   one OTA episode; prints each turn, writes latest_run.json
+    omniagent serve --model PATH [--port 8000]      OpenAI-compatible /v1/chat/completions over the JAX engine
+
+`run` uses the JAX engine by default (`--model PATH`, an HF or converted JAX checkpoint); without
+`--model` it builds the tiny preset with RANDOM weights (created once, cached on disk), which only
+exercises the machinery. `--policy scripted|openai` swaps in the agent's other policies.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 import sys
+
+TINY_SEED = 0
+
+
+def tiny_checkpoint() -> pathlib.Path:
+    """The tiny random model as a JAX checkpoint, created on first use under the cache directory."""
+    from omniagent_jax.model.params import load_thinker  # noqa: F401  (fail early if the loader is missing)
+
+    root = pathlib.Path(os.environ.get("OMNIAGENT_CACHE", pathlib.Path.home() / ".cache" / "omniagent_jax"))
+    path = root / f"tiny-random-seed{TINY_SEED}"
+    if not (path / "config.json").exists():
+        import jax.numpy as jnp
+        from flax import nnx
+
+        from omniagent_jax.model import Thinker, config
+        from omniagent_jax.model.params import save_jax_checkpoint
+
+        print(f"creating the tiny random model at {path} (first use)", file=sys.stderr)
+        save_jax_checkpoint(Thinker(config.tiny(), dtype=jnp.float32, rngs=nnx.Rngs(TINY_SEED)), path)
+    return path
+
+
+def _engine_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine (JAX policy)")
+    g.add_argument("--model", default=None, help="HF or converted JAX checkpoint directory (default: tiny random model)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="parameter dtype (default: the checkpoint's)")
+    g.add_argument("--page-size", type=int, default=16, help="KV page size in tokens")
+    g.add_argument("--num-pages", type=int, default=2048, help="KV pages in the pool")
+    g.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+
+def _jax_policy(args: argparse.Namespace, *, temperature: float, top_p: float, top_k: int, max_new_tokens: int):
+    import jax.numpy as jnp
+
+    from omniagent_jax.engine import SamplingParams
+    from omniagent_jax.engine.policy import JaxPolicy
+
+    path = args.model or tiny_checkpoint()
+    sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=args.seed)
+    policy = JaxPolicy.from_pretrained(
+        path, dtype=getattr(jnp, args.dtype) if args.dtype else None, sampling=sampling,
+        page_size=args.page_size, num_pages=args.num_pages, max_batch=args.max_batch,
+    )
+    label = str(path) if args.model else f"tiny preset with RANDOM WEIGHTS ({path}); pass --model for a real checkpoint"
+    model = policy.engine.model
+    print(f"model: {label} — {model.num_params():,} parameters, {model.dtype}", file=sys.stderr)
+    return policy
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    """Until the inference engine lands: build (or load) a thinker and run one forward on a chat prompt."""
-    import time
+    from omniagent_jax.agent.cli import run_command
 
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
+    policy = None
+    if args.policy is None:
+        policy = _jax_policy(args, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    return run_command(args, policy)
 
-    from omniagent_jax.model import Thinker, config as model_config
-    from omniagent_jax.processing.tokenizer import load_tokenizer
 
-    t0 = time.perf_counter()
-    if args.model:
-        model = Thinker.from_pretrained(args.model)
-        tokenizer = load_tokenizer(args.model)
-        label = args.model
-    else:
-        model = Thinker(model_config.tiny(), rngs=nnx.Rngs(args.seed))
-        tokenizer = load_tokenizer()
-        label = "tiny preset, RANDOM WEIGHTS (no checkpoint given)"
-    messages = [{"role": "user", "content": [{"type": "text", "text": args.question}]}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = np.asarray([tokenizer(text)["input_ids"]])
-    logits = model(jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)))
-    top = np.argsort(-np.asarray(logits[0, -1]))[:5]
-    print(f"model: {label} ({model.num_params():,} parameters, {model.dtype})")
-    print(f"prompt: {len(ids[0])} tokens; logits {tuple(logits.shape)}")
-    print("next-token top-5:", ", ".join(f"{tokenizer.decode([int(t)])!r}" for t in top))
-    print(f"done in {time.perf_counter() - t0:.1f}s (the OTA agent loop arrives with the inference engine)")
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from omniagent_jax.engine.server import serve
+
+    policy = _jax_policy(args, temperature=1.0, top_p=0.95, top_k=20, max_new_tokens=args.max_new_tokens)
+    serve(policy, host=args.host, port=args.port, model_name=args.served_model_name)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omniagent", description=__doc__)
+    from omniagent_jax.agent.cli import add_run_arguments
+
+    parser = argparse.ArgumentParser(prog="omniagent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the model on one prompt")
-    run.add_argument("--model", default=None, help="HF or converted JAX checkpoint directory (default: tiny random model)")
-    run.add_argument("--question", default="What happens in this video?")
-    run.add_argument("--seed", type=int, default=0)
+
+    run = sub.add_parser("run", help="run one OTA episode on a video")
+    add_run_arguments(run)
+    _engine_arguments(run)
     run.set_defaults(func=_cmd_run)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible chat completions over the JAX engine")
+    _engine_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", default="omniagent")
+    serve.add_argument("--max-new-tokens", type=int, default=4096, help="default per request (max_tokens overrides)")
+    serve.set_defaults(func=_cmd_serve)
     return parser
 
 
