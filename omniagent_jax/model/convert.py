@@ -98,7 +98,7 @@ def hf_to_jax(
     src = Path(src)
     if (src / MARKER_FILE).exists():
         raise CheckpointError(f"{src} is already a converted JAX checkpoint (use jax-to-hf to export it)")
-    reader = HFParamReader(src)
+    reader = HFParamReader(src).validate()
     target = None if dtype is None else np.dtype(dtype)
     names = list(reader.specs)
     total = sum(int(np.prod(reader.specs[n].shape)) * (target or reader.specs[n].dtype).itemsize for n in names)
@@ -177,7 +177,7 @@ def jax_to_hf(
     progress: bool = True,
 ) -> Path:
     """Exports a JAX checkpoint directory as safetensors shards + index + config.json."""
-    reader = JaxParamReader(src)
+    reader = JaxParamReader(src).validate()
     cfg = reader.config
     max_bytes = parse_size(max_shard_size)
     ours = {}  # full on-disk key → module path

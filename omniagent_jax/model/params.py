@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -53,6 +54,7 @@ __all__ = [
     "nnx_to_hf",
     "open_params",
     "param_shapes",
+    "shapes_of",
     "save_jax_checkpoint",
 ]
 
@@ -223,11 +225,22 @@ def natural_key(name: str) -> list[object]:
     return [int(p) if p.isdigit() else p for p in name.split(".")]
 
 
-def param_shapes(config: ThinkerConfig) -> dict[str, Shape]:
-    """Every parameter of the thinker: module path → NNX shape (from `nnx.eval_shape`, nothing allocated)."""
-    state = nnx.state(abstract_thinker(config, jnp.float32), nnx.Param)
-    shapes = {".".join(map(str, path)): tuple(var.shape) for path, var in nnx.to_flat_state(state)}
+def shapes_of(model: Thinker) -> dict[str, Shape]:
+    """Module path → NNX shape of every parameter of a (possibly abstract) model, in checkpoint-key order."""
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    shapes = {".".join(map(str, path)): tuple(var.shape) for path, var in flat}
     return dict(sorted(shapes.items(), key=lambda kv: natural_key(nnx_to_hf(kv[0])[0])))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_shapes(config: ThinkerConfig) -> tuple[tuple[str, Shape], ...]:
+    return tuple(shapes_of(abstract_thinker(config, jnp.float32)).items())
+
+
+def param_shapes(config: ThinkerConfig) -> dict[str, Shape]:
+    """Every parameter of the thinker: module path → NNX shape (`nnx.eval_shape`, nothing allocated;
+    cached per config because tracing the 7B model takes seconds)."""
+    return dict(_cached_shapes(config))
 
 
 # ---------------------------------------------------------------------------------------- readers
@@ -240,11 +253,16 @@ class ParamSpec:
 
 
 class ParamReader(Protocol):
-    """A validated checkpoint: its config, every parameter's NNX shape/dtype, one tensor at a time."""
+    """A checkpoint: its config and stored dtypes when opened; after `validate` (against the
+    model's shapes) every parameter's NNX shape/dtype, and the tensors one at a time."""
 
     path: Path
     config: ThinkerConfig
     specs: dict[str, ParamSpec]
+
+    def stored_dtypes(self) -> set[np.dtype]: ...
+
+    def validate(self, shapes: dict[str, Shape] | None = None) -> ParamReader: ...
 
     def read(self, name: str) -> np.ndarray: ...
 
@@ -331,16 +349,25 @@ class HFCheckpoint:
 
 
 class HFParamReader:
-    """Thinker parameters from an HF directory, validated against its config.json."""
+    """Thinker parameters from an HF directory and its config.json."""
 
     def __init__(self, path: str | os.PathLike):
         self.ckpt = HFCheckpoint(path)
         self.path = self.ckpt.path
         self.config = read_config(self.path)
-        expected = param_shapes(self.config)
-        self._keys: dict[str, tuple[str, Rule]] = {}  # module path → (full key, rule)
+        self._found = self.ckpt.thinker_keys()  # full key → (module path, rule); unknown keys raise here
+        self._keys: dict[str, tuple[str, Rule]] = {}  # module path → (full key, rule), once validated
+        self.specs: dict[str, ParamSpec] = {}
+
+    def stored_dtypes(self) -> set[np.dtype]:
+        return {DTYPES[self.ckpt.file_of(k).tensors[k].dtype] for k in self._found}
+
+    def validate(self, shapes: dict[str, Shape] | None = None) -> HFParamReader:
+        """Checks every tensor against the model's parameters (`shapes`, default: from the config)."""
+        expected = param_shapes(self.config) if shapes is None else shapes
+        keys: dict[str, tuple[str, Rule]] = {}
         problems = []
-        for key, (name, rule) in self.ckpt.thinker_keys().items():
+        for key, (name, rule) in self._found.items():
             where = self.ckpt.weight_map[key]
             if name not in expected:
                 problems.append(f"unknown key {key!r} (in {where}): the config has no parameter {name}")
@@ -349,16 +376,17 @@ class HFParamReader:
             got = self.ckpt.file_of(key).tensors[key].shape
             if got != want:
                 problems.append(f"shape mismatch for {key!r} (in {where}): checkpoint {list(got)}, model expects {list(want)}")
-            self._keys[name] = (key, rule)
-        missing = [self.ckpt.prefix + nnx_to_hf(n)[0] for n in expected if n not in self._keys]
+            keys[name] = (key, rule)
+        missing = [self.ckpt.prefix + nnx_to_hf(n)[0] for n in expected if n not in keys]
         if missing:
             problems.append(f"missing key(s): {_summarise(missing)}")
         if problems:
             raise CheckpointError(f"{self.path}: " + "; ".join(problems))
+        self._keys = keys
         self.specs = {
-            name: ParamSpec(expected[name], DTYPES[self.ckpt.file_of(self._keys[name][0]).tensors[self._keys[name][0]].dtype])
-            for name in expected
+            name: ParamSpec(expected[name], DTYPES[self.ckpt.file_of(keys[name][0]).tensors[keys[name][0]].dtype]) for name in expected
         }
+        return self
 
     def hf_key(self, name: str) -> str:
         return self._keys[name][0]
@@ -425,7 +453,15 @@ class JaxParamReader:
         except Exception as e:  # orbax raises assorted types for an unreadable directory
             raise CheckpointError(f"{params}: cannot read the orbax checkpoint ({type(e).__name__}: {e})") from None
         self._meta = stored
-        expected = param_shapes(self.config)
+        self.specs: dict[str, ParamSpec] = {}
+
+    def stored_dtypes(self) -> set[np.dtype]:
+        return {np.dtype(m.dtype) for m in self._meta.values()}  # type: ignore[attr-defined]
+
+    def validate(self, shapes: dict[str, Shape] | None = None) -> JaxParamReader:
+        """Checks every stored parameter against the model's (`shapes`, default: from the config)."""
+        expected = param_shapes(self.config) if shapes is None else shapes
+        stored, params = self._meta, self.path / PARAMS_DIR
         problems = [f"unknown parameter {n!r} (in {params})" for n in stored if n not in expected]
         problems += [
             f"shape mismatch for {n!r} (in {params}): checkpoint {list(stored[n].shape)}, model expects {list(expected[n])}"  # type: ignore[attr-defined]
@@ -438,6 +474,7 @@ class JaxParamReader:
         if problems:
             raise CheckpointError(f"{self.path}: " + "; ".join(problems))
         self.specs = {n: ParamSpec(expected[n], np.dtype(stored[n].dtype)) for n in expected}  # type: ignore[attr-defined]
+        return self
 
     def read(self, name: str) -> np.ndarray:
         return self._load([name])[name]
@@ -489,38 +526,40 @@ def _merge(into: dict, tree: dict) -> None:
             into[k] = v
 
 
-def open_params(path: str | os.PathLike) -> HFParamReader | JaxParamReader:
-    """The reader for a checkpoint directory: a converted JAX checkpoint if it has the marker, else HF."""
+def open_params(path: str | os.PathLike, *, validate: bool = True) -> HFParamReader | JaxParamReader:
+    """The reader for a checkpoint directory: a converted JAX checkpoint if it has the marker, else
+    HF; validated against the config's parameters unless `validate=False`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint directory (it is a file)")
-    if (path / MARKER_FILE).exists():
-        return JaxParamReader(path)
-    return HFParamReader(path)
+    reader = JaxParamReader(path) if (path / MARKER_FILE).exists() else HFParamReader(path)
+    return reader.validate() if validate else reader
 
 
 # ---------------------------------------------------------------------------------------- loading
 
 
 def checkpoint_dtype(reader: ParamReader) -> np.dtype:
-    """The one dtype of all parameters; a mixed checkpoint needs an explicit dtype to load."""
-    dtypes = sorted({str(s.dtype) for s in reader.specs.values()})
+    """The one dtype of all thinker tensors; a mixed checkpoint needs an explicit dtype to load."""
+    dtypes = reader.stored_dtypes()
     if len(dtypes) != 1:
-        raise CheckpointError(f"{reader.path}: parameters have mixed dtypes {dtypes}; pass dtype= to choose one")
-    return next(iter(reader.specs.values())).dtype
+        raise CheckpointError(f"{reader.path}: parameters have mixed dtypes {sorted(map(str, dtypes))}; pass dtype= to choose one")
+    return dtypes.pop()
 
 
 def load_thinker(path: str | os.PathLike, dtype=None) -> Thinker:
     """A `Thinker` with the weights of an HF directory or a converted JAX checkpoint.
 
-    Tensors are read one at a time and placed straight into the model, so peak host memory is the
-    model plus one tensor. `dtype=None` keeps the checkpoint's dtype.
+    Tensors are read one at a time (JAX checkpoints: one ~512 MB group) and placed straight into
+    the model, so peak host memory is the model plus one tensor. `dtype=None` keeps the
+    checkpoint's dtype. Parameters keep their logical axis names.
     """
-    reader = open_params(path)
+    reader = open_params(path, validate=False)
     target = np.dtype(dtype) if dtype is not None else checkpoint_dtype(reader)
     abstract = abstract_thinker(reader.config, target)
+    reader.validate(shapes_of(abstract))  # the same traced model: the 7B is traced once, not twice
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):
         raise TypeError("Thinker holds non-parameter state; load_thinker only knows how to fill parameters")
