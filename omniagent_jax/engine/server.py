@@ -133,9 +133,10 @@ def messages_from_openai(body: dict[str, Any]) -> list[dict[str, Any]]:
                 if audio.get("format", "wav") != "wav":
                     raise BadRequest("input_audio must be WAV")
                 try:
-                    samples = decode_wav(base64.b64decode(audio.get("data", ""), validate=True))
+                    raw = base64.b64decode(audio.get("data", ""), validate=True)
                 except ValueError as e:
                     raise BadRequest("input_audio data is not valid base64") from e
+                samples = decode_wav(raw)
                 if pending_clip is not None:
                     parts[pending_clip] = {"type": "video", "video": dataclasses.replace(parts[pending_clip]["video"], audio=samples)}
                     pending_clip = None
@@ -145,6 +146,16 @@ def messages_from_openai(body: dict[str, Any]) -> list[dict[str, Any]]:
                 raise BadRequest(f"message {i}: unsupported content part type {kind!r}")
         out.append({"role": msg["role"], "content": parts})
     return out
+
+
+def stop_token_ids(stop: Any, default: tuple[int, ...]) -> tuple[int, ...]:
+    """OpenAI `stop` strings → token ids; only special tokens (e.g. `<|im_end|>`) can be stops here."""
+    if stop is None:
+        return default
+    names = [stop] if isinstance(stop, str) else stop
+    if not isinstance(names, list) or any(n not in tokens.SPECIAL_TOKEN_IDS for n in names):
+        raise BadRequest(f"`stop` supports special tokens only (e.g. {tokens.IM_END!r}), got {stop!r}")
+    return tuple(tokens.SPECIAL_TOKEN_IDS[n] for n in names)
 
 
 def sampling_from_openai(body: dict[str, Any], default: SamplingParams) -> SamplingParams:
@@ -157,6 +168,7 @@ def sampling_from_openai(body: dict[str, Any], default: SamplingParams) -> Sampl
             max_new_tokens=int(body.get("max_completion_tokens", body.get("max_tokens", default.max_new_tokens))),
             seed=int(body["seed"]) if body.get("seed") is not None else default.seed,
             logprobs=bool(body.get("logprobs", False)),
+            stop_token_ids=stop_token_ids(body.get("stop"), default.stop_token_ids),
         )
     except (TypeError, ValueError) as e:
         raise BadRequest(f"invalid sampling parameter: {e}") from e
