@@ -32,10 +32,10 @@ import numpy as np
 
 from omniagent_jax.engine.policy import JaxPolicy
 from omniagent_jax.engine.sampling import SamplingParams
+from omniagent_jax.media.constants import AUDIO_SAMPLE_RATE as AUDIO_RATE
+from omniagent_jax.media.constants import CLIP_FPS as DEFAULT_CLIP_FPS
 from omniagent_jax.processing import tokens
 
-AUDIO_RATE = 16_000
-DEFAULT_CLIP_FPS = 2.0
 
 
 class BadRequest(ValueError):

@@ -13,7 +13,7 @@ import os
 import pathlib
 from typing import Any
 
-from omniagent_jax.processing import tokens
+from omniagent_jax.processing import budgets, tokens
 
 # The YAML presets of a source checkout (`configs/`); installed wheels use the presets in code.
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -117,8 +117,8 @@ class ThinkerConfig:
     audio_end_token_id: int = tokens.AUDIO_EOS_ID
     vision_start_token_id: int = tokens.VISION_BOS_ID
     vision_end_token_id: int = tokens.VISION_EOS_ID
-    position_id_per_seconds: int = 25
-    seconds_per_chunk: int = 2
+    position_id_per_seconds: int = budgets.POSITION_ID_PER_SECONDS
+    seconds_per_chunk: int = int(budgets.SECONDS_PER_CHUNK)
 
     def __post_init__(self) -> None:
         self.text.validate()

@@ -7,6 +7,8 @@ the Whisper extractor's of the released `preprocessor_config.json` (model.md §4
 
 from __future__ import annotations
 
+from omniagent_jax.media.constants import AUDIO_SAMPLE_RATE, CLIP_FPS
+
 # --- vision tower geometry (preprocessor_config: patch 14, merge 2, temporal 2) ---
 PATCH_SIZE = 14
 MERGE_SIZE = 2
@@ -32,7 +34,7 @@ VIDEO_MAX_PIXELS = 768 * FACTOR * FACTOR  # 602,112
 MODEL_SEQ_LEN = 128_000  # qwen-omni-utils' MODEL_SEQ_LEN default
 VIDEO_TOTAL_PIXELS = int(MODEL_SEQ_LEN * FACTOR * FACTOR * 0.9)  # 90,316,800
 # The processor assumes this frame rate for every clip (model.md §4.1): second_per_grid = 2 / 2.0 = 1.0.
-VIDEO_FPS = 2.0
+VIDEO_FPS = CLIP_FPS
 
 
 def video_frame_max_pixels(num_frames: int) -> float:
@@ -46,7 +48,7 @@ def video_frame_max_pixels(num_frames: int) -> float:
 
 
 # --- audio: WhisperFeatureExtractor of the release (feature_size 128, 300-s chunk) ---
-SAMPLING_RATE = 16_000
+SAMPLING_RATE = AUDIO_SAMPLE_RATE
 N_MELS = 128
 N_FFT = 400
 HOP_LENGTH = 160
