@@ -181,10 +181,11 @@ def write_test_video(
     audio: bool = False,
     gop: int = 12,
 ) -> pathlib.Path:
-    """A tiny H.264 (+ AAC 16 kHz mono) MP4 with ``round(duration * fps)`` frames, for real-media
-    tests. ``fps`` may be a ``Fraction`` (e.g. 30000/1001). Each frame's gray level encodes its
-    index so decoders can be checked. The audio track is cut to whole AAC frames inside the video's
-    duration so it never lengthens the container."""
+    """A tiny H.264 (+ AAC 16 kHz mono) MP4 whose probed duration is the video's own:
+    ``round(duration * fps)`` frames, and an audio track cut to whole AAC frames *inside* that
+    duration. The replay needs this: META prints the duration floored to 0.01 s, and
+    ``media_factory.make_video`` writes audio as long as the video, whose AAC padding lengthens the
+    container (30.0698 s recorded → 30.07 probed instead of 30.06). ``fps`` may be a ``Fraction``."""
     import av
     from fractions import Fraction
 

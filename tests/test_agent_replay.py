@@ -133,3 +133,39 @@ def test_replay_reports_first_differing_message(shared_reference):
         assert_context_equal(policy.inputs[1], tampered[:2] + steps[1]["raw_input"][2:3] + tampered[2:], "x")
     with pytest.raises(pytest.fail.Exception, match=r"message counts differ"):
         assert_context_equal(policy.inputs[1], steps[1]["raw_input"][:-1], "x")
+
+
+def test_reference_trajectories_replay_real_media(shared_reference, tmp_path):
+    """The same replay through ``omniagent_jax.media`` on tiny real videos with the recorded facts
+    (recorded fps, duration to the frame, audio track when the recording had one)."""
+    from fractions import Fraction
+
+    from omniagent_jax.media import MediaError, open_video
+
+    trajectories = h.load_reference_trajectories(shared_reference / "example_train_sft.jsonl")
+    for k, steps in enumerate(trajectories):
+        info = steps[0]["extra_info"]
+        fps = Fraction(info["fps"]).limit_denominator(1001)
+        path = h.write_test_video(tmp_path / f"ref{k}.mp4", duration=info["duration_seconds"], fps=fps,
+                                  audio=info["has_audio"])
+        opened = []
+
+        def opener(_video_path, _p=path):
+            reader = open_video(str(_p))
+            opened.append(reader)
+            return reader
+
+        result, policy, lines = replay_trajectory(steps, media_opener=opener, media_errors=(MediaError,))
+        check_replay(steps, result, policy, lines)
+        # real decoded media reached the context
+        for ctx in policy.inputs:
+            for msg in ctx:
+                for part in msg["content"]:
+                    if part["type"] == "image":
+                        assert part["image"].dtype.name == "uint8" and part["image"].shape[-1] == 3
+                    elif part["type"] == "audio":
+                        assert part["audio"].dtype.name == "float32" and part["audio"].ndim == 1
+                    elif part["type"] == "video":
+                        clip = part["video"]
+                        assert clip.frames.shape[0] == len(clip.timestamps) >= 2
+                        assert (clip.audio is not None) == info["has_audio"]
