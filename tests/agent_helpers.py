@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from omniagent_jax.agent.limits import CLIP_SAMPLE_FPS
+from omniagent_jax.media.constants import AUDIO_SAMPLE_RATE as AUDIO_RATE
+from omniagent_jax.media.constants import CLIP_FPS
 
 FAKE_FRAME_SIZE = 4  # fake frames are 4x4: the agent never looks at pixels
-AUDIO_RATE = 16000
 
 
 class FakeMediaError(Exception):
@@ -77,11 +77,11 @@ class FakeReader:
         self._check("clip")
         assert 0 <= start < end <= self.info.duration
         self.calls.append(("clip", (start, end)))
-        ts = np.arange(start, end, 1.0 / CLIP_SAMPLE_FPS)
+        ts = np.arange(start, end, 1.0 / CLIP_FPS)
         if len(ts) < 2:
             ts = np.array([start, end])
         audio = np.zeros(max(1, int(round((end - start) * AUDIO_RATE))), np.float32) if self.info.has_audio else None
-        return FakeClip(np.zeros((len(ts), FAKE_FRAME_SIZE, FAKE_FRAME_SIZE, 3), np.uint8), ts, CLIP_SAMPLE_FPS, audio)
+        return FakeClip(np.zeros((len(ts), FAKE_FRAME_SIZE, FAKE_FRAME_SIZE, 3), np.uint8), ts, CLIP_FPS, audio)
 
     def close(self) -> None:
         self.closed = True

@@ -32,12 +32,12 @@ def parse(argv):
     return add_run_arguments(argparse.ArgumentParser()).parse_args(argv)
 
 
-def run(argv, policy=None):
+def run(argv, policy=None, **kw):
     out, err = io.StringIO(), io.StringIO()
     old = sys.stderr
     sys.stderr = err
     try:
-        code = run_command(parse(argv), policy, out=out)
+        code = run_command(parse(argv), policy, out=out, **kw)
     finally:
         sys.stderr = old
     return code, out.getvalue(), err.getvalue()
@@ -83,6 +83,24 @@ def test_policy_object_and_default_output(video, tmp_path, monkeypatch):
     assert rec["question_type"] == "FF" and rec["final_answer"] == "white" and rec["scored"] is False
     assert rec["policy"] == "ScriptedPolicy" and rec["runtime_config"]["effective_max_steps"] == 6
     assert "(not scored)" in out
+
+
+def test_token_counter_turns_on_the_token_limit(video, tmp_path):
+    def count(messages):
+        return 40 * len(messages)
+
+    policy = ScriptedPolicy([h.frames(0, 1, 2), h.frames(1, 2, 2), h.answer("A")])
+    code, out, err = run(["--video", str(video), "--question", "q", "--options", "A. a", "--max-prompt-tokens", "200",
+                          "--output", str(tmp_path / "o.json")], policy, token_counter=count)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "o.json").read_text())
+    # 4 messages after step 1 = 160 tokens <= 200 - 32; 6 after step 2 = 240 > 168
+    assert rec["end_reason"] == "TOKEN_LIMIT_EXCEEDED" and rec["total_steps"] == 2
+    assert "error: TOKEN_LIMIT_EXCEEDED: Prompt length 240 > 200" in out
+    assert rec["runtime_config"]["max_prompt_tokens"] == 200
+    code, _, err = run(["--video", str(video), "--question", "q", "--max-prompt-tokens", "0"], ScriptedPolicy([]),
+                       token_counter=count)
+    assert code == 2 and "--max-prompt-tokens must be positive" in err
 
 
 def test_system_prompt_file_and_limits(video, tmp_path):

@@ -116,7 +116,7 @@ def check_request(body: dict, env_messages: list[dict]) -> None:
             elif p["type"] == "input_audio":
                 assert p["input_audio"]["format"] == "wav"
                 with wave.open(io.BytesIO(base64.b64decode(p["input_audio"]["data"]))) as w:
-                    assert w.getframerate() == 16000 and w.getnchannels() == 1
+                    assert w.getframerate() == h.AUDIO_RATE and w.getnchannels() == 1
             elif p["type"] == "video_url":
                 frames = p["video_url"]["url"][len("data:video/jpeg;base64,"):].split(",")
                 assert p["video_url"]["url"].startswith("data:video/jpeg;base64,") and len(frames) >= 2

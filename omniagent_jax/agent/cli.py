@@ -17,11 +17,12 @@ from typing import Any, TextIO
 from omniagent_jax.agent import prompts, rewards
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import Sample
-from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
+from omniagent_jax.agent.environment import EnvConfig, TokenCounter, VideoEnvironment
 from omniagent_jax.agent.limits import (
     DEFAULT_MAX_AUDIO,
     DEFAULT_MAX_CLIP,
     DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_PROMPT_TOKENS,
     DEFAULT_MAX_STEPS,
     MIN_MAX_STEPS,
     EpisodeLimits,
@@ -101,6 +102,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     e.add_argument("--mcq-mode", choices=rewards.MCQ_MODES, default="strict")
     e.add_argument("--judge", action="store_true",
                    help="score FF answers with the LLM judge configured by $OMNIAGENT_JUDGE_URL/_MODEL/_API_KEY or .env")
+    e.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
+                   help="end the episode (TOKEN_LIMIT_EXCEEDED) when the prompt exceeds this minus 32 tokens; "
+                        "active when the caller supplies a token counter")
     e.add_argument("--system-prompt-file", default=None,
                    help="system prompt template with the slots {max_frames}, {max_audio}, {max_clip}")
     e.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write the run record")
@@ -131,7 +135,7 @@ def build_sample(args: argparse.Namespace) -> Sample:
     return Sample(video=str(video), question_type=qtype, question=args.question, options=options, answer=args.answer)
 
 
-def build_config(args: argparse.Namespace) -> EnvConfig:
+def build_config(args: argparse.Namespace, *, token_limit: bool = False) -> EnvConfig:
     template = prompts.DEFAULT_SYSTEM_PROMPT_TEMPLATE
     try:
         if args.system_prompt_file:
@@ -141,8 +145,11 @@ def build_config(args: argparse.Namespace) -> EnvConfig:
                             min_max_steps=args.min_max_steps, forced_answer=args.forced_answer)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if token_limit and args.max_prompt_tokens <= 0:
+        raise UsageError(f"--max-prompt-tokens must be positive, got {args.max_prompt_tokens}")
     return EnvConfig(limits=limits, budget=budget, system_prompt_template=template,
-                     strict_confidence=args.strict_confidence, mcq_mode=args.mcq_mode)
+                     strict_confidence=args.strict_confidence, mcq_mode=args.mcq_mode,
+                     max_prompt_tokens=args.max_prompt_tokens if token_limit else None)
 
 
 def read_scripted_outputs(path: str) -> list[str]:
@@ -216,13 +223,23 @@ def print_step(rec: StepRecord, env: VideoEnvironment, out: TextIO) -> None:
 
 
 # -------------------------------------------------------------------------------------- main
-def run_command(args: argparse.Namespace, policy: Policy | None = None, *, out: TextIO | None = None) -> int:
-    """Run one episode; returns the process exit code (0 done, 1 runtime failure, 2 bad input)."""
+def run_command(
+    args: argparse.Namespace,
+    policy: Policy | None = None,
+    *,
+    token_counter: TokenCounter | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run one episode; returns the process exit code (0 done, 1 runtime failure, 2 bad input).
+
+    ``policy`` overrides ``--policy`` (the JAX engine's policy is passed this way);
+    ``token_counter`` (e.g. the processor's prompt length) turns on ``--max-prompt-tokens``.
+    """
     out = out or sys.stdout
     err = sys.stderr
     try:
         sample = build_sample(args)
-        config = build_config(args)
+        config = build_config(args, token_limit=token_counter is not None)
         if policy is None:
             policy, policy_name = build_policy(args)
         else:
@@ -241,7 +258,7 @@ def run_command(args: argparse.Namespace, policy: Policy | None = None, *, out: 
     from omniagent_jax.media import MediaError
 
     try:
-        env = VideoEnvironment(sample, config, judge=judge)
+        env = VideoEnvironment(sample, config, judge=judge, token_counter=token_counter)
     except MediaError as e:
         print(f"omniagent run: error: cannot read video {sample.video}: {e}", file=err)
         return EXIT_BAD_INPUT
@@ -268,6 +285,7 @@ def run_command(args: argparse.Namespace, policy: Policy | None = None, *, out: 
             "strict_confidence": config.strict_confidence,
             "mcq_mode": config.mcq_mode,
             "system_prompt_file": args.system_prompt_file,
+            "max_prompt_tokens": config.max_prompt_tokens,
             "temperature": args.temperature,
             "top_p": args.top_p,
             "top_k": args.top_k,

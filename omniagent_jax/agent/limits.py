@@ -27,8 +27,6 @@ CLIP_MIN_FRAMES_SLACK = 1e-3
 # (124.14 -> 184.14 for a 60 s limit) differs from it by ~1e-14 and must not be rejected (the
 # reference compares without slack and rejects such requests at random).
 LENGTH_LIMIT_SLACK = 1e-6
-# Clips are sampled at this rate by the media layer (protocol.md §2, §8).
-CLIP_SAMPLE_FPS = 2.0
 # An episode stops when its prompt exceeds max_prompt_tokens - TOKEN_LIMIT_TOLERANCE tokens.
 DEFAULT_MAX_PROMPT_TOKENS = 65536
 TOKEN_LIMIT_TOLERANCE = 32

@@ -34,8 +34,8 @@ import numpy as np
 from omniagent_jax.agent import envfile
 from omniagent_jax.agent.messages import MEDIA_PART_TYPES, Message
 from omniagent_jax.agent.openai_http import ChatCompletionsClient, OpenAIError
+from omniagent_jax.media.constants import AUDIO_SAMPLE_RATE
 
-AUDIO_SAMPLE_RATE = 16000
 # Sampling defaults for eval/demo (protocol.md §8).
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 0.95
