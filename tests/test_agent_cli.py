@@ -149,6 +149,9 @@ def test_missing_and_broken_video_exit_2(tmp_path):
     bad.write_bytes(b"not a video at all")
     code, _, err = run(["--video", str(bad), "--question", "q"], ScriptedPolicy([]))
     assert code == 2 and "cannot read video" in err
+    audio_only = media_factory.make_audio_only(tmp_path / "sound.m4a", duration=2.0)
+    code, _, err = run(["--video", str(audio_only), "--question", "q"], ScriptedPolicy([]))
+    assert code == 2 and "has no video stream" in err
 
 
 def test_template_without_slots_exit_2(video, tmp_path):

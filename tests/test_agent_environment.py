@@ -118,6 +118,10 @@ def test_bad_samples_are_refused():
         make_env(system_prompt_template="no slots here")
     with pytest.raises(ValueError, match="token_counter"):
         make_env(max_prompt_tokens=100)
+    readers = []
+    with pytest.raises(ValueError, match="no video stream"):
+        make_env(fps=0.0, readers=readers)
+    assert readers[0].closed
 
 
 # ----------------------------------------------------------------------------- happy path text

@@ -259,7 +259,7 @@ def run_command(
 
     try:
         env = VideoEnvironment(sample, config, judge=judge, token_counter=token_counter)
-    except MediaError as e:
+    except (MediaError, ValueError) as e:
         print(f"omniagent run: error: cannot read video {sample.video}: {e}", file=err)
         return EXIT_BAD_INPUT
     with env:

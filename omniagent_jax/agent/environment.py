@@ -151,6 +151,10 @@ class VideoEnvironment:
         self._media_errors = (*errors, MediaShortfall)
         self._reader = (media_opener or default_media_opener)(sample.video)
         info = self._reader.info
+        if not getattr(info, "has_video", True) or not info.fps > 0 or not info.duration > 0:
+            self._reader.close()
+            raise ValueError(f"{sample.video} has no video stream to inspect "
+                             f"(duration {info.duration}, fps {info.fps})")
         self.duration = float(info.duration)
         self.fps = float(info.fps)
         self.has_audio = bool(info.has_audio)
