@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from omniagent_jax.agent import envfile, rewards
+from omniagent_jax.agent import envfile
 from omniagent_jax.agent.errors import ActionError, ErrorCode
 from omniagent_jax.agent.judge import LLMJudge, judge_prompt, parse_verdict
 from omniagent_jax.agent.rewards import (

@@ -326,6 +326,8 @@ class VideoEnvironment:
         length = e - s
         if length > self.config.limits.max_clip + LENGTH_LIMIT_SLACK:
             raise ActionError(ErrorCode.CLIP_TOO_LONG, prompts.detail_too_long(length, self.config.limits.max_clip))
+        # The reference flags this one error as a *valid* action (so it keeps the live media); here
+        # it is invalid like every other protocol error, so the latest media is purged too.
         if self.fps >= CLIP_MIN_FPS and length * self.fps < CLIP_MIN_SOURCE_FRAMES - CLIP_MIN_FRAMES_SLACK:
             raise ActionError(
                 ErrorCode.CLIP_TOO_SHORT,
