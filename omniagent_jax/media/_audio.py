@@ -118,12 +118,15 @@ def _fresh_decoder(stream) -> av.codec.context.CodecContext:
     reusing the stream's decoder after an earlier request changes the output in the last bits;
     a fresh one per request makes a reused `VideoReader` give exactly what a one-shot call gives."""
     source = stream.codec_context
-    decoder = av.CodecContext.create(source.codec.name, "r")
-    decoder.extradata = source.extradata
-    decoder.sample_rate = source.sample_rate
-    decoder.layout = source.layout
-    if source.format is not None:
-        decoder.format = source.format
+    try:
+        decoder = av.CodecContext.create(source.codec.name, "r")
+        decoder.extradata = source.extradata
+        decoder.sample_rate = source.sample_rate
+        decoder.layout = source.layout
+        if source.format is not None:
+            decoder.format = source.format
+    except (av.error.FFmpegError, ValueError) as e:
+        raise MediaError(stream.container.name, "decode", f"cannot create a {source.name} audio decoder: {e}") from e
     return decoder
 
 

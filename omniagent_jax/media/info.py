@@ -20,7 +20,8 @@ class VideoInfo:
     one, else ``round(duration · fps)``). ``width`` × ``height`` are those of the frames
     `read_frames` returns, i.e. **after** rotation: a portrait phone video stored as 1920×1080 with
     ``rotation`` 90 reports 1080×1920. ``rotation`` is the clockwise rotation (0, 90, 180 or 270)
-    the display matrix asks for, which the readers apply (the legacy ``rotate`` tag's meaning).
+    the display matrix asks for, which the readers apply (the legacy ``rotate`` tag's meaning;
+    mirror flips in the matrix, which phones do not write, are not applied).
     """
 
     path: str
