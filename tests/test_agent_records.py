@@ -124,7 +124,12 @@ def test_latest_run_record_fields():
                 "kvcache"):
         assert key in rec
     assert rec["gt_answer"] == "A" and rec["final_answer"] == "B" and rec["question_type"] == "MCQ"
-    assert rec["total_reward"] == 0.0 and rec["won"] is False and rec["end_reason"] == "ANSWERED"
+    assert rec["total_reward"] == 0.0 and rec["won"] is False and rec["end_reason"] == "ANSWERED" and rec["scored"]
+    # an episode that never answers still scores a real 0 when it has a ground truth
+    timed_out, _ = episode([h.frames(0, 1, 2), h.frames(1, 2, 2)], max_steps=2)
+    assert timed_out.end_reason == "STEP_LIMIT_REACHED" and timed_out.scored and timed_out.total_reward == 0.0
+    no_gt, _ = episode([h.frames(0, 1, 2), h.frames(1, 2, 2)], answer=None, max_steps=2)
+    assert not no_gt.scored
     assert rec["video_name"] == "a.mp4" and rec["dataset_name"] == "set" and rec["total_steps"] == 2
     step = rec["steps"][0]
     for key in ("step", "action_type", "think", "observation", "confidence", "response", "reward",

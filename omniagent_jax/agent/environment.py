@@ -174,6 +174,14 @@ class VideoEnvironment:
         return self._reader.info
 
     @property
+    def scorable(self) -> bool:
+        """Whether an answer to this sample gets a real score: a ground truth exists and, for FF,
+        a judge is configured. An episode that ends without an answer is then a real 0."""
+        answer = self.sample.answer
+        has_gt = answer is not None and not (isinstance(answer, str) and not answer.strip())
+        return has_gt and (self.sample.major_type != "FF" or self.judge is not None)
+
+    @property
     def messages(self) -> list[Message]:
         """The current history (a new list; the message dicts are never mutated in place)."""
         return list(self._messages)

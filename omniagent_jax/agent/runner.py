@@ -53,7 +53,7 @@ class EpisodeResult:
     final_answer: str
     total_reward: float
     won: bool
-    scored: bool
+    scored: bool  # False: no ground truth, or FF without a judge
     end_reason: str | None
     error_code: str | None  # the last step's error code, if any
     max_steps: int
@@ -112,7 +112,9 @@ def run_episode(env: VideoEnvironment, policy: Policy, *, on_step: StepCallback 
         final_answer=final_answer,
         total_reward=sum(r.result.reward for r in records),
         won=bool(last and last.won),
-        scored=bool(last and last.scored),
+        # An answered episode carries its answer's score status; one that ended otherwise scores a
+        # real 0 whenever an answer could have been scored.
+        scored=last.scored if answered else env.scorable,
         end_reason=env.end_reason,
         error_code=last.error_code.value if last is not None and last.error_code is not None else None,
         max_steps=env.max_steps,
