@@ -108,13 +108,15 @@ def make_video(
     codec: str = "h264",
     preset: str = "veryfast",
     faststart: bool = False,
+    container_format: str | None = None,
 ) -> pathlib.Path:
     """Write a video of ``frame_image(i)`` frames at ``frame_times(duration, fps, vfr)``.
 
     ``rotation`` is the clockwise rotation a player applies to show the stored frames upright (the
     legacy ``rotate`` tag; an upright phone video stored landscape has 90); it is written as a
     display matrix. ``gop`` fixes the keyframe interval (scene-cut keyframes off); ``faststart``
-    puts the MP4 index (moov) first, so a truncated copy still opens. ``audio`` adds an AAC track
+    puts the MP4 index (moov) first, so a truncated copy still opens; ``container_format`` forces
+    a muxer (e.g. ``"h264"`` for a raw stream with no container). ``audio`` adds an AAC track
     of ``audio_signal`` as long as the video (``duration``). ``codec`` is any PyAV encoder name;
     ``h264`` is libx264 with B-frames (``preset`` veryfast), which exercises frame reordering.
     """
@@ -123,7 +125,7 @@ def make_video(
     if len(times) > MAX_FRAMES:
         raise ValueError(f"{len(times)} frames do not fit the {GRID * GRID}-bit frame index")
     options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as out:
+    with av.open(str(path), "w", format=container_format, options=options) as out:
         rate = Fraction(fps).limit_denominator(1001)
         time_base = VFR_TIME_BASE if vfr else 1 / rate
         vs = out.add_stream(codec, rate=rate)
@@ -161,11 +163,15 @@ def make_audio_only(
     audio_rate: int = 44100,
     audio_channels: int = 2,
     codec: str | None = None,
+    container_format: str | None = None,
 ) -> pathlib.Path:
-    """Write ``audio_signal`` with no video stream: AAC for ``.m4a``/``.mp4``, PCM for ``.wav``."""
+    """Write ``audio_signal`` with no video stream: AAC for ``.m4a``/``.mp4``/``.aac`` (``.aac`` is
+    raw ADTS, where files can simply be concatenated), PCM for ``.wav``."""
     path = pathlib.Path(path)
     codec = codec or ("pcm_s16le" if path.suffix == ".wav" else "aac")
-    with av.open(str(path), "w") as out:
+    if container_format is None and path.suffix == ".aac":
+        container_format = "adts"
+    with av.open(str(path), "w", format=container_format) as out:
         stream = out.add_stream(codec, rate=audio_rate, layout="stereo" if audio_channels == 2 else "mono")
         _write_audio(out, stream, duration, audio_rate, audio_channels)
     return path
@@ -207,6 +213,26 @@ def make_truncated(src: str | pathlib.Path, dst: str | pathlib.Path, fraction: f
     dst = pathlib.Path(dst)
     dst.write_bytes(data[: int(len(data) * fraction)])
     return dst
+
+
+def make_corrupted(src: str | pathlib.Path, dst: str | pathlib.Path, *, at: float, length: int = 400, seed: int = 0) -> pathlib.Path:
+    """Copy an MP4 with ``length`` random bytes written over its media data (the ``mdat`` box) at
+    fraction ``at`` of it; the index (``moov``) stays intact, so the file opens and then fails to decode."""
+    data = bytearray(pathlib.Path(src).read_bytes())
+    pos = 0
+    while pos + 8 <= len(data):  # walk the top-level boxes: 4-byte big-endian size, 4-byte type
+        size, kind = int.from_bytes(data[pos : pos + 4], "big"), bytes(data[pos + 4 : pos + 8])
+        if kind == b"mdat":
+            lo, hi = pos + 8, pos + size
+            start = lo + int((hi - lo - length) * at)
+            data[start : start + length] = np.random.default_rng(seed).integers(0, 256, length, dtype=np.uint8).tobytes()
+            dst = pathlib.Path(dst)
+            dst.write_bytes(bytes(data))
+            return dst
+        if size < 8:
+            break
+        pos += size
+    raise ValueError(f"{src} has no top-level mdat box")
 
 
 def make_not_media(path: str | pathlib.Path) -> pathlib.Path:

@@ -353,6 +353,25 @@ def test_read_audio_is_mono_mean_not_sum(media_dir):
     assert np.abs(wave).max() < 0.55
 
 
+def test_read_audio_survives_a_layout_change(media_dir):
+    # Two raw AAC (ADTS) streams back to back, mono then stereo: the decoder's output layout
+    # changes mid-stream, as in broadcast recordings that switch between stereo and 5.1.
+    mono = mf.make_audio_only(media_dir / "switch_mono.aac", duration=1.0, audio_channels=1)
+    stereo = mf.make_audio_only(media_dir / "switch_stereo.aac", duration=1.0, audio_channels=2)
+    both = media_dir / "switch_both.aac"
+    both.write_bytes(mono.read_bytes() + stereo.read_bytes())
+    wave = media.read_audio(both, 0.0, 2.0)
+    assert len(wave) == 32000
+    # Each part is the chirp at the written level (raw AAC keeps the encoder's priming samples,
+    # so each part is shifted by them: find the shift, then compare).
+    switch = round(46 * 1024 / 44100 * AUDIO_SAMPLE_RATE)  # 46 AAC frames in the mono part
+    for part in (wave[2000:switch - 2000], wave[switch + 2000 : 32000 - 2000]):
+        lag = chirp_lag(part, 2000 / AUDIO_SAMPLE_RATE)
+        expected = mf.audio_signal((2000 + lag + np.arange(len(part))) / AUDIO_SAMPLE_RATE)
+        assert np.corrcoef(part, expected)[0, 1] > 0.98
+        assert np.sqrt(np.mean(part**2)) == pytest.approx(mf.AUDIO_AMPLITUDE / np.sqrt(2), rel=0.05)
+
+
 # -------------------------------------------------------------------------------- read_clip
 @pytest.mark.parametrize(
     "total,fps,expected",
@@ -457,6 +476,12 @@ def _bad_media(media_dir: pathlib.Path, videos, audio_files) -> dict[str, pathli
         mf.make_truncated(videos["fps30"], bad / "cut_faststart.mp4")
         # Matroska: opens and probes (duration tag in the header); the data stops early.
         mf.make_truncated(videos["mkv"], bad / "cut.mkv", fraction=0.6)
+        # Garbage over the first keyframe, or over a later GOP (the index is intact).
+        mf.make_corrupted(videos["fps10"], bad / "corrupt_first.mp4", at=0.0)
+        mf.make_corrupted(videos["fps10"], bad / "corrupt_later.mp4", at=0.8)
+        mf.make_corrupted(audio_files["m4a"], bad / "corrupt_audio.m4a", at=0.5)
+        # A raw H.264 stream: no container, so no duration anywhere.
+        mf.make_video(bad / "raw.h264", duration=1.0, fps=25, container_format="h264")
     return {p.name: p for p in bad.iterdir()}
 
 
@@ -480,6 +505,10 @@ BAD_CASES = [
     ("cut.mkv", "frames_end", "truncated", ["video stream #0", "cut short", "2.80s"]),
     ("cut.mkv", "audio_end", "truncated", ["audio stream #1", "cut short"]),
     ("cut.mkv", "clip_end", "truncated", ["cut short"]),
+    ("corrupt_first.mp4", "probe", "decode", ["cannot decode the first frame", "video stream #0 (h264)"]),
+    ("corrupt_later.mp4", "frames_all", "decode", ["video stream #0 (h264)", "FFmpeg failed", "last good frame"]),
+    ("corrupt_audio.m4a", "audio_whole", "decode", ["audio stream #0 (aac)", "FFmpeg failed", "last good frame"]),
+    ("raw.h264", "probe", "decode", ["cannot determine the duration", "raw elementary stream"]),
     ("audio_only.m4a", "frames", "no_video", ["no video stream"]),
     ("audio_only.m4a", "clip", "no_video", ["no video stream"]),
     ("fps10.mp4", "audio", "no_audio", ["no audio stream"]),
@@ -495,11 +524,13 @@ CALLS = {
     "probe": lambda p: media.probe(p),
     "frames": lambda p: media.read_frames(p, [0.0]),
     "frames_end": lambda p: media.read_frames(p, [2.8]),
+    "frames_all": lambda p: media.read_frames(p, np.linspace(0.0, 3.8, 39)),
     "frames_late": lambda p: media.read_frames(p, [0.5, 4.5]),
     "frames_negative": lambda p: media.read_frames(p, [-0.1]),
     "frames_nan": lambda p: media.read_frames(p, [float("nan")]),
     "audio": lambda p: media.read_audio(p, 0.0, 1.0),
     "audio_end": lambda p: media.read_audio(p, 2.0, 3.0),
+    "audio_whole": lambda p: media.read_audio(p, 0.0, 2.0),
     "audio_late": lambda p: media.read_audio(p, 2.0, 3.5),
     "audio_reversed": lambda p: media.read_audio(p, 2.0, 1.0),
     "clip": lambda p: media.read_clip(p, 0.0, 1.0),
@@ -528,6 +559,29 @@ def test_bad_media_raises_media_error(media_dir, videos, audio_files, bad_files,
     assert str(path) in message and f"[{kind}]" in message
     for word in words:
         assert word.lower() in message.lower(), message
+
+
+def test_seek_failures_become_media_errors(videos):
+    class RefusingSeeks:
+        """The container of an open reader, except that every seek fails."""
+
+        def __init__(self, real):
+            self.real = real
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def seek(self, *args, **kwargs):
+            raise av.error.FFmpegError(1, "Operation not permitted")
+
+    with media.open_video(videos["h264_aac"]) as reader:
+        reader._opened.container = RefusingSeeks(reader._opened.container)
+        with pytest.raises(MediaError, match="cannot seek to the start") as info:
+            reader.frames([2.0])
+        assert info.value.kind == "decode" and "video stream #0 (h264)" in str(info.value)
+        with pytest.raises(MediaError, match="cannot seek to the start") as info:
+            reader.audio(1.0, 2.0)
+        assert info.value.kind == "decode" and "audio stream #1 (aac)" in str(info.value)
 
 
 def test_truncated_clip_within_the_present_part_still_reads(bad_files):

@@ -142,7 +142,12 @@ def _inspect(path: str, container: av.container.InputContainer) -> Opened:
         raise MediaError(path, "decode", f"video stream #{video.index} ({video.codec_context.name}) has no frame rate")
     duration = _duration(container, video, audio, origin, fps)
     if duration is None:
-        raise MediaError(path, "decode", "cannot determine the duration: neither the container nor its streams state one")
+        raise MediaError(
+            path,
+            "decode",
+            f"cannot determine the duration: this {fmt} file states none, nor do its streams or a frame count "
+            "(a raw elementary stream? remux it into MP4 or MKV)",
+        )
 
     rotation = width = height = num_frames = 0
     if video is not None:

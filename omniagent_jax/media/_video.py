@@ -163,8 +163,10 @@ class FrameDecoder:
                     previous = self._time(frame.pts, previous)
                     yield previous, frame
         except av.error.FFmpegError as e:
-            where = f"after {previous:.3f}s" if previous is not None else f"near {target:.3f}s"
-            raise MediaError(self.o.path, "decode", f"{self._where}: FFmpeg failed {where}: {e}") from e
+            good = f", last good frame at {previous:.3f}s" if previous is not None else ""
+            raise MediaError(
+                self.o.path, "decode", f"{self._where}: FFmpeg failed decoding from the keyframe before {target:.3f}s{good}: {e}"
+            ) from e
 
     def _time(self, pts: int | None, previous: float | None) -> float:
         if pts is not None:
