@@ -67,10 +67,11 @@ def _jax_policy(args: argparse.Namespace, *, temperature: float, top_p: float, t
 def _cmd_run(args: argparse.Namespace) -> int:
     from omniagent_jax.agent.cli import run_command
 
-    policy = None
-    if args.policy is None:
-        policy = _jax_policy(args, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
-    return run_command(args, policy)
+    if args.policy is not None:
+        return run_command(args)
+    policy = _jax_policy(args, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    # The real prompt length (placeholders expanded) enforces --max-prompt-tokens as the reference does.
+    return run_command(args, policy, token_counter=policy.count_tokens)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

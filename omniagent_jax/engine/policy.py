@@ -90,6 +90,10 @@ class JaxPolicy:
             },
         )
 
+    def count_tokens(self, messages: Sequence[dict]) -> int:
+        """Prompt length of `messages` as the model will see it (media placeholders expanded)."""
+        return len(self.request(messages).input_ids)
+
     def decode(self, token_ids: list[int]) -> str:
         body = [t for t in token_ids if t not in tokens.STOP_TOKEN_IDS]
         return self.processor.tokenizer.decode(body, skip_special_tokens=False)
