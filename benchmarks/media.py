@@ -23,7 +23,6 @@ import os
 import pathlib
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,7 +105,8 @@ def ffmpeg_per_frame(path: pathlib.Path, times: Sequence[float]) -> np.ndarray:
     out = []
     for t in times:
         t = min(max(t, 0.0), duration - media.FRAME_END_MARGIN)
-        cmd = ["ffmpeg", "-v", "error", "-ss", f"{t:.6f}", "-i", str(path), "-frames:v", "1", "-f", "image2pipe", "-vcodec", "png", "-"]
+        cmd = ["ffmpeg", "-v", "error", "-ss", f"{t:.6f}", "-i", str(path), "-frames:v", "1"]
+        cmd += ["-f", "image2pipe", "-vcodec", "png", "-"]
         png = subprocess.run(cmd, capture_output=True, check=True, timeout=120).stdout
         out.append(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
     return np.stack(out)
@@ -229,7 +229,7 @@ def record(rows: list[str], notes: list[str]) -> None:
         "|---|---|---|---|",
         *rows,
         "",
-        *notes,
+        "\n\n".join(notes),
         "",
     ]
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
@@ -283,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("(b) 60-minute synthetic video", flush=True)
     gop = max(args.gops)
     long = synthetic(60, gop)
-    rows += bench_baselines(f"60 min synthetic, keyframe every {gop} frames", long, "8 frames over 0–60 min", spread(media.probe(long).duration), args.repeats)
+    name = f"60 min synthetic, keyframe every {gop} frames"
+    rows += bench_baselines(name, long, "8 frames over 0–60 min", spread(media.probe(long).duration), args.repeats)
     print(rows[-1], flush=True)
     if not shutil.which("ffmpeg"):
         notes.append("(b) ffmpeg-per-frame baseline: skipped, the `ffmpeg` program is not installed on this machine.")

@@ -102,6 +102,8 @@ def make_video(
     audio: bool = False,
     audio_rate: int = 44100,
     audio_channels: int = 2,
+    audio_start: float = 0.0,
+    audio_end: float | None = None,
     gop: int | None = None,
     vfr: bool = False,
     rotation: int = 0,
@@ -117,7 +119,7 @@ def make_video(
     display matrix. ``gop`` fixes the keyframe interval (scene-cut keyframes off); ``faststart``
     puts the MP4 index (moov) first, so a truncated copy still opens; ``container_format`` forces
     a muxer (e.g. ``"h264"`` for a raw stream with no container). ``audio`` adds an AAC track
-    of ``audio_signal`` as long as the video (``duration``). ``codec`` is any PyAV encoder name;
+    of ``audio_signal`` as long as the video, or from ``audio_start`` to ``audio_end`` seconds. ``codec`` is any PyAV encoder name;
     ``h264`` is libx264 with B-frames (``preset`` veryfast), which exercises frame reordering.
     """
     path = pathlib.Path(path)
@@ -152,7 +154,8 @@ def make_video(
             out.mux(vs.encode(frame))
         out.mux(vs.encode(None))
         if astream is not None:
-            _write_audio(out, astream, duration, audio_rate, audio_channels)
+            end = duration if audio_end is None else audio_end
+            _write_audio(out, astream, end, audio_rate, audio_channels, start=audio_start)
     return path
 
 
@@ -177,12 +180,16 @@ def make_audio_only(
     return path
 
 
-def _write_audio(out, stream, duration: float, rate: int, channels: int) -> None:
-    total = int(round(duration * rate))
+def _write_audio(out, stream, end: float, rate: int, channels: int, start: float = 0.0) -> None:
+    """``audio_signal`` from ``start`` to ``end`` seconds (before ``start`` the track has nothing).
+
+    ``start`` is rounded down to a whole encoder frame: PyAV's encoder stamps its frames at
+    multiples of the frame size, so any other start would shift the written signal."""
     chunk = stream.codec_context.frame_size or 1024
+    first, total = int(round(start * rate)) // chunk * chunk, int(round(end * rate))
     fmt = av.AudioFormat(stream.codec_context.format.name if stream.codec_context.format else "fltp")
     layout = "stereo" if channels == 2 else "mono"
-    for start in range(0, total, chunk):
+    for start in range(first, total, chunk):
         n = min(chunk, total - start)
         planar = np.repeat(audio_signal((start + np.arange(n)) / rate)[None, :], channels, axis=0)
         data = _to_sample_format(planar, fmt)
@@ -215,7 +222,9 @@ def make_truncated(src: str | pathlib.Path, dst: str | pathlib.Path, fraction: f
     return dst
 
 
-def make_corrupted(src: str | pathlib.Path, dst: str | pathlib.Path, *, at: float, length: int = 400, seed: int = 0) -> pathlib.Path:
+def make_corrupted(
+    src: str | pathlib.Path, dst: str | pathlib.Path, *, at: float, length: int = 400, seed: int = 0
+) -> pathlib.Path:
     """Copy an MP4 with ``length`` random bytes written over its media data (the ``mdat`` box) at
     fraction ``at`` of it; the index (``moov``) stays intact, so the file opens and then fails to decode."""
     data = bytearray(pathlib.Path(src).read_bytes())

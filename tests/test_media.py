@@ -353,6 +353,20 @@ def test_read_audio_is_mono_mean_not_sum(media_dir):
     assert np.abs(wave).max() < 0.55
 
 
+def test_read_audio_outside_the_audio_track_is_silence(media_dir):
+    # The audio track covers 0.49-2.0 s of a 3 s video: before and after it the range is silent,
+    # and the samples in between are still where they belong.
+    path = mf.make_video(media_dir / "short_audio.mp4", duration=3.0, fps=10, audio=True, audio_start=0.5, audio_end=2.0)
+    assert media.probe(path).duration == pytest.approx(3.0)
+    wave = media.read_audio(path, 0.0, 3.0)
+    assert len(wave) == 48000
+    assert not wave[: int(0.46 * AUDIO_SAMPLE_RATE)].any() and not wave[int(2.03 * AUDIO_SAMPLE_RATE) :].any()
+    # An MP4 edit list places a late-starting track to the millisecond: allow 1 ms (16 samples).
+    assert abs(chirp_lag(wave[12000:28000], 12000 / AUDIO_SAMPLE_RATE)) <= 16
+    tail = media.read_audio(path, 2.5, 3.0)
+    assert len(tail) == 8000 and not tail.any()
+
+
 def test_read_audio_survives_a_layout_change(media_dir):
     # Two raw AAC (ADTS) streams back to back, mono then stereo: the decoder's output layout
     # changes mid-stream, as in broadcast recordings that switch between stereo and 5.1.
@@ -412,7 +426,14 @@ def test_clip_frame_indices():
 
 @pytest.mark.parametrize(
     "name,start,end",
-    [("fps10", 0.0, 4.0), ("fps10", 0.75, 3.3), ("h264_aac", 0.5, 2.3), ("fps30", 0.2, 2.5), ("vfr", 0.3, 3.0), ("portrait", 0.0, 2.0)],
+    [
+        ("fps10", 0.0, 4.0),
+        ("fps10", 0.75, 3.3),
+        ("h264_aac", 0.5, 2.3),
+        ("fps30", 0.2, 2.5),
+        ("vfr", 0.3, 3.0),
+        ("portrait", 0.0, 2.0),
+    ],
 )
 def test_read_clip_frames_follow_the_rule(videos, name, start, end):
     kwargs = VIDEOS[name][1]

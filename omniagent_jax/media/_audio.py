@@ -54,11 +54,13 @@ def read_audio_range(opened: Opened, start: float, end: float) -> np.ndarray:
     got_until = t0_sample + len(wave)
     if at_end and got_until < stop_sample:
         stated_end = stream_end(opened, stream)
-        if stated_end is not None and got_until < min(stop_sample, stated_end * AUDIO_SAMPLE_RATE) - _CUT_SLACK_S * AUDIO_SAMPLE_RATE:
+        expected_until = min(stop_sample, stated_end * AUDIO_SAMPLE_RATE) if stated_end is not None else 0
+        if got_until < expected_until - _CUT_SLACK_S * AUDIO_SAMPLE_RATE:
             raise MediaError(
                 opened.path,
                 "truncated",
-                f"{where} ends at {got_until / AUDIO_SAMPLE_RATE:.2f}s but says it lasts {stated_end:.2f}s: the file is cut short",
+                f"{where} ends at {got_until / AUDIO_SAMPLE_RATE:.2f}s but says it lasts {stated_end:.2f}s: "
+                "the file is cut short",
             )
     tail = (stop_sample - first_sample) - lead - len(out)
     if lead or tail:

@@ -200,7 +200,9 @@ class FrameDecoder:
                     if past_end >= _PACKETS_PAST_END:
                         return times, False
         except av.error.FFmpegError as e:
-            raise MediaError(self.o.path, "decode", f"{self._where}: FFmpeg failed reading packets near {target:.3f}s: {e}") from e
+            raise MediaError(
+                self.o.path, "decode", f"{self._where}: FFmpeg failed reading packets near {target:.3f}s: {e}"
+            ) from e
         return times, True
 
     def _decoded_times(self, start: float, end: float) -> np.ndarray:
