@@ -119,8 +119,9 @@ def make_video(
     display matrix. ``gop`` fixes the keyframe interval (scene-cut keyframes off); ``faststart``
     puts the MP4 index (moov) first, so a truncated copy still opens; ``container_format`` forces
     a muxer (e.g. ``"h264"`` for a raw stream with no container). ``audio`` adds an AAC track
-    of ``audio_signal`` as long as the video, or from ``audio_start`` to ``audio_end`` seconds. ``codec`` is any PyAV encoder name;
-    ``h264`` is libx264 with B-frames (``preset`` veryfast), which exercises frame reordering.
+    of ``audio_signal`` as long as the video, or from ``audio_start`` to ``audio_end`` seconds.
+    ``codec`` is any PyAV encoder name; ``h264`` is libx264 with B-frames (``preset`` veryfast),
+    which exercises frame reordering.
     """
     path = pathlib.Path(path)
     times = frame_times(duration, fps, vfr)

@@ -605,6 +605,20 @@ def test_seek_failures_become_media_errors(videos):
         assert info.value.kind == "decode" and "audio stream #1 (aac)" in str(info.value)
 
 
+def test_stream_without_a_decoder_is_a_media_error():
+    # PyAV leaves codec_context None for a codec this FFmpeg build cannot decode; no such file can
+    # be written here (every encoder has its decoder), so the container is a stand-in.
+    from types import SimpleNamespace
+
+    from omniagent_jax.media import _open
+
+    stream = SimpleNamespace(type="video", index=0, codec_context=None, disposition=0)
+    container = SimpleNamespace(format=SimpleNamespace(name="matroska,webm"), streams=SimpleNamespace(video=[stream], audio=[]))
+    with pytest.raises(MediaError, match="no decoder for video stream #0") as info:
+        _open._inspect("/x/exotic.mkv", container)
+    assert info.value.kind == "decode"
+
+
 def test_truncated_clip_within_the_present_part_still_reads(bad_files):
     # A cut Matroska file: what is there decodes; asking past the cut is what fails.
     got = media.read_frames(bad_files["cut.mkv"], [0.5])

@@ -127,6 +127,9 @@ def _inspect(path: str, container: av.container.InputContainer) -> Opened:
         (s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic), None
     )
     audio = container.streams.audio[0] if container.streams.audio else None
+    for stream in (video, audio):
+        if stream is not None and stream.codec_context is None:  # PyAV has no decoder for it
+            raise MediaError(path, "decode", f"no decoder for {stream.type} stream #{stream.index} in this FFmpeg build")
     if fmt in _NOT_MEDIA_FORMATS or (video is not None and video.codec_context.name in _NOT_MEDIA_VIDEO_CODECS):
         raise MediaError(path, "not_media", f"not audio or video: FFmpeg reads it as {fmt!r} (text or binary data)")
     if video is None and audio is None:
