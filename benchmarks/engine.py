@@ -14,31 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import tempfile
 import time
 
 import numpy as np
+import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from common import reference_and_ours, text_config
+from omniagent_jax.engine import Engine, Request, SamplingParams
 
-import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
-import torch_ref  # noqa: E402
-
-from omniagent_jax.engine import Engine, Request, SamplingParams  # noqa: E402
-from omniagent_jax.model import Thinker  # noqa: E402
-from omniagent_jax.model.config import tiny, with_overrides  # noqa: E402
-
-CONFIG = with_overrides(
-    tiny(),
-    {
-        "text": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8,
-                 "num_key_value_heads": 2, "mrope_section": [8, 12, 12]},
-        "vision": {"out_hidden_size": 512},
-        "audio": {"output_dim": 512},
-    },
-)
+CONFIG = text_config(layers=8)
 BATCH, PROMPT = 16, 128
 
 
@@ -108,11 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--new-tokens", type=int, default=128)
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    ref = torch_ref.build_reference(CONFIG, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch_ref.save_release_layout(ref, tmp, num_shards=1)
-        model = Thinker.from_pretrained(tmp, dtype=jnp.float32)
+    ref, model = reference_and_ours(CONFIG)
     print(f"config: 8 layers, hidden 512, heads 8/2, vocab {CONFIG.text.vocab_size}, fp32, CPU threads {os.cpu_count()}")
     throughput(ref, model, args.new_tokens)
     episode_reuse(model)

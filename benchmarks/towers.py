@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import sys
-import tempfile
 import time
 
 import numpy as np
+import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-
-import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
-import torch_ref  # noqa: E402
-
-from omniagent_jax.model import Thinker  # noqa: E402
-from omniagent_jax.model.config import tiny, with_overrides  # noqa: E402
+from common import median_seconds, reference_and_ours
+from omniagent_jax.model.config import tiny, with_overrides
 
 CONFIG = with_overrides(
     tiny(),
@@ -39,26 +31,12 @@ CONFIG = with_overrides(
 )
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
     rng = np.random.default_rng(0)
-
-    ref = torch_ref.build_reference(CONFIG, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch_ref.save_release_layout(ref, tmp, num_shards=1)
-        ours = Thinker.from_pretrained(tmp, dtype=jnp.float32)
+    ref, ours = reference_and_ours(CONFIG)
 
     grid = np.array([[1, 32, 32], [2, 16, 16]])
     pixels = rng.standard_normal((int(grid.prod(axis=1).sum()), 1176)).astype(np.float32)
@@ -86,7 +64,7 @@ def main() -> None:
         got = ours_fn()
         first = time.perf_counter() - t0
         diff = float(np.abs(got - ref_fn()).max())
-        j, t = median_time(ours_fn, args.repeats), median_time(ref_fn, args.repeats)
+        j, t = median_seconds(ours_fn, args.repeats), median_seconds(ref_fn, args.repeats)
         print(f"{name:12s}: JAX jit {j * 1000:8.1f} ms (first call incl. compile {first:.1f} s) | "
               f"PyTorch eager {t * 1000:8.1f} ms | speed-up {t / j:.2f}x | max |Δ| {diff:.1e}")
 

@@ -9,7 +9,7 @@ from flax import nnx
 
 from omniagent_jax.model.config import TextConfig
 from omniagent_jax.model.kv_cache import KVCache
-from omniagent_jax.model.layers import RMSNorm, linear
+from omniagent_jax.model.layers import RMSNorm, SwiGLU, linear
 from omniagent_jax.model.rope import apply_rotary, mrope_cos_sin
 
 
@@ -34,23 +34,12 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
 
 
-class MLP(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
-        d, f = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = linear(d, f, ("embed", "mlp"), use_bias=False, dtype=dtype, rngs=rngs)
-        self.up_proj = linear(d, f, ("embed", "mlp"), use_bias=False, dtype=dtype, rngs=rngs)
-        self.down_proj = linear(f, d, ("mlp", "embed"), use_bias=False, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: TextConfig, *, dtype, rngs: nnx.Rngs):
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
-        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, use_bias=False, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, layer: int, cache: KVCache) -> tuple[jax.Array, KVCache]:
         attn_out, cache = self.self_attn(self.input_layernorm(x), cos, sin, layer, cache)

@@ -45,3 +45,15 @@ class RMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return self.weight[...] * normed.astype(x.dtype)
+
+
+class SwiGLU(nnx.Module):
+    """`down(silu(gate(x)) * up(x))`: the decoder's MLP (no biases) and the vision blocks' (with biases)."""
+
+    def __init__(self, dim: int, hidden: int, *, use_bias: bool, dtype: Dtype, rngs: nnx.Rngs):
+        self.gate_proj = linear(dim, hidden, ("embed", "mlp"), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.up_proj = linear(dim, hidden, ("embed", "mlp"), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.down_proj = linear(hidden, dim, ("mlp", "embed"), use_bias=use_bias, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))

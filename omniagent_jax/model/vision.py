@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from omniagent_jax.model.config import VisionConfig
-from omniagent_jax.model.layers import RMSNorm, linear
+from omniagent_jax.model.layers import RMSNorm, SwiGLU, linear
 from omniagent_jax.model.rope import rotate_half
 from omniagent_jax.model.segments import Segments, segment_attention, segments_from_cu_seqlens
 
@@ -121,23 +121,12 @@ class VisionAttention(nnx.Module):
         return self.proj(segment_attention(q, k, v, segments).reshape(n, d))
 
 
-class VisionMLP(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype, rngs: nnx.Rngs):
-        d, f = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = linear(d, f, ("embed", "mlp"), use_bias=True, dtype=dtype, rngs=rngs)
-        self.up_proj = linear(d, f, ("embed", "mlp"), use_bias=True, dtype=dtype, rngs=rngs)
-        self.down_proj = linear(f, d, ("mlp", "embed"), use_bias=True, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class VisionBlock(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, dtype, rngs: nnx.Rngs):
         self.norm1 = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         self.norm2 = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         self.attn = VisionAttention(cfg, dtype=dtype, rngs=rngs)
-        self.mlp = VisionMLP(cfg, dtype=dtype, rngs=rngs)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, use_bias=True, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segments: Segments) -> jax.Array:
         x = x + self.attn(self.norm1(x), cos, sin, segments)
