@@ -105,8 +105,8 @@ def hf_to_jax(
     with atomic_output_dir(dst, overwrite=overwrite) as tmp, _progress(total, "hf-to-jax", progress) as bar:
         writer = JaxCheckpointWriter(tmp, reader.config)
         for name, value in reader.iter_arrays(names):
-            if target is not None and value.dtype != target:
-                value = value.astype(target)
+            # One contiguous copy in the target dtype; rebinding frees the (transposed) tensor read.
+            value = np.ascontiguousarray(value, dtype=target if target is not None else value.dtype)
             writer.add(name, value)
             bar.update(value.nbytes)
             del value
