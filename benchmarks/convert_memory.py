@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -161,13 +162,15 @@ def main() -> None:
         gen_s = time.perf_counter() - t0
         total = sum(f.stat().st_size for f in (work / "hf").glob("*.safetensors"))
         bound = 2 * largest + GIB
+        gen_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux: KiB
         print(f"synthetic checkpoint: {len(hashes)} tensors, {total / 1e9:.2f} GB bf16, largest tensor "
-              f"{largest / 1e9:.3f} GB; written in {gen_s:.1f} s (generator peak RSS {psutil.Process().memory_info().rss / GIB:.2f} GiB)")
+              f"{largest / 1e9:.3f} GB; written in {gen_s:.1f} s (generator peak RSS {gen_rss:.2f} GiB)")
         print(f"bound: 2 × largest + 1 GiB = {bound / GIB:.2f} GiB")
         rows = []
         for label, cmd in [
             ("hf-to-jax", [*tool, "hf-to-jax", str(work / "hf"), str(work / "jax"), "--no-progress"]),
-            ("jax-to-hf --base", [*tool, "jax-to-hf", str(work / "jax"), str(work / "out"), "--base", str(work / "hf"), "--no-progress"]),
+            ("jax-to-hf --base",
+             [*tool, "jax-to-hf", str(work / "jax"), str(work / "out"), "--base", str(work / "hf"), "--no-progress"]),
         ]:
             seconds, peak, kernel_peak = run_measured(cmd)
             verdict = "PASS" if max(peak, kernel_peak) < bound else "FAIL"

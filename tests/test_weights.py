@@ -230,10 +230,12 @@ def test_bf16_keeps_its_dtype_and_casts_on_request(release16, ref16):
     model = Thinker.from_pretrained(path)
     emb = np.asarray(model.model.embed_tokens.embedding.get_value())
     assert emb.dtype == ml_dtypes.bfloat16
-    np.testing.assert_array_equal(emb.view(np.uint16), tensors["thinker.model.embed_tokens.weight"].view(torch.int16).numpy().view(np.uint16))
+    want = tensors["thinker.model.embed_tokens.weight"].view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(emb.view(np.uint16), want)
     model32 = Thinker.from_pretrained(path, dtype=jnp.float32)
     assert model32.lm_head.kernel.get_value().dtype == jnp.float32
-    np.testing.assert_array_equal(np.asarray(model32.model.norm.weight.get_value()), tensors["thinker.model.norm.weight"].float().numpy())
+    norm = np.asarray(model32.model.norm.weight.get_value())
+    np.testing.assert_array_equal(norm, tensors["thinker.model.norm.weight"].float().numpy())
 
 
 def test_talker_and_token2wav_are_ignored_silently(release32):
@@ -378,11 +380,15 @@ def test_missing_tensor_is_named(broken):
 
 def test_wrong_shape_is_named(broken):
     fname = _rewrite_shard(broken, "thinker.visual.blocks.2.attn.q.weight", torch.zeros(32, 31))
-    with pytest.raises(CheckpointError, match=rf"shape mismatch for 'thinker\.visual\.blocks\.2\.attn\.q\.weight' \(in {fname}\): checkpoint \[32, 31\], model expects \[32, 32\]"):
+    key = r"'thinker\.visual\.blocks\.2\.attn\.q\.weight'"
+    message = rf"shape mismatch for {key} \(in {fname}\): checkpoint \[32, 31\], model expects \[32, 32\]"
+    with pytest.raises(CheckpointError, match=message):
         Thinker.from_pretrained(broken)
 
 
-@pytest.mark.parametrize("extra", ["thinker.model.layers.0.mlp.extra_proj.weight", "thinker.model.layers.9.input_layernorm.weight", "lm_head.weight"])
+@pytest.mark.parametrize(
+    "extra", ["thinker.model.layers.0.mlp.extra_proj.weight", "thinker.model.layers.9.input_layernorm.weight", "lm_head.weight"]
+)
 def test_unknown_key_is_named(broken, extra):
     fname = _rewrite_shard(broken, "thinker.model.norm.weight", None)
     index = json.loads((broken / "model.safetensors.index.json").read_text())
@@ -485,6 +491,19 @@ def test_base_of_another_model_is_refused(jax32, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_base_missing_or_reshaped_tensors_are_named(jax32, broken, tmp_path):
+    _rewrite_shard(broken, "thinker.audio_tower.proj.bias", None)
+    _rewrite_shard(broken, "thinker.model.layers.0.self_attn.o_proj.weight", torch.zeros(64, 63))
+    message = (
+        r"'thinker\.model\.layers\.0\.self_attn\.o_proj\.weight': base \[64, 63\] .* JAX checkpoint \[64, 64\]"
+        r"|'thinker\.audio_tower\.proj\.bias' is not in the base"
+    )
+    with pytest.raises(CheckpointError, match=message) as err:
+        convert.jax_to_hf(jax32, tmp_path / "out", base=broken, progress=False)
+    assert "o_proj" in str(err.value) and "audio_tower.proj.bias" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------- atomic output, CLI
 
 
@@ -521,8 +540,14 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
+def test_hf_to_jax_refuses_a_jax_checkpoint(jax32, tmp_path):
+    with pytest.raises(CheckpointError, match="is already a converted JAX checkpoint"):
+        convert.hf_to_jax(jax32, tmp_path / "again", progress=False)
+
+
 @pytest.mark.parametrize(
-    ("text", "value"), [("5GB", 5_000_000_000), ("2GiB", 2 << 30), ("500MB", 500_000_000), ("1.5kb", 1500), ("123", 123), (77, 77)]
+    ("text", "value"),
+    [("5GB", 5_000_000_000), ("2GiB", 2 << 30), ("500MB", 500_000_000), ("1.5kb", 1500), ("123", 123), (77, 77)],
 )
 def test_parse_size(text, value):
     assert convert.parse_size(text) == value

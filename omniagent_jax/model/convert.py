@@ -241,7 +241,9 @@ def _check_against_base(reader: JaxParamReader, ours: dict[str, str], base: HFCh
         _, rule = nnx_to_hf(name)
         shape = rule.transform.hf_shape(reader.specs[name].shape, reader.config)
         if info.shape != shape:
-            problems.append(f"shape mismatch for {key!r}: base {list(info.shape)} (in {base.weight_map[key]}), JAX checkpoint {list(shape)}")
+            problems.append(
+                f"shape mismatch for {key!r}: base {list(info.shape)} (in {base.weight_map[key]}), JAX checkpoint {list(shape)}"
+            )
         if info.dtype != dtype_name(reader.specs[name].dtype):
             dtype_changes.append(f"{info.dtype}→{dtype_name(reader.specs[name].dtype)}")
     if problems:
@@ -271,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     j2h.add_argument("src", type=Path, help="JAX checkpoint directory (from hf-to-jax or save_jax_checkpoint)")
     j2h.add_argument("dst", type=Path, help="output HF directory (must not exist unless --overwrite)")
     j2h.add_argument("--base", type=Path, help="HF directory whose layout, other tensors (talker, token2wav) and files to keep")
-    j2h.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="largest shard (default 5GB; GB = 10^9, GiB = 2^30)")
+    j2h.add_argument(
+        "--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="largest shard (default 5GB; GB = 10^9, GiB = 2^30)"
+    )
     for p in (h2j, j2h):
         p.add_argument("--overwrite", action="store_true", help="replace an existing DST (only once the new one is complete)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from omniagent_jax.model.config import ThinkerConfig
-from omniagent_jax.model.safetensors_io import DTYPES, CheckpointError, SafetensorsFile, dtype_name
+from omniagent_jax.model.safetensors_io import DTYPES, CheckpointError, SafetensorsFile
 from omniagent_jax.model.thinker import Thinker, abstract_thinker
 
 __all__ = [
@@ -357,8 +357,11 @@ class HFParamReader:
         self._keys: dict[str, tuple[str, Rule]] = {}  # module path → (full key, rule), once validated
         self.specs: dict[str, ParamSpec] = {}
 
+    def _dtype(self, key: str) -> np.dtype:
+        return DTYPES[self.ckpt.file_of(key).tensors[key].dtype]
+
     def stored_dtypes(self) -> set[np.dtype]:
-        return {DTYPES[self.ckpt.file_of(k).tensors[k].dtype] for k in self._found}
+        return {self._dtype(k) for k in self._found}
 
     def validate(self, shapes: dict[str, Shape] | None = None) -> HFParamReader:
         """Checks every tensor against the model's parameters (`shapes`, default: from the config)."""
@@ -381,9 +384,7 @@ class HFParamReader:
         if problems:
             raise CheckpointError(f"{self.path}: " + "; ".join(problems))
         self._keys = keys
-        self.specs = {
-            name: ParamSpec(expected[name], DTYPES[self.ckpt.file_of(keys[name][0]).tensors[keys[name][0]].dtype]) for name in expected
-        }
+        self.specs = {name: ParamSpec(expected[name], self._dtype(keys[name][0])) for name in expected}
         return self
 
     def hf_key(self, name: str) -> str:
@@ -442,7 +443,9 @@ class JaxParamReader:
         if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
             raise CheckpointError(f"{marker_path}: not an {MARKER_FORMAT} checkpoint marker")
         if marker.get("version") != MARKER_VERSION:
-            raise CheckpointError(f"{marker_path}: unsupported checkpoint version {marker.get('version')!r} (this code reads {MARKER_VERSION})")
+            raise CheckpointError(
+                f"{marker_path}: unsupported checkpoint version {marker.get('version')!r} (this code reads {MARKER_VERSION})"
+            )
         self.marker = marker
         self.config = read_config(self.path)
         params = self.path / PARAMS_DIR
@@ -461,11 +464,11 @@ class JaxParamReader:
         expected = param_shapes(self.config) if shapes is None else shapes
         stored, params = self._meta, self.path / PARAMS_DIR
         problems = [f"unknown parameter {n!r} (in {params})" for n in stored if n not in expected]
-        problems += [
-            f"shape mismatch for {n!r} (in {params}): checkpoint {list(stored[n].shape)}, model expects {list(expected[n])}"  # type: ignore[attr-defined]
-            for n in expected
-            if n in stored and tuple(stored[n].shape) != expected[n]  # type: ignore[attr-defined]
-        ]
+        for n in expected:
+            got = tuple(stored[n].shape) if n in stored else expected[n]  # type: ignore[attr-defined]
+            if got != expected[n]:
+                want = list(expected[n])
+                problems.append(f"shape mismatch for {n!r} (in {params}): checkpoint {list(got)}, model expects {want}")
         missing = [n for n in expected if n not in stored]
         if missing:
             problems.append(f"missing parameter(s) in {params}: {_summarise(missing)}")
@@ -543,7 +546,8 @@ def checkpoint_dtype(reader: ParamReader) -> np.dtype:
     """The one dtype of all thinker tensors; a mixed checkpoint needs an explicit dtype to load."""
     dtypes = reader.stored_dtypes()
     if len(dtypes) != 1:
-        raise CheckpointError(f"{reader.path}: parameters have mixed dtypes {sorted(map(str, dtypes))}; pass dtype= to choose one")
+        names = sorted(map(str, dtypes))
+        raise CheckpointError(f"{reader.path}: parameters have mixed dtypes {names}; pass dtype= to choose one")
     return dtypes.pop()
 
 

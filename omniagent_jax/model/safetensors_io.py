@@ -112,7 +112,8 @@ class SafetensorsFile:
 
     def _entry(self, key: str, entry: object, data_size: int) -> TensorInfo:
         try:
-            dtype, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]  # type: ignore[index]
+            dtype, (begin, end) = entry["dtype"], entry["data_offsets"]  # type: ignore[index]
+            shape = tuple(int(d) for d in entry["shape"])  # type: ignore[index]
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(f"{self.path}: corrupt safetensors file (bad header entry for {key!r}: {entry!r})") from None
         if dtype not in _ITEMSIZE:
@@ -204,7 +205,8 @@ def write_safetensors(
             if isinstance(value, np.ndarray):
                 if value.shape != t.shape or dtype_name(value.dtype) != t.dtype:
                     raise CheckpointError(
-                        f"internal: tensor {t.key!r} produced {value.dtype}{list(value.shape)}, header says {t.dtype}{list(t.shape)}"
+                        f"internal: tensor {t.key!r} produced {value.dtype}{list(value.shape)}, "
+                        f"header says {t.dtype}{list(t.shape)}"
                     )
                 written = f.write(memoryview(np.ascontiguousarray(value).reshape(-1).view(np.uint8)))
             else:
