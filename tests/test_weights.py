@@ -436,6 +436,14 @@ def test_index_pointing_at_the_wrong_shard_is_named(broken):
         Thinker.from_pretrained(broken)
 
 
+@pytest.mark.parametrize("index", ["{not json", '{"metadata": {}}', '{"weight_map": {"a": 3}}'])
+def test_invalid_index_is_named(broken, index):
+    (broken / "model.safetensors.index.json").write_text(index)
+    message = r"model\.safetensors\.index\.json: (not a valid safetensors index|weight_map must)"
+    with pytest.raises(CheckpointError, match=message):
+        Thinker.from_pretrained(broken)
+
+
 def test_not_a_checkpoint_directory(tmp_path):
     with pytest.raises(CheckpointError, match="is not a checkpoint directory"):
         Thinker.from_pretrained(tmp_path)
@@ -467,6 +475,12 @@ def test_jax_checkpoint_errors(jax32, model32, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(jax32, bad)
     marker = json.loads((bad / params.MARKER_FILE).read_text())
+    (bad / params.MARKER_FILE).write_text("{")
+    with pytest.raises(CheckpointError, match="omniagent_checkpoint.json: not valid JSON"):
+        Thinker.from_pretrained(bad)
+    (bad / params.MARKER_FILE).write_text(json.dumps({**marker, "format": "something-else"}))
+    with pytest.raises(CheckpointError, match="not an omniagent-jax-thinker checkpoint marker"):
+        Thinker.from_pretrained(bad)
     (bad / params.MARKER_FILE).write_text(json.dumps({**marker, "version": 99}))
     with pytest.raises(CheckpointError, match="unsupported checkpoint version 99"):
         Thinker.from_pretrained(bad)

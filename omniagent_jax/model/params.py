@@ -273,6 +273,7 @@ def _summarise(items: list[str], limit: int = 8) -> str:
 
 
 def read_config(path: Path) -> ThinkerConfig:
+    """The thinker config from a checkpoint directory's config.json (full Omni or thinker-only)."""
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: no config.json next to the weights")
     return ThinkerConfig.from_hf(path)
