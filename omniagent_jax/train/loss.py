@@ -1,0 +1,48 @@
+"""Cross-entropy on target tokens only, with the logits computed in chunks.
+
+`[batch, seq, vocab]` (vocab 152,064) never materialises: the flattened tokens are processed
+`chunk` at a time, each chunk's fp32 logits are recomputed in the backward pass (`jax.checkpoint`)
+instead of being stored, so the largest logits block is `[chunk, vocab]`. The loss comes back as
+a token **sum** and a target **count**, so that gradient accumulation can divide by the target
+count of the whole accumulated batch (training.md, "Loss normalisation").
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IGNORE = -1  # label of a position that carries no loss (prompt, padding, last position)
+
+
+def chunked_cross_entropy(
+    hidden: jax.Array, lm_kernel: jax.Array, labels: jax.Array, *, chunk: int
+) -> tuple[jax.Array, jax.Array]:
+    """hidden `[B, T, D]`, lm_kernel `[D, V]`, labels `[B, T]` (next-token ids, `IGNORE` elsewhere)
+    → (sum of −log p(label) over labelled positions, number of labelled positions), both fp32."""
+    d = hidden.shape[-1]
+    h = hidden.reshape(-1, d)
+    y = labels.reshape(-1)
+    n = h.shape[0]
+    chunk = min(chunk, n)
+    pad = (-n) % chunk
+    if pad:
+        h = jnp.pad(h, ((0, pad), (0, 0)))
+        y = jnp.pad(y, (0, pad), constant_values=IGNORE)
+    h = h.reshape(-1, chunk, d)
+    y = y.reshape(-1, chunk)
+
+    @jax.checkpoint
+    def one(h_c: jax.Array, y_c: jax.Array) -> jax.Array:
+        logits = jnp.einsum("cd,dv->cv", h_c, lm_kernel, preferred_element_type=jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        valid = y_c != IGNORE
+        picked = jnp.take_along_axis(logits, jnp.where(valid, y_c, 0)[:, None], axis=-1)[:, 0]
+        return jnp.sum(jnp.where(valid, lse - picked, 0.0))
+
+    def body(total, xs):
+        return total + one(*xs), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, y))
+    count = jnp.sum(labels != IGNORE).astype(jnp.float32)
+    return total, count

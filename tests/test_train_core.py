@@ -1,0 +1,179 @@
+"""Training core: sharded step vs one device, gradient accumulation, the loss against numpy,
+frozen towers, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from train_helpers import synthetic_batch
+
+from omniagent_jax.model.kv_cache import NoCache
+from omniagent_jax.train import mesh as mesh_lib
+from omniagent_jax.train import optim, setup
+from omniagent_jax.train import step as step_lib
+from omniagent_jax.train.config import ConfigError, MeshConfig, load_config
+from omniagent_jax.train.forward import hidden_states
+from omniagent_jax.train.loss import IGNORE, chunked_cross_entropy
+
+HERE = pathlib.Path(__file__).resolve().parent
+VOCAB = 512
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    cfg = load_config(None, ["model=tiny", f"data.vocab_remap={VOCAB}", "loss_chunk=24", "optim.lr=1e-2", "optim.warmup_ratio=0.0"])
+    mesh = mesh_lib.make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    model = setup.build_model(cfg, mesh)
+    return cfg, model
+
+
+def test_multi_device_meshes_match_single_device():
+    """(8,1,1), (1,8,1), (2,2,2) on 8 simulated CPU devices: loss, gradients and updated params equal
+    the single-device step, and parameters / Adam moments / the batch really are sharded."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "train_mesh_check.py")], env=env, capture_output=True, text=True, timeout=400
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {tuple(r["mesh"]): r for r in map(json.loads, (l for l in proc.stdout.splitlines() if l.startswith("{")))}
+    assert set(rows) == {(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2)}
+    for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2)]:
+        r = rows[shape]
+        assert r["d_loss"] <= 1e-5 and r["d_step_loss"] <= 1e-5, r
+        assert r["d_grads"] <= 1e-5, r
+        assert r["d_params"] <= 1e-5, r
+    # Pure data parallelism: parameters replicated, the batch split 8 ways.
+    assert rows[(8, 1, 1)]["sharded_params"] == 0 and "data" in rows[(8, 1, 1)]["batch"]
+    # FSDP: the model width is split; Adam moments follow their parameters.
+    r = rows[(1, 8, 1)]
+    assert r["lm_head"] == "PartitionSpec('fsdp',)" and r["embed"] == "PartitionSpec(None, 'fsdp')"
+    assert r["adam_mu_lm_head"] == r["lm_head"] and r["sharded_params"] >= 20
+    # 2×2×2: width over fsdp, vocab/mlp over tensor, batch over data+fsdp; every trainable param sharded.
+    r = rows[(2, 2, 2)]
+    assert r["lm_head"] == "PartitionSpec('fsdp', 'tensor')" and r["gate"] == "PartitionSpec('fsdp', 'tensor')"
+    assert r["embed"] == "PartitionSpec('tensor', 'fsdp')" and r["frozen_qkv"] == "PartitionSpec('fsdp', 'tensor')"
+    assert r["sharded_params"] == r["num_params"] and r["batch"] == "PartitionSpec(None, ('data', 'fsdp'), None)"
+
+
+def test_logical_spec_falls_back_to_replicated():
+    mesh = mesh_lib.make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    assert mesh_lib.logical_to_spec(("embed", "vocab"), (64, 100), mesh) == jax.sharding.PartitionSpec(None, None)
+    with pytest.raises(KeyError, match="no sharding rule"):
+        mesh_lib.logical_to_spec(("nonsense",), (4,), mesh)
+    with pytest.raises(ValueError, match="devices"):
+        mesh_lib.resolve_mesh_shape(MeshConfig(3, -1, 1), 8)
+    assert mesh_lib.resolve_mesh_shape(MeshConfig(2, -1, 2), 8) == (2, 2, 2)
+
+
+def test_loss_equals_numpy_cross_entropy_on_targets_only(tiny_run):
+    cfg, model = tiny_run
+    batch = synthetic_batch(1, 3, 20, VOCAB, seed=3)
+    mb = {k: v[0] for k, v in batch.items()}
+    hidden, _ = model.decode(model.embed_tokens(jnp.asarray(mb["input_ids"])), jnp.asarray(mb["positions"]), NoCache(jnp.asarray(mb["attention_mask"])))
+    logits = np.asarray(model.logits(hidden), np.float64)
+    # numpy: log-softmax over the vocabulary, pick the next token at target positions only.
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    labels = mb["labels"]
+    sel = labels != IGNORE
+    ref_sum = -logp[sel, labels[sel]].sum()
+    total, count = chunked_cross_entropy(hidden, model.lm_head.kernel[...], jnp.asarray(labels), chunk=7)
+    assert int(count) == sel.sum() and sel.sum() < labels.size  # prompt tokens exist and carry no label
+    np.testing.assert_allclose(float(total), ref_sum, rtol=1e-5)
+    # Changing a prompt token's *label* cannot matter; the step's loss is this sum / count.
+    fns = step_lib.StepFns(*setup.split(model, cfg)[:1], tx=optim.make_optimizer(cfg.optim, 10), loss_chunk=5)
+    _, tr, fr, other = setup.split(model, cfg)
+    loss, _, n = fns.jit_grads(tr, fr, other, {k: v[None] if k != "positions" else v[None] for k, v in mb.items()})
+    np.testing.assert_allclose(float(loss), ref_sum / sel.sum(), rtol=1e-5)
+
+
+def test_grad_accumulation_of_four_equals_one_batch(tiny_run):
+    """4 micro-batches with different target counts == one batch of all 4 rows (loss and grads)."""
+    cfg, model = tiny_run
+    graphdef, tr, fr, other = setup.split(model, cfg)
+    fns = step_lib.StepFns(graphdef, optim.make_optimizer(cfg.optim, 10), loss_chunk=16)
+    batch = synthetic_batch(4, 2, 16, VOCAB, seed=5, prompt_lens=[2, 6, 9, 13])
+    counts = [(batch["labels"][i] != IGNORE).sum() for i in range(4)]
+    assert len(set(counts)) == 4
+    loss4, g4, n4 = fns.jit_grads(tr, fr, other, batch)
+    one = {k: np.concatenate(list(v), axis=1 if k == "positions" else 0)[None] for k, v in batch.items()}
+    loss1, g1, n1 = fns.jit_grads(tr, fr, other, one)
+    assert float(n4) == float(n1) == sum(counts)
+    assert abs(float(loss4) - float(loss1)) <= 1e-6
+    for a, b in zip(jax.tree.leaves(g4), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    # The mean of per-micro-batch means (what a naive accumulation computes) is different here.
+    per_mb = [float(fns.jit_grads(tr, fr, other, {k: v[i : i + 1] for k, v in batch.items()})[0]) for i in range(4)]
+    assert abs(np.mean(per_mb) - float(loss4)) > 1e-4
+    # Only the last micro-batch (the reference's bug) is not the same either.
+    assert abs(per_mb[-1] - float(loss4)) > 1e-4
+
+
+def test_frozen_towers_bit_identical_and_without_optimizer_state(tiny_run):
+    cfg, model = tiny_run
+    graphdef, tr, fr, other = setup.split(model, cfg)
+    paths = [optim.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(fr)]
+    assert paths and all(p.startswith(("audio_tower.", "visual.")) for p in paths)
+    assert any(".merger." in p or p.startswith("visual.merger") for p in paths)
+    assert not any(optim.path_str(p).startswith(("audio_tower", "visual")) for p, _ in jax.tree_util.tree_leaves_with_path(tr))
+    before = [np.asarray(x).copy() for x in jax.tree.leaves(fr)]
+    tx = optim.make_optimizer(cfg.optim, 10)
+    fns = step_lib.StepFns(graphdef, tx, loss_chunk=16)
+    state = step_lib.init_state(jax.tree.map(jnp.copy, tr), tx, 0)  # the step donates its state
+    opt_paths = [optim.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)]
+    assert not any("audio_tower" in p or "visual" in p for p in opt_paths)
+    n_moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0)
+    assert n_moments == 2 * sum(x.size for x in jax.tree.leaves(tr))  # mu + nu of trainable params only
+    batch = synthetic_batch(1, 2, 12, VOCAB, seed=7)
+    first = [np.asarray(x).copy() for x in jax.tree.leaves(tr)]
+    for _ in range(3):
+        state, metrics = fns.jit_train_step(state, fr, other, batch)
+    after = [np.asarray(x) for x in jax.tree.leaves(fr)]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(first, jax.tree.leaves(state.params)))
+
+
+def test_remat_forward_equals_decode(tiny_run):
+    _, model = tiny_run
+    batch = synthetic_batch(1, 2, 10, VOCAB, seed=9)
+    ids, pos, mask = (jnp.asarray(batch[k][0]) for k in ("input_ids", "positions", "attention_mask"))
+    ref, _ = model.decode(model.embed_tokens(ids), pos, NoCache(mask))
+    for remat in ("none", "full", "dots"):
+        np.testing.assert_array_equal(np.asarray(hidden_states(model, model.embed_tokens(ids), pos, mask, remat)), np.asarray(ref))
+
+
+def test_schedule_warmup_then_linear_decay():
+    cfg = load_config(None, ["optim.lr=1.0", "optim.warmup_ratio=0.1"]).optim
+    s = optim.schedule(cfg, 100)
+    assert float(s(0)) == 0.0 and abs(float(s(10)) - 1.0) < 1e-6 and abs(float(s(5)) - 0.5) < 1e-6
+    assert abs(float(s(55)) - 0.5) < 1e-6 and float(s(100)) < 1e-6
+    cos = optim.schedule(load_config(None, ["optim.lr=1.0", "optim.warmup_ratio=0", "optim.schedule=cosine"]).optim, 100)
+    assert abs(float(cos(50)) - 0.5) < 1e-6
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(None, ["optim.learning_rate=1"])
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(None, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["lr"])
+    with pytest.raises(ConfigError, match="remat"):
+        load_config(None, ["remat=sometimes"])
+    with pytest.raises(ConfigError, match="mesh"):
+        load_config(None, ["mesh.data=-1", "mesh.fsdp=-1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [1, 2\n")
+    with pytest.raises(ConfigError, match="YAML"):
+        load_config(bad)
+    cfg = load_config(None, ["optim.frozen=[^visual\\.]", "data.batch_size=4"])
+    assert cfg.optim.frozen == ("^visual\\.",) and cfg.data.batch_size == 4
