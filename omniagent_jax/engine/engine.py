@@ -410,7 +410,8 @@ class Engine:
         arrays = sampling_arrays([s.params for s in seqs] + [seqs[0].params] * pad, [len(s.output) for s in seqs] + [0] * pad)
         if pad:
             logits = jnp.concatenate([logits, jnp.zeros((pad, logits.shape[1]), logits.dtype)])
-        token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in sample_tokens(logits, *arrays))
+        stats = any(s.params.logprobs for s in seqs)
+        token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in sample_tokens(logits, *arrays, with_stats=stats))
         for seq, tok, lp, ent in zip(seqs, token.tolist(), logp.tolist(), entropy.tolist()):
             seq.output.append(tok)
             seq.logprobs.append(lp)

@@ -8,6 +8,7 @@ whatever else shares its batch. Log-probs and entropies are of the model's raw d
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -40,12 +41,14 @@ class SamplingParams:
 GREEDY = SamplingParams(temperature=0.0)
 
 
-@jax.jit
-def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array, steps: jax.Array):
-    """logits `[B, V]` and per-row parameters → (token `[B]`, log-prob `[B]`, entropy `[B]`)."""
+@functools.partial(jax.jit, static_argnames="with_stats")
+def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array, steps: jax.Array,
+                  *, with_stats: bool = True):
+    """logits `[B, V]` and per-row parameters → (token `[B]`, log-prob `[B]`, entropy `[B]`).
+
+    Without `with_stats` the full-vocabulary log-softmax is skipped and log-probs/entropies are NaN.
+    """
     logits = logits.astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
     greedy = jnp.argmax(logits, axis=-1)
     scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
     keys = jax.vmap(lambda seed, step: jax.random.fold_in(jax.random.PRNGKey(seed), step))(seeds, steps)
@@ -73,6 +76,11 @@ def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
     # The full-vocabulary sort only runs when some sampled row truncates; all-greedy batches skip sampling.
     drawn = jax.lax.cond(jnp.any(temperature > 0), sampled, lambda _: greedy, None)
     token = jnp.where(temperature > 0, drawn, greedy)
+    if not with_stats:
+        nan = jnp.full(token.shape, jnp.nan, jnp.float32)
+        return token, nan, nan
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], entropy
 
 
