@@ -201,3 +201,21 @@ def test_sampling_truncation_and_reproducibility():
     np.testing.assert_allclose(entropy, -(np.array([0.5, 0.3, 0.15, 0.05]) * np.log([0.5, 0.3, 0.15, 0.05])).sum(), rtol=1e-5)
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0.0)
+
+
+def test_towers_do_not_rerun_for_media_in_the_cached_prefix(pair):
+    ref, model = pair
+    ids, mask, inputs, aiv = build_case("image+text", ref)  # the prompt ends with 7 text tokens
+    ids = ids[0][mask[0] == 1]
+    engine = Engine(model, page_size=4, num_pages=128)
+    params = SamplingParams(temperature=0.0, max_new_tokens=3, stop_token_ids=())
+    first = engine.generate([Request(ids, params, media=inputs)])[0]
+    assert engine.stats.tower_items == 1
+    again = engine.generate([Request(ids, params, media=inputs)])[0]
+    assert engine.stats.tower_items == 1  # the image's tokens all sit in cached pages
+    assert again.tokens == first.tokens and again.cached_tokens >= len(ids) - 4
+    # the same placeholders over different pixels must not hit the cache
+    other = dict(inputs, pixel_values=inputs["pixel_values"] + 0.5)
+    engine.generate([Request(ids, params, media=other)])
+    assert engine.stats.tower_items == 2
+    engine.pool.check_no_leak()
