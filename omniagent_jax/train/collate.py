@@ -1,0 +1,101 @@
+"""Host-side batch assembly: media embeddings from the frozen towers, TMRoPE positions, padding to
+a length bucket, and the `[K, B, …]` micro-batch layout of the train step.
+
+Media tokens are encoded here, outside the differentiated step: the towers are frozen, so their
+outputs are constants of the loss and the step only scatters them over the placeholder positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from omniagent_jax.model import Thinker
+from omniagent_jax.train.loss import IGNORE
+
+MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "video_second_per_grid",
+              "input_features", "feature_attention_mask")
+
+
+def has_media(sample: dict[str, Any]) -> bool:
+    return any(k in sample for k in ("pixel_values", "pixel_values_videos", "input_features"))
+
+
+def prepare(model: Thinker, sample: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One encoded sample → input_ids, labels, positions `[3, T]` and (with media) media embeddings
+    `[T, D]` plus their mask. Uses only the model's config and its (frozen) towers."""
+    ids = np.asarray(sample["input_ids"])[None]
+    media = {k: sample[k] for k in MEDIA_KEYS if k in sample}
+    positions, _ = model.rope_index(
+        ids,
+        None,
+        image_grid_thw=media.get("image_grid_thw"),
+        video_grid_thw=media.get("video_grid_thw"),
+        video_second_per_grid=media.get("video_second_per_grid"),
+        feature_attention_mask=media.get("feature_attention_mask"),
+        use_audio_in_video=bool(sample.get("use_audio_in_video", False)),
+    )
+    out = {"input_ids": ids[0], "labels": np.asarray(sample["labels"]), "positions": np.asarray(positions)[:, 0]}
+    if has_media(sample):
+        cfg = model.config
+        embeds = np.zeros((ids.shape[1], cfg.text.hidden_size), np.float32)
+        mask = np.zeros(ids.shape[1], bool)
+        parts = []
+        if "input_features" in media:
+            parts.append((cfg.audio_token_id, lambda: model.encode_audios(media["input_features"], media["feature_attention_mask"])))
+        if "pixel_values" in media:
+            parts.append((cfg.image_token_id, lambda: model.encode_images(media["pixel_values"], media["image_grid_thw"])))
+        if "pixel_values_videos" in media:
+            parts.append((cfg.video_token_id, lambda: model.encode_videos(media["pixel_values_videos"], media["video_grid_thw"])))
+        for token_id, encode in parts:
+            slots = np.flatnonzero(ids[0] == token_id)
+            values = np.asarray(encode(), np.float32)
+            if len(slots) != len(values):
+                raise ValueError(f"{len(slots)} placeholders of token {token_id} but {len(values)} media tokens")
+            embeds[slots] = values
+            mask[slots] = True
+        out["media_embeds"], out["media_mask"] = embeds, mask
+    return out
+
+
+def bucket_length(n: int, buckets: Sequence[int], multiple: int = 128) -> int:
+    """The smallest bucket that holds n tokens (one compile per bucket); beyond the last, n rounded up."""
+    for b in sorted(buckets):
+        if n <= b:
+            return int(b)
+    return int(-(-n // multiple) * multiple)
+
+
+def collate(prepared: Sequence[dict[str, np.ndarray]], grad_accum: int, buckets: Sequence[int], hidden: int, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Right-pads every sample to one bucket length and stacks them as `[K, B, L]` (positions
+    `[K, 3, B, L]`); media arrays are present only when some sample has media."""
+    n = len(prepared)
+    if n % grad_accum:
+        raise ValueError(f"{n} samples do not split into {grad_accum} micro-batches")
+    b = n // grad_accum
+    length = bucket_length(max(len(p["input_ids"]) for p in prepared), buckets)
+    ids = np.zeros((n, length), np.int32)
+    mask = np.zeros((n, length), np.int32)
+    labels = np.full((n, length), IGNORE, np.int32)
+    positions = np.ones((3, n, length), np.int32)
+    any_media = any("media_embeds" in p for p in prepared)
+    media = np.zeros((n, length, hidden), dtype) if any_media else None
+    media_mask = np.zeros((n, length), bool) if any_media else None
+    for i, p in enumerate(prepared):
+        t = len(p["input_ids"])
+        ids[i, :t], mask[i, :t], labels[i, :t] = p["input_ids"], 1, p["labels"]
+        positions[:, i, :t] = p["positions"]
+        if "media_embeds" in p:
+            media[i, :t], media_mask[i, :t] = p["media_embeds"], p["media_mask"]
+    out = {
+        "input_ids": ids.reshape(grad_accum, b, length),
+        "attention_mask": mask.reshape(grad_accum, b, length),
+        "labels": labels.reshape(grad_accum, b, length),
+        "positions": positions.reshape(3, grad_accum, b, length).transpose(1, 0, 2, 3),
+    }
+    if any_media:
+        out["media_embeds"] = media.reshape(grad_accum, b, length, hidden)
+        out["media_mask"] = media_mask.reshape(grad_accum, b, length)
+    return out
