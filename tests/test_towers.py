@@ -123,3 +123,23 @@ def test_segment_attention_in_groups_equals_all_at_once():
     # rows only see their own segment: perturbing rows 40..51 leaves rows 0..39 unchanged
     v2 = v.at[40:52].add(1.0)
     np.testing.assert_allclose(np.asarray(segment_attention(q, k, v2, segs))[:40], np.asarray(whole)[:40], atol=1e-6)
+
+
+def test_towers_compile_once_per_shape_bucket(pair):
+    """Images of different sizes and audios of different lengths within one bucket share a compilation."""
+    from omniagent_jax.model import thinker
+
+    _, ours = pair
+    rng = np.random.default_rng(5)
+    ours.encode_images(rng.standard_normal((96 * 2, 1176)).astype(np.float32), np.array([[1, 12, 16]]))
+    before = thinker._run_vision._cache_size()
+    for h, w in ((12, 14), (10, 16), (16, 12)):  # 168, 160, 192 patches: the bucket of 192
+        out = ours.encode_images(rng.standard_normal((h * w, 1176)).astype(np.float32), np.array([[1, h, w]]))
+        assert out.shape == (h * w // 4, ours.config.text.hidden_size)
+    assert thinker._run_vision._cache_size() == before
+    feats = rng.standard_normal((1, 128, 700)).astype(np.float32)
+    ours.encode_audios(feats[:, :, :610], np.ones((1, 610), np.int64))
+    before = thinker._run_audio._cache_size()
+    for n in (650, 700):  # 4 chunks each
+        assert ours.encode_audios(feats[:, :, :n], np.ones((1, n), np.int64)).shape[0] == ((n - 1) // 2 + 1 - 2) // 2 + 1
+    assert thinker._run_audio._cache_size() == before

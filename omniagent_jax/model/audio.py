@@ -17,6 +17,7 @@ from flax import nnx
 
 from omniagent_jax.model.config import AudioConfig
 from omniagent_jax.model.layers import linear
+from omniagent_jax.model.segments import bucket
 from omniagent_jax.processing.layout import audio_token_count
 
 
@@ -36,8 +37,12 @@ class AudioLayout:
     pool_first: jax.Array  # int32 [Σ tokens] flat post-conv row of the first element of each pooled pair
 
 
-def audio_layout(input_features: np.ndarray, feature_attention_mask: np.ndarray, cfg: AudioConfig) -> AudioLayout:
-    """input_features `[B, mel, T]` + frame mask `[B, T]` → the chunked layout of all valid frames."""
+def audio_layout(input_features: np.ndarray, feature_attention_mask: np.ndarray, cfg: AudioConfig, *, padded: bool = False) -> AudioLayout:
+    """input_features `[B, mel, T]` + frame mask `[B, T]` → the chunked layout of all valid frames.
+
+    With `padded`, chunks are zero-padded to the full 2-s window and the chunk count and token count
+    are rounded up to shape buckets (extra tokens come after the real ones), so the tower compiles
+    once per bucket. Zero columns after a chunk's end are exactly what the reference pads with."""
     feats = np.asarray(input_features)
     mask = np.asarray(feature_attention_mask).astype(bool)
     if feats.ndim != 3 or feats.shape[1] != cfg.num_mel_bins or mask.shape != (feats.shape[0], feats.shape[2]):
@@ -60,22 +65,27 @@ def audio_layout(input_features: np.ndarray, feature_attention_mask: np.ndarray,
             lengths.append(piece.shape[1])
         audio_chunk_ranges.append((first, len(chunks)))
     lengths_arr = np.asarray(lengths)
-    max_len = int(lengths_arr.max())
+    max_len = window if padded else int(lengths_arr.max())
+    num_chunks = bucket(len(chunks)) if padded else len(chunks)
+    lengths_arr = np.concatenate([lengths_arr, np.zeros(num_chunks - len(chunks), lengths_arr.dtype)])
     max_out = int(conv_out_len(max_len))
-    padded = np.zeros((len(chunks), max_len, cfg.num_mel_bins), feats.dtype)
+    chunk_array = np.zeros((num_chunks, max_len, cfg.num_mel_bins), feats.dtype)
     for i, c in enumerate(chunks):
-        padded[i, : c.shape[0]] = c
+        chunk_array[i, : c.shape[0]] = c
     out_lens = conv_out_len(lengths_arr)
     # Pooling runs over each audio's post-conv rows in order, across its chunks.
     for first, last in audio_chunk_ranges:
         rows = np.concatenate([i * max_out + np.arange(out_lens[i]) for i in range(first, last)])
         n_tokens = audio_token_count(int(lengths_arr[first:last].sum()))
         pool_first.append(rows[0 : 2 * n_tokens : 2])
+    pool = np.concatenate(pool_first)
+    if padded:
+        pool = np.concatenate([pool, np.zeros(bucket(len(pool)) - len(pool), pool.dtype)])
     return AudioLayout(
-        chunks=padded,
+        chunks=chunk_array,
         chunk_mask=np.arange(max_len)[None, :] < lengths_arr[:, None],
         key_valid=np.arange(max_out)[None, :] < out_lens[:, None],
-        pool_first=np.asarray(np.concatenate(pool_first), np.int32),
+        pool_first=np.asarray(pool, np.int32),
     )
 
 

@@ -24,13 +24,27 @@ class Segments:
     valid: jax.Array  # bool [S, L]
 
 
-def segments_from_cu_seqlens(cu_seqlens: np.ndarray) -> Segments:
-    """Segments for contiguous runs `[cu[i], cu[i+1])`; empty runs are dropped."""
+def bucket(n: int, minimum: int = 1) -> int:
+    """`n` rounded up to a shape bucket: a multiple of a quarter of the next power of two (≤ 25 % padding),
+    so a jitted function compiles once per bucket instead of once per size."""
+    n = max(int(n), minimum)
+    step = max(1, (1 << (n - 1).bit_length()) // 4)
+    return -(-n // step) * step
+
+
+def segments_from_cu_seqlens(cu_seqlens: np.ndarray, *, padded: bool = False) -> Segments:
+    """Segments for contiguous runs `[cu[i], cu[i+1])`; empty runs are dropped. With `padded`, the
+    segment count and length are rounded up to buckets by all-invalid entries."""
     cu = np.asarray(cu_seqlens, dtype=np.int64)
     lengths = np.diff(cu)
     starts = cu[:-1][lengths > 0]
     lengths = lengths[lengths > 0]
     max_len = int(lengths.max()) if len(lengths) else 1
+    if padded:
+        max_len = bucket(max_len)
+        extra = bucket(len(lengths), minimum=8) - len(lengths)
+        starts = np.concatenate([starts, np.zeros(extra, np.int64)])
+        lengths = np.concatenate([lengths, np.zeros(extra, np.int64)])
     offsets = np.arange(max_len)[None, :]
     valid = offsets < lengths[:, None]
     index = np.where(valid, starts[:, None] + offsets, 0)

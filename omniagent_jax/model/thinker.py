@@ -19,6 +19,7 @@ from omniagent_jax.model.config import ThinkerConfig
 from omniagent_jax.model.decoder import TextDecoder, text_positions
 from omniagent_jax.model.kv_cache import KVCache, NoCache
 from omniagent_jax.model.layers import linear
+from omniagent_jax.model.segments import bucket
 from omniagent_jax.model.tmrope import get_rope_index
 from omniagent_jax.model.vision import VisionTower, vision_layout
 from omniagent_jax.processing.layout import audio_token_count, vision_token_count
@@ -50,14 +51,25 @@ class Thinker(nnx.Module):
         return self.model.embed_tokens(input_ids)
 
     def encode_images(self, pixel_values: np.ndarray, image_grid_thw: np.ndarray) -> jax.Array:
-        """Pixel rows + grids of one or more images → their tokens `[Σ t·h·w/4, D]`, in order."""
-        return _run_vision(self.visual, jnp.asarray(pixel_values), vision_layout(image_grid_thw, self.config.vision))
+        """Pixel rows + grids of one or more images → their tokens `[Σ t·h·w/4, D]`, in order.
+
+        Rows are padded to a shape bucket so the tower compiles once per bucket, not per image size.
+        """
+        unit = self.config.vision.spatial_merge_size**2
+        n = len(pixel_values)
+        rows = bucket(n, minimum=4 * unit) // unit * unit
+        padded = np.zeros((rows, np.shape(pixel_values)[1]), np.asarray(pixel_values).dtype)
+        padded[:n] = pixel_values
+        layout = vision_layout(image_grid_thw, self.config.vision, padded_rows=rows)
+        return _run_vision(self.visual, jnp.asarray(padded), layout)[: n // unit]
 
     encode_videos = encode_images  # the same tower; videos differ only in their grids and placeholders
 
     def encode_audios(self, input_features: np.ndarray, feature_attention_mask: np.ndarray) -> jax.Array:
         """Padded mel features `[B, 128, T]` + frame mask → the tokens of every audio `[Σ N, D]`, in order."""
-        return _run_audio(self.audio_tower, audio_layout(input_features, feature_attention_mask, self.config.audio))
+        layout = audio_layout(input_features, feature_attention_mask, self.config.audio, padded=True)
+        n_tokens = sum(audio_token_count(int(n)) for n in np.asarray(feature_attention_mask).sum(axis=-1))
+        return _run_audio(self.audio_tower, layout)[:n_tokens]
 
     def embed_media(
         self,

@@ -74,18 +74,29 @@ class VisionLayout:
     frames: Segments  # full attention within each temporal patch
 
 
-def vision_layout(grid_thw: np.ndarray, cfg: VisionConfig) -> VisionLayout:
+def vision_layout(grid_thw: np.ndarray, cfg: VisionConfig, *, padded_rows: int | None = None) -> VisionLayout:
+    """The layout of the items in `grid_thw`. With `padded_rows` (≥ the real patch count, a multiple of
+    the merge unit) every array is padded to bucketed shapes: padding rows sit in no segment and come
+    out as extra tokens after the real ones."""
     grid_thw = np.asarray(grid_thw, np.int64).reshape(-1, 3)
     merge, unit = cfg.spatial_merge_size, cfg.spatial_merge_size**2
     token_order, cu_windows = window_order(grid_thw, merge, cfg.window_size // merge // cfg.patch_size)
+    n_tokens = len(token_order)
+    if padded_rows is not None:
+        if padded_rows % unit or padded_rows < n_tokens * unit:
+            raise ValueError(f"padded_rows {padded_rows} must be a multiple of {unit} and >= {n_tokens * unit}")
+        token_order = np.concatenate([token_order, np.arange(n_tokens, padded_rows // unit)])
     patch_order = (token_order[:, None] * unit + np.arange(unit)[None, :]).reshape(-1)
+    positions = patch_positions(grid_thw, merge)
+    positions = np.concatenate([positions, np.zeros((len(patch_order) - len(positions), 2), positions.dtype)])
     per_frame = np.repeat(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0])
+    padded = padded_rows is not None
     return VisionLayout(
-        positions=np.asarray(patch_positions(grid_thw, merge)[patch_order], np.int32),
+        positions=np.asarray(positions[patch_order], np.int32),
         patch_order=np.asarray(patch_order, np.int32),
         token_restore=np.asarray(np.argsort(token_order), np.int32),
-        windows=segments_from_cu_seqlens(cu_windows),
-        frames=segments_from_cu_seqlens(np.concatenate([[0], np.cumsum(per_frame)])),
+        windows=segments_from_cu_seqlens(cu_windows, padded=padded),
+        frames=segments_from_cu_seqlens(np.concatenate([[0], np.cumsum(per_frame)]), padded=padded),
     )
 
 
