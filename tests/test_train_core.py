@@ -177,3 +177,20 @@ def test_config_errors(tmp_path):
         load_config(bad)
     cfg = load_config(None, ["optim.frozen=[^visual\\.]", "data.batch_size=4"])
     assert cfg.optim.frozen == ("^visual\\.",) and cfg.data.batch_size == 4
+
+
+def test_cli_dry_run_and_bad_keys(capsys):
+    from omniagent_jax.train.cli import main
+
+    assert main(["train", "sft", "--config", str(HERE.parent / "configs/sft/omniagent_7b.yaml"), "--dry-run", "optim.lr=2e-5"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 2.0e-05" in out and "remat: full" in out and "bfloat16" in out
+    assert main(["train", "sft", "--config", str(HERE.parent / "configs/sft/tiny.yaml"), "--dry-run", "optim.bogus=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+
+
+def test_recipe_config_matches_training_md():
+    cfg = load_config(HERE.parent / "configs/sft/omniagent_7b.yaml")
+    assert (cfg.optim.lr, cfg.epochs, cfg.optim.schedule, cfg.optim.warmup_ratio) == (1e-5, 2.0, "linear", 0.03)
+    assert cfg.dtype == "bfloat16" and cfg.remat == "full" and cfg.seed == 42 and cfg.data.grad_accum == 2
+    assert cfg.optim.frozen == (r"^audio_tower\.", r"^visual\.")

@@ -131,9 +131,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, processor):
     assert sorted(resumed.losses) == [4, 5, 6]
     for s in (4, 5, 6):
         assert abs(resumed.losses[s] - full.losses[s]) <= 1e-6, (s, resumed.losses[s], full.losses[s])
-    # Without the restored data state / optimizer the next losses would differ: a fresh run's step 4 does.
-    fresh = sft.train(_cfg(tmp_path / "c", f, *common, "checkpoint.resume=false", "max_steps=4"), processor=processor)
-    assert abs(fresh.losses[4] - full.losses[4]) > 1e-6 or True
+    # The match is not trivial: the losses do change from step to step.
+    assert len({round(full.losses[s], 6) for s in (4, 5, 6)}) == 3
 
 
 def test_reference_sft_file_trains_on_synthetic_videos(tmp_path, processor, shared_reference):
@@ -143,12 +142,14 @@ def test_reference_sft_file_trains_on_synthetic_videos(tmp_path, processor, shar
     for line in lines:
         info = json.loads(line)["extra_info"]
         if info["video"] not in made:
+            (tmp_path / info["video"]).parent.mkdir(parents=True, exist_ok=True)
             media_factory.make_video(tmp_path / info["video"], duration=info["duration_seconds"], fps=info["fps"],
                                      audio=info["has_audio"], width=32, height=32)
             made.add(info["video"])
     cfg = load_config(pathlib.Path(__file__).parents[1] / "configs/sft/tiny.yaml", [
         f"data.train_file={src}", f"data.data_root={tmp_path}", f"output_dir={tmp_path / 'run'}", "progress=false",
-        f"max_steps={len(lines)}", "data.shuffle=false", "checkpoint.every=0", "loss_chunk=2048"])
+        f"max_steps={len(lines)}", "data.shuffle=false", "checkpoint.every=0", "loss_chunk=512", "data.vocab_remap=4096",
+        "data.buckets=[4096,8192]"])
     res = sft.train(cfg, processor=processor)
     assert res.bad_rows == 0 and res.steps == len(lines) == 12
     losses = np.array([res.losses[s] for s in sorted(res.losses)])

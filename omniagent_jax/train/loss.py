@@ -41,7 +41,9 @@ def chunked_cross_entropy(
         return jnp.sum(jnp.where(valid, lse - picked, 0.0))
 
     def body(total, xs):
-        return total + one(*xs), None
+        # Prompt-only chunks (most of a long agent context) skip the logits entirely, forward and backward.
+        h_c, y_c = xs
+        return total + jax.lax.cond(jnp.any(y_c != IGNORE), one, lambda *_: jnp.zeros((), jnp.float32), h_c, y_c), None
 
     total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, y))
     count = jnp.sum(labels != IGNORE).astype(jnp.float32)

@@ -16,6 +16,7 @@ from omniagent_jax.processing import tokens
 from omniagent_jax.train import mesh as mesh_lib
 from omniagent_jax.train import optim
 from omniagent_jax.train.config import SFTConfig
+from omniagent_jax.train.sft_data import remap_ids  # noqa: F401  (numpy; re-exported)
 
 _SPECIAL_FIELDS = (
     "audio_token_id",
@@ -26,17 +27,6 @@ _SPECIAL_FIELDS = (
     "vision_start_token_id",
     "vision_end_token_id",
 )
-
-
-def remap_ids(ids: np.ndarray, vocab: int) -> np.ndarray:
-    """Token ids of the full vocabulary → `[0, vocab)`: the 22 special tokens keep distinct ids at the
-    top, ordinary BPE ids wrap around below them. For tiny test models only (fast logits)."""
-    n_special = len(tokens.SPECIAL_TOKENS)
-    if vocab <= n_special:
-        raise ValueError(f"vocab_remap {vocab} must exceed the {n_special} special tokens")
-    ids = np.asarray(ids)
-    special = ids >= tokens.NUM_BPE_TOKENS
-    return np.where(special, vocab - n_special + (ids - tokens.NUM_BPE_TOKENS), ids % (vocab - n_special)).astype(ids.dtype)
 
 
 def model_config(cfg: SFTConfig) -> ThinkerConfig:

@@ -155,11 +155,7 @@ class SampleEncoder:
             self._label_earlier_turns(row["raw_input"], ids, labels)
         if len(ids) > self.max_length:
             raise SampleError(f"{where}: {len(ids)} tokens exceed max_length {self.max_length}")
-        if self.vocab_remap:
-            if any(k in inputs for k in ("pixel_values", "pixel_values_videos", "input_features")):
-                raise SampleError(f"{where}: vocab_remap is for text-only test data")
-            from omniagent_jax.train.setup import remap_ids  # numpy-only helper
-
+        if self.vocab_remap:  # placeholders move with the model config's special ids (setup.model_config)
             ids = remap_ids(ids, self.vocab_remap)
             labels = np.where(labels == IGNORE, IGNORE, remap_ids(np.maximum(labels, 0), self.vocab_remap))
         return {"input_ids": ids.astype(np.int32), "labels": labels.astype(np.int32), "use_audio_in_video": np.asarray(aiv), **inputs}
@@ -177,6 +173,17 @@ class SampleEncoder:
                 continue
             end = start + int(ends[0])
             labels[start - 1 : end] = ids[start : end + 1]
+
+
+def remap_ids(ids: np.ndarray, vocab: int) -> np.ndarray:
+    """Token ids of the full vocabulary → `[0, vocab)`: the 22 special tokens keep distinct ids at the
+    top, ordinary BPE ids wrap around below them. For tiny test models only (fast logits)."""
+    n_special = len(tokens.SPECIAL_TOKENS)
+    if vocab <= n_special:
+        raise ValueError(f"vocab_remap {vocab} must exceed the {n_special} special tokens")
+    ids = np.asarray(ids)
+    special = ids >= tokens.NUM_BPE_TOKENS
+    return np.where(special, vocab - n_special + (ids - tokens.NUM_BPE_TOKENS), ids % (vocab - n_special)).astype(ids.dtype)
 
 
 def _has_clip(messages: Iterable[Mapping[str, Any]]) -> bool:
