@@ -32,9 +32,10 @@ def bucket(n: int, minimum: int = 1) -> int:
     return -(-n // step) * step
 
 
-def segments_from_cu_seqlens(cu_seqlens: np.ndarray, *, padded: bool = False) -> Segments:
+def segments_from_cu_seqlens(cu_seqlens: np.ndarray, *, padded: bool = False, min_segments: int = 1) -> Segments:
     """Segments for contiguous runs `[cu[i], cu[i+1])`; empty runs are dropped. With `padded`, the
-    segment count and length are rounded up to buckets by all-invalid entries."""
+    segment count (at least `min_segments`) and length are rounded up to buckets by all-invalid entries.
+    A padded segment still costs L² scores, so long segments should keep `min_segments` small."""
     cu = np.asarray(cu_seqlens, dtype=np.int64)
     lengths = np.diff(cu)
     starts = cu[:-1][lengths > 0]
@@ -42,7 +43,7 @@ def segments_from_cu_seqlens(cu_seqlens: np.ndarray, *, padded: bool = False) ->
     max_len = int(lengths.max()) if len(lengths) else 1
     if padded:
         max_len = bucket(max_len)
-        extra = bucket(len(lengths), minimum=8) - len(lengths)
+        extra = bucket(len(lengths), minimum=min_segments) - len(lengths)
         starts = np.concatenate([starts, np.zeros(extra, np.int64)])
         lengths = np.concatenate([lengths, np.zeros(extra, np.int64)])
     offsets = np.arange(max_len)[None, :]

@@ -95,7 +95,7 @@ def vision_layout(grid_thw: np.ndarray, cfg: VisionConfig, *, padded_rows: int |
         positions=np.asarray(positions[patch_order], np.int32),
         patch_order=np.asarray(patch_order, np.int32),
         token_restore=np.asarray(np.argsort(token_order), np.int32),
-        windows=segments_from_cu_seqlens(cu_windows, padded=padded),
+        windows=segments_from_cu_seqlens(cu_windows, padded=padded, min_segments=8),  # 64-row windows: cheap padding
         frames=segments_from_cu_seqlens(np.concatenate([[0], np.cumsum(per_frame)]), padded=padded),
     )
 
