@@ -41,7 +41,8 @@ def initialize(env: dict[str, str] | None = None) -> bool:
     plan = plan_from_env(env)
     if plan is None or jax.distributed.is_initialized():
         return False
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    # CPU processes need a collectives backend; asking jax for its backend here would start it too early.
+    if (jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")) == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**plan)
     return True
