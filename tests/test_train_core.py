@@ -87,6 +87,8 @@ def test_loss_equals_numpy_cross_entropy_on_targets_only(tiny_run):
     sel = labels != IGNORE
     ref_sum = -logp[sel, labels[sel]].sum()
     total, count = chunked_cross_entropy(hidden, model.lm_head.kernel[...], jnp.asarray(labels), chunk=7)
+    skipped, _ = chunked_cross_entropy(hidden, model.lm_head.kernel[...], jnp.asarray(labels), chunk=7, skip_empty=True)
+    assert float(skipped) == float(total)
     assert int(count) == sel.sum() and sel.sum() < labels.size  # prompt tokens exist and carry no label
     np.testing.assert_allclose(float(total), ref_sum, rtol=1e-5)
     # Changing a prompt token's *label* cannot matter; the step's loss is this sum / count.

@@ -16,10 +16,14 @@ IGNORE = -1  # label of a position that carries no loss (prompt, padding, last p
 
 
 def chunked_cross_entropy(
-    hidden: jax.Array, lm_kernel: jax.Array, labels: jax.Array, *, chunk: int
+    hidden: jax.Array, lm_kernel: jax.Array, labels: jax.Array, *, chunk: int, skip_empty: bool = False
 ) -> tuple[jax.Array, jax.Array]:
     """hidden `[B, T, D]`, lm_kernel `[D, V]`, labels `[B, T]` (next-token ids, `IGNORE` elsewhere)
-    → (sum of −log p(label) over labelled positions, number of labelled positions), both fp32."""
+    → (sum of −log p(label) over labelled positions, number of labelled positions), both fp32.
+
+    `skip_empty` skips the logits of chunks without a target (most of a long agent context) with a
+    `lax.cond`. Single-device only: on a sharded batch each device would evaluate the predicate on
+    its own rows and take different branches around the head's collectives (a deadlock)."""
     d = hidden.shape[-1]
     h = hidden.reshape(-1, d)
     y = labels.reshape(-1)
@@ -41,8 +45,9 @@ def chunked_cross_entropy(
         return jnp.sum(jnp.where(valid, lse - picked, 0.0))
 
     def body(total, xs):
-        # Prompt-only chunks (most of a long agent context) skip the logits entirely, forward and backward.
         h_c, y_c = xs
+        if not skip_empty:
+            return total + one(h_c, y_c), None
         return total + jax.lax.cond(jnp.any(y_c != IGNORE), one, lambda *_: jnp.zeros((), jnp.float32), h_c, y_c), None
 
     total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, y))

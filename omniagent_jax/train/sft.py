@@ -68,7 +68,7 @@ def train(cfg: SFTConfig, *, stop_after: int | None = None, processor: Any = Non
     batches = SFTBatches(cfg.data, encoder, seed=cfg.seed, process_index=jax.process_index(), process_count=jax.process_count())
     n_steps = total_steps(cfg, batches.num_samples)
     tx = optim.make_optimizer(cfg.optim, n_steps)
-    fns = step_lib.StepFns(graphdef, tx, remat=cfg.remat, loss_chunk=cfg.loss_chunk)
+    fns = step_lib.StepFns(graphdef, tx, remat=cfg.remat, loss_chunk=cfg.loss_chunk, skip_empty_chunks=mesh.size == 1)
     state = step_lib.init_state(trainable, tx, cfg.seed)
 
     ckpt = Checkpointer(os.path.join(out, "checkpoints"), cfg.checkpoint)

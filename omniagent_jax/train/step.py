@@ -43,13 +43,14 @@ class StepFns:
     tx: optax.GradientTransformation
     remat: str = "none"
     loss_chunk: int = 1024
+    skip_empty_chunks: bool = False  # single-device runs only (see chunked_cross_entropy)
 
     def loss_sums(self, params: nnx.State, frozen: nnx.State, other: nnx.State, mb: Batch) -> tuple[jax.Array, jax.Array]:
         """(sum of target-token losses, target count) of one micro-batch."""
         model = nnx.merge(self.graphdef, params, frozen, other)
         embeds = input_embeddings(model, mb["input_ids"], mb.get("media_embeds"), mb.get("media_mask"))
         hidden = hidden_states(model, embeds, mb["positions"], mb["attention_mask"], self.remat)
-        return chunked_cross_entropy(hidden, model.lm_head.kernel[...], mb["labels"], chunk=self.loss_chunk)
+        return chunked_cross_entropy(hidden, model.lm_head.kernel[...], mb["labels"], chunk=self.loss_chunk, skip_empty=self.skip_empty_chunks)
 
     def grads(self, params, frozen, other, batch: Batch):
         """Accumulated (loss, grads, target count) over the K micro-batches of `batch`, normalised
