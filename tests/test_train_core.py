@@ -55,13 +55,13 @@ def test_multi_device_meshes_match_single_device():
     assert rows[(8, 1, 1)]["sharded_params"] == 0 and "data" in rows[(8, 1, 1)]["batch"]
     # FSDP: the model width is split; Adam moments follow their parameters.
     r = rows[(1, 8, 1)]
-    assert r["lm_head"] == "PartitionSpec('fsdp',)" and r["embed"] == "PartitionSpec(None, 'fsdp')"
+    assert r["lm_head"] == "P('fsdp',)" and r["embed"] == "P(None, 'fsdp')"
     assert r["adam_mu_lm_head"] == r["lm_head"] and r["sharded_params"] >= 20
     # 2×2×2: width over fsdp, vocab/mlp over tensor, batch over data+fsdp; every trainable param sharded.
     r = rows[(2, 2, 2)]
-    assert r["lm_head"] == "PartitionSpec('fsdp', 'tensor')" and r["gate"] == "PartitionSpec('fsdp', 'tensor')"
-    assert r["embed"] == "PartitionSpec('tensor', 'fsdp')" and r["frozen_qkv"] == "PartitionSpec('fsdp', 'tensor')"
-    assert r["sharded_params"] == r["num_params"] and r["batch"] == "PartitionSpec(None, ('data', 'fsdp'), None)"
+    assert r["lm_head"] == "P('fsdp', 'tensor')" and r["gate"] == "P('fsdp', 'tensor')"
+    assert r["embed"] == "P('tensor', 'fsdp')" and r["frozen_qkv"] == "P('fsdp', 'tensor')"
+    assert r["sharded_params"] == r["num_params"] and r["batch"] == "P(None, ('data', 'fsdp'), None)"
 
 
 def test_logical_spec_falls_back_to_replicated():
