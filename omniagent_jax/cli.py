@@ -2,6 +2,7 @@
 
     omniagent run   --video V --question Q [...]   one OTA episode; prints each turn, writes latest_run.json
     omniagent serve --model PATH [--port 8000]      OpenAI-compatible /v1/chat/completions over the JAX engine
+    omniagent train sft --config configs/sft/tiny.yaml [key=value ...]   agentic SFT (sharded, resumable)
 
 `run` uses the JAX engine by default (`--model PATH`, an HF or converted JAX checkpoint); without
 `--model` it builds the tiny preset with RANDOM weights (created once, cached on disk), which only
@@ -100,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", default="omniagent")
     serve.add_argument("--max-new-tokens", type=int, default=4096, help="default per request (max_tokens overrides)")
     serve.set_defaults(func=_cmd_serve)
+
+    from omniagent_jax.train.cli import add_train_arguments
+
+    add_train_arguments(sub)
     return parser
 
 

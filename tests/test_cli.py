@@ -9,6 +9,7 @@ import pytest
 
 import media_factory
 from omniagent_jax import cli
+from omniagent_jax.model.config import REPO_CONFIGS
 from omniagent_jax.agent.data import Sample
 from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
 from omniagent_jax.agent.budget import StepBudget
@@ -74,3 +75,12 @@ def test_episode_turns_reuse_the_kv_of_the_unchanged_history(video, reference_pa
     assert all(c > 0.5 * p for c, p in zip(cached[1:], prompts[1:])), (cached, prompts)
     assert sum(m["prefilled_tokens"] for m in both.metrics) < 0.7 * sum(prompts)
     policy.engine.pool.check_no_leak()
+
+
+def test_train_sft_is_wired_into_the_cli(capsys):
+    import yaml
+
+    config = str(REPO_CONFIGS / "sft" / "tiny.yaml")
+    assert cli.main(["train", "sft", "--config", config, "--dry-run", "optim.lr=3e-5"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["optim"]["lr"] == 3e-5
+    assert cli.main(["train", "sft", "--config", config, "--dry-run", "optim.nope=1"]) == 2
