@@ -196,13 +196,15 @@ def _audio_counts(media: dict) -> list[int]:
 
 @functools.partial(jax.jit, donate_argnums=(1, 2))
 def _forward(model: Thinker, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions):
-    """One step over `[B, T]` new tokens → logits at each row's last real token, and the updated pages."""
+    """One step over `[B, T]` new tokens → logits at each row's last real token, their argmax (so greedy
+    rows need no second dispatch), and the updated pages."""
     embeds = model.embed_tokens(ids)
     embeds = jnp.where(media_mask[..., None], media_rows.astype(embeds.dtype), embeds)
     cache = PagedKVCache(k_pages, v_pages, page_table, context_len, num_new)
     hidden, cache = model.decode(embeds, positions, cache)
     last = hidden[jnp.arange(ids.shape[0]), jnp.maximum(num_new - 1, 0)]
-    return model.logits(last), cache.k_pages, cache.v_pages
+    logits = model.logits(last)
+    return logits, jnp.argmax(logits, axis=-1), cache.k_pages, cache.v_pages
 
 
 class Engine:
@@ -339,7 +341,7 @@ class Engine:
 
     # ------------------------------------------------------------------ model steps
 
-    def _run(self, seqs: list[_Sequence], starts: list[int], ends: list[int]) -> np.ndarray:
+    def _run(self, seqs: list[_Sequence], starts: list[int], ends: list[int]) -> tuple[jax.Array, jax.Array]:
         b = _bucket(len(seqs))
         t = _bucket(max(e - s for s, e in zip(starts, ends)))
         m = _bucket(max(len(s.pages) for s in seqs))
@@ -367,10 +369,10 @@ class Engine:
                     media_mask[i, w] = True
         if media_rows is None:
             media_rows = jnp.zeros((1, 1, d), self.model.dtype)
-        logits, self.k_pages, self.v_pages = _forward(
+        logits, greedy, self.k_pages, self.v_pages = _forward(
             self.model, self.k_pages, self.v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions
         )
-        return logits[: len(seqs)]
+        return logits[: len(seqs)], greedy[: len(seqs)]
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
         starts, ends = [], []
@@ -380,16 +382,16 @@ class Engine:
             end = min(target, start + self.prefill_chunk)
             starts.append(start)
             ends.append(end)
-        logits = self._run(seqs, starts, ends)
+        logits, greedy = self._run(seqs, starts, ends)
         done = []
-        for seq, start, end, row in zip(seqs, starts, ends, logits):
+        for seq, start, end, row, best in zip(seqs, starts, ends, logits, greedy):
             seq.num_cached = end
             self.stats.prefilled_tokens += end - start
             self._register_full_pages(seq)
             if end == len(seq.tokens):
-                done.append((seq, row))
+                done.append((seq, row, best))
         if done:
-            self._sample([s for s, _ in done], jnp.stack([r for _, r in done]))
+            self._sample([s for s, _, _ in done], jnp.stack([r for _, r, _ in done]), jnp.stack([b for _, _, b in done]))
 
     def _decode(self, seqs: list[_Sequence]) -> None:
         for seq in list(seqs):
@@ -398,20 +400,24 @@ class Engine:
         seqs = [s for s in seqs if s in self.running]  # some may have been preempted
         if not seqs:
             return
-        logits = self._run(seqs, [s.num_cached for s in seqs], [s.num_cached + 1 for s in seqs])
+        logits, greedy = self._run(seqs, [s.num_cached for s in seqs], [s.num_cached + 1 for s in seqs])
         for seq in seqs:
             seq.num_cached += 1
             self._register_full_pages(seq)
         self.stats.decode_steps += 1
-        self._sample(seqs, logits)
+        self._sample(seqs, logits, greedy)
 
-    def _sample(self, seqs: list[_Sequence], logits: jax.Array) -> None:
-        pad = _bucket(len(seqs)) - len(seqs)  # bucketed rows: one compile per batch-size bucket
-        arrays = sampling_arrays([s.params for s in seqs] + [seqs[0].params] * pad, [len(s.output) for s in seqs] + [0] * pad)
-        if pad:
-            logits = jnp.concatenate([logits, jnp.zeros((pad, logits.shape[1]), logits.dtype)])
+    def _sample(self, seqs: list[_Sequence], logits: jax.Array, greedy: jax.Array) -> None:
         stats = any(s.params.logprobs for s in seqs)
-        token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in sample_tokens(logits, *arrays, with_stats=stats))
+        if not stats and all(s.params.temperature == 0 for s in seqs):
+            token = np.asarray(greedy)  # computed inside the forward: no second dispatch over the vocabulary
+            logp = entropy = np.full(len(seqs), np.nan, np.float32)
+        else:
+            pad = _bucket(len(seqs)) - len(seqs)  # bucketed rows: one compile per batch-size bucket
+            arrays = sampling_arrays([s.params for s in seqs] + [seqs[0].params] * pad, [len(s.output) for s in seqs] + [0] * pad)
+            if pad:
+                logits = jnp.concatenate([logits, jnp.zeros((pad, logits.shape[1]), logits.dtype)])
+            token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in sample_tokens(logits, *arrays, with_stats=stats))
         for seq, tok, lp, ent in zip(seqs, token.tolist(), logp.tolist(), entropy.tolist()):
             seq.output.append(tok)
             seq.logprobs.append(lp)
