@@ -44,6 +44,7 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--page-size", type=int, default=16, help="KV page size in tokens")
     g.add_argument("--num-pages", type=int, default=2048, help="KV pages in the pool")
     g.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
+    g.add_argument("--decode-steps", type=int, default=8, help="decode steps per dispatch (host work once per this many tokens)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
@@ -58,6 +59,7 @@ def _jax_policy(args: argparse.Namespace, *, temperature: float, top_p: float, t
     policy = JaxPolicy.from_pretrained(
         path, dtype=getattr(jnp, args.dtype) if args.dtype else None, sampling=sampling,
         page_size=args.page_size, num_pages=args.num_pages, max_batch=args.max_batch,
+        decode_steps=args.decode_steps,
     )
     label = str(path) if args.model else f"tiny preset with RANDOM WEIGHTS ({path}); pass --model for a real checkpoint"
     model = policy.engine.model

@@ -197,6 +197,11 @@ def test_sampling_truncation_and_reproducibility():
         np.testing.assert_allclose(logp, np.log([0.5, 0.3, 0.15, 0.05])[token], rtol=1e-5)
         again = np.asarray(sample_tokens(logits, *sampling_arrays(rows, [step] * 4))[0])
         assert (again == token).all()
+        # an untruncated row draws the same whether or not another row in its batch truncates
+        mixed = jnp.asarray(np.random.default_rng(step).standard_normal((2, 50)), jnp.float32)
+        pair_rows = [SamplingParams(temperature=1.0, top_k=3, seed=1), SamplingParams(temperature=1.0, seed=2)]
+        with_truncation = np.asarray(sample_tokens(mixed, *sampling_arrays(pair_rows, [step] * 2))[0])
+        assert with_truncation[1] == np.asarray(sample_tokens(mixed[1:], *sampling_arrays(pair_rows[1:], [step]))[0])[0]
     assert seen_top_p == {0, 1}  # 0.5 + 0.3 reach 0.7; tokens 2 and 3 are cut
     np.testing.assert_allclose(entropy, -(np.array([0.5, 0.3, 0.15, 0.05]) * np.log([0.5, 0.3, 0.15, 0.05])).sum(), rtol=1e-5)
     with pytest.raises(ValueError, match="top_p"):
@@ -219,3 +224,67 @@ def test_towers_do_not_rerun_for_media_in_the_cached_prefix(pair):
     engine.generate([Request(ids, params, media=other)])
     assert engine.stats.tower_items == 2
     engine.pool.check_no_leak()
+
+
+def test_multi_step_decode_equals_one_step_per_dispatch(pair):
+    """`decode_steps` only changes how many tokens one dispatch produces: tokens, log-probs, entropies
+    and finish reasons are those of one step per dispatch, including rows that stop inside a block."""
+    _, model = pair
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(0, 150_000, n) for n in (6, 11, 19, 4)]
+    probe = Engine(model, page_size=4, num_pages=128, decode_steps=1)
+    greedy = probe.generate([Request(prompts[0], SamplingParams(temperature=0, max_new_tokens=12, stop_token_ids=()))])[0].tokens
+    stop = greedy[5]  # stops the first prompt's greedy row mid-block
+    params = [
+        SamplingParams(temperature=0, max_new_tokens=12, stop_token_ids=(stop,), logprobs=True),
+        SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=13, stop_token_ids=(), seed=7, logprobs=True),
+        SamplingParams(temperature=0.8, top_k=5, max_new_tokens=3, stop_token_ids=(), seed=1, logprobs=True),
+        SamplingParams(temperature=1.0, max_new_tokens=17, stop_token_ids=(), seed=2, logprobs=True),
+    ]
+    runs = {}
+    for k in (1, 3, 8):
+        engine = Engine(model, page_size=4, num_pages=128, max_batch=4, decode_steps=k)
+        runs[k] = engine.generate([Request(p, s) for p, s in zip(prompts, params)])
+        engine.pool.check_no_leak()
+    assert runs[1][0].finish_reason == "stop" and len(runs[1][0].tokens) == greedy.index(stop) + 1
+    for k in (3, 8):
+        for one, many in zip(runs[1], runs[k]):
+            assert (many.tokens, many.finish_reason) == (one.tokens, one.finish_reason)
+            np.testing.assert_allclose(many.logprobs, one.logprobs, atol=1e-5)
+            np.testing.assert_allclose(many.entropies, one.entropies, atol=1e-5)
+    with pytest.raises(ValueError, match="decode_steps"):
+        Engine(model, decode_steps=0)
+
+
+def test_sync_weights_takes_a_new_snapshot(pair):
+    _, model = pair
+    import jax.numpy as jnp
+
+    prompt = np.arange(5, 17)
+    params = SamplingParams(temperature=0, max_new_tokens=4, stop_token_ids=())
+    engine = Engine(model, page_size=4, num_pages=64)
+    before = engine.generate([Request(prompt, params)])[0].tokens
+    head = model.lm_head.kernel
+    original = head[...]
+    try:
+        head[...] = original.at[:, before[0]].set(-1e3)  # the first greedy token can no longer win
+        assert Engine(model, page_size=4, num_pages=64).generate([Request(prompt, params)])[0].tokens[0] != before[0]
+        assert engine.generate([Request(prompt, params)])[0].tokens == before  # still the old snapshot
+        engine.sync_weights()
+        assert engine.generate([Request(prompt, params)])[0].tokens[0] != before[0]
+    finally:
+        head[...] = original
+    assert jnp.array_equal(model.lm_head.kernel[...], original)
+
+
+def test_greedy_tokens_matches_argmax_with_ties_and_nan():
+    import jax.numpy as jnp
+
+    from omniagent_jax.engine.sampling import greedy_tokens
+
+    logits = np.random.default_rng(0).standard_normal((5, 1000)).astype(np.float32)
+    logits[1, [3, 700]] = 9.0  # a tie: the first index wins
+    logits[2, [10, 20]] = np.nan  # a NaN row: the first NaN, as argmax
+    logits[3] = -np.inf
+    assert greedy_tokens(jnp.asarray(logits)).tolist() == jnp.argmax(jnp.asarray(logits), axis=-1).tolist() == [
+        int(np.argmax(logits[0])), 3, 10, 0, int(np.argmax(logits[4]))]

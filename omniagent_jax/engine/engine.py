@@ -3,8 +3,9 @@
 A request is a prompt (token ids + the processor's media inputs for it) and sampling parameters.
 Admission matches the longest cached prefix (full pages, chained hashes of tokens + media content +
 rope positions) and allocates pages for the rest; prefill runs in chunks over the uncached suffix
-only, and the towers encode only media with a placeholder in that suffix; decode steps run jitted
-over every active sequence, padded to shape buckets. When pages run out, the most recently admitted
+only, and the towers encode only media with a placeholder in that suffix; decoding runs up to
+`decode_steps` tokens per dispatch in one jitted loop over every active sequence, padded to shape
+buckets (stops and token limits are applied on device; the host trims after the block). When pages run out, the most recently admitted
 sequence is preempted (its pages released; it is recomputed later from its tokens so far).
 """
 
@@ -19,10 +20,11 @@ from collections.abc import Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from omniagent_jax.engine.paged_cache import PagedKVCache
 from omniagent_jax.engine.pages import NULL_PAGE, OutOfPages, PagePool, page_hashes
-from omniagent_jax.engine.sampling import SamplingParams, sample_tokens, sampling_arrays
+from omniagent_jax.engine.sampling import SamplingParams, choose_tokens, greedy_tokens, sample_tokens, sampling_arrays
 from omniagent_jax.model import Thinker
 from omniagent_jax.processing.layout import audio_token_count, vision_token_count
 
@@ -194,17 +196,61 @@ def _audio_counts(media: dict) -> list[int]:
     return [audio_token_count(int(n)) for n in np.asarray(media["feature_attention_mask"]).sum(axis=-1)]
 
 
-@functools.partial(jax.jit, donate_argnums=(1, 2))
-def _forward(model: Thinker, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions):
+def _merge(graphdef, treedef, leaves) -> Thinker:
+    return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
+
+
+def _forward(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions):
     """One step over `[B, T]` new tokens → logits at each row's last real token, their argmax (so greedy
     rows need no second dispatch), and the updated pages."""
+    model = _merge(graphdef, treedef, leaves)
     embeds = model.embed_tokens(ids)
     embeds = jnp.where(media_mask[..., None], media_rows.astype(embeds.dtype), embeds)
     cache = PagedKVCache(k_pages, v_pages, page_table, context_len, num_new)
     hidden, cache = model.decode(embeds, positions, cache)
     last = hidden[jnp.arange(ids.shape[0]), jnp.maximum(num_new - 1, 0)]
     logits = model.logits(last)
-    return logits, jnp.argmax(logits, axis=-1), cache.k_pages, cache.v_pages
+    return logits, greedy_tokens(logits), cache.k_pages, cache.v_pages
+
+
+def _decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, limit, ids, rope_delta, stop_ids, temperature,
+                 top_k, top_p, seeds, steps, *, num_steps: int, sample: bool, with_stats: bool):
+    """`num_steps` decode steps in one dispatch. Row b feeds `ids[b]` at position `context_len[b]`, then
+    its own sampled tokens; it runs while `i < limit[b]` and it has not sampled a stop id (later steps
+    write to the null page and their tokens are dropped by the host). Returns `[num_steps, B]` tokens,
+    log-probs, entropies and the updated pages."""
+    model = _merge(graphdef, treedef, leaves)
+    batch = ids.shape[0]
+
+    def step(carry, i):
+        k_pages, v_pages, ids, live = carry
+        active = live & (i < limit)
+        position = context_len + i
+        rope = jnp.broadcast_to((position + rope_delta)[None, :, None], (3, batch, 1))
+        cache = PagedKVCache(k_pages, v_pages, page_table, position, active.astype(jnp.int32))
+        hidden, cache = model.decode(model.embed_tokens(ids[:, None]), rope, cache)
+        logits = model.logits(hidden[:, 0])
+        if sample or with_stats:
+            token, logp, entropy = choose_tokens(logits, temperature, top_k, top_p, seeds, steps + i, with_stats=with_stats)
+        else:
+            token = greedy_tokens(logits)
+            logp = entropy = jnp.full((batch,), jnp.nan, jnp.float32)
+        stopped = jnp.any(token[:, None] == stop_ids, axis=1)
+        return (cache.k_pages, cache.v_pages, token, active & ~stopped), (token, logp, entropy)
+
+    (k_pages, v_pages, _, _), (tokens, logps, entropies) = jax.lax.scan(
+        step, (k_pages, v_pages, ids, jnp.ones(batch, bool)), jnp.arange(num_steps)
+    )
+    return tokens, logps, entropies, k_pages, v_pages
+
+
+@functools.cache
+def _compiled(graphdef, treedef):
+    """The jitted model steps for one model structure (shared by every engine on an equal structure)."""
+    forward = jax.jit(functools.partial(_forward, graphdef, treedef), donate_argnums=(1, 2))
+    decode = jax.jit(functools.partial(_decode_loop, graphdef, treedef), donate_argnums=(1, 2),
+                     static_argnames=("num_steps", "sample", "with_stats"))
+    return forward, decode
 
 
 class Engine:
@@ -214,9 +260,14 @@ class Engine:
     it incrementally (a server does that).
     """
 
-    def __init__(self, model: Thinker, *, page_size: int = 16, num_pages: int = 1024, max_batch: int = 16, prefill_chunk: int = 512):
+    def __init__(self, model: Thinker, *, page_size: int = 16, num_pages: int = 1024, max_batch: int = 16, prefill_chunk: int = 512,
+                 decode_steps: int = 8):
+        if decode_steps < 1:
+            raise ValueError("decode_steps must be >= 1")
         text = model.config.text
         self.model = model
+        self.decode_steps = decode_steps  # decode steps per dispatch: host work once per this many tokens
+        self.sync_weights()
         self.pool = PagePool(num_pages, page_size)
         self.page_size = page_size
         self.max_batch = max_batch
@@ -232,6 +283,16 @@ class Engine:
         self._ids = itertools.count()
 
     # ------------------------------------------------------------------ public API
+
+    def sync_weights(self) -> None:
+        """Takes a fresh snapshot of `self.model`'s weights (call after updating them in place).
+
+        The engine passes the weights to its jitted steps as a flat list: flattening the NNX module
+        on every step costs more host time than a small model's whole decode step.
+        """
+        graphdef, state = nnx.split(self.model)
+        self._leaves, treedef = jax.tree_util.tree_flatten(state)
+        self._forward, self._decode_loop = _compiled(graphdef, treedef)
 
     def submit(self, request: Request) -> str:
         if request.request_id is None:
@@ -369,8 +430,8 @@ class Engine:
                     media_mask[i, w] = True
         if media_rows is None:
             media_rows = jnp.zeros((1, 1, d), self.model.dtype)
-        logits, greedy, self.k_pages, self.v_pages = _forward(
-            self.model, self.k_pages, self.v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions
+        logits, greedy, self.k_pages, self.v_pages = self._forward(
+            self._leaves, self.k_pages, self.v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions
         )
         return logits[: len(seqs)], greedy[: len(seqs)]
 
@@ -394,18 +455,62 @@ class Engine:
             self._sample([s for s, _, _ in done], jnp.stack([r for _, r, _ in done]), jnp.stack([b for _, _, b in done]))
 
     def _decode(self, seqs: list[_Sequence]) -> None:
+        """Up to `decode_steps` tokens for every decoding sequence in one dispatch."""
         for seq in list(seqs):
             if seq in self.running:
-                self._ensure_pages(seq, seq.num_cached + 1)
+                self._ensure_pages(seq, seq.num_cached + self._limit(seq))
         seqs = [s for s in seqs if s in self.running]  # some may have been preempted
         if not seqs:
             return
-        logits, greedy = self._run(seqs, [s.num_cached for s in seqs], [s.num_cached + 1 for s in seqs])
-        for seq in seqs:
-            seq.num_cached += 1
-            self._register_full_pages(seq)
-        self.stats.decode_steps += 1
-        self._sample(seqs, logits, greedy)
+        limits = [self._limit(s) for s in seqs]
+        num_steps = min(self.decode_steps, _bucket(max(limits)))  # one compile per power of two up to decode_steps
+        b = _bucket(len(seqs))
+        m = _bucket(max(len(s.pages) for s in seqs))
+        page_table = np.full((b, m), NULL_PAGE, np.int32)
+        stop_ids = np.full((b, _bucket(max(len(s.params.stop_token_ids) for s in seqs), minimum=4)), -1, np.int32)
+        for i, seq in enumerate(seqs):
+            page_table[i, : len(seq.pages)] = seq.pages
+            stop_ids[i, : len(seq.params.stop_token_ids)] = seq.params.stop_token_ids
+        pad = b - len(seqs)
+        params = [s.params for s in seqs] + [seqs[0].params] * pad
+        arrays = sampling_arrays(params, [len(s.output) for s in seqs] + [0] * pad)
+        tokens, logps, entropies, self.k_pages, self.v_pages = self._decode_loop(
+            self._leaves, self.k_pages, self.v_pages, page_table,
+            np.array([s.num_cached for s in seqs] + [0] * pad, np.int32),
+            np.array(limits + [0] * pad, np.int32),
+            np.array([s.output[-1] for s in seqs] + [0] * pad, np.int32),
+            np.array([s.rope_delta for s in seqs] + [0] * pad, np.int32),
+            stop_ids, *arrays,
+            num_steps=num_steps, sample=any(p.temperature > 0 for p in params), with_stats=any(p.logprobs for p in params),
+        )
+        self.stats.decode_steps += num_steps
+        tokens, logps, entropies = np.asarray(tokens), np.asarray(logps), np.asarray(entropies)
+        for row, (seq, limit) in enumerate(zip(seqs, limits)):
+            for i in range(limit):
+                seq.num_cached += 1
+                if self._append(seq, int(tokens[i, row]), float(logps[i, row]), float(entropies[i, row])):
+                    break
+            if seq.finish_reason is None:
+                self._register_full_pages(seq)
+
+    def _limit(self, seq: _Sequence) -> int:
+        """Tokens this sequence may still produce in the next decode dispatch."""
+        return min(self.decode_steps, seq.params.max_new_tokens - len(seq.output))
+
+    def _append(self, seq: _Sequence, token: int, logp: float, entropy: float) -> bool:
+        """Records one sampled token; retires the sequence (True) on a stop id or its token limit."""
+        seq.output.append(token)
+        seq.logprobs.append(logp)
+        seq.entropies.append(entropy)
+        if token in seq.params.stop_token_ids:
+            reason = "stop"
+        elif len(seq.output) >= seq.params.max_new_tokens:
+            reason = "length"
+        else:
+            return False
+        self._register_full_pages(seq)
+        self._retire(seq, reason)
+        return True
 
     def _sample(self, seqs: list[_Sequence], logits: jax.Array, greedy: jax.Array) -> None:
         stats = any(s.params.logprobs for s in seqs)
@@ -419,13 +524,7 @@ class Engine:
                 logits = jnp.concatenate([logits, jnp.zeros((pad, logits.shape[1]), logits.dtype)])
             token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in sample_tokens(logits, *arrays, with_stats=stats))
         for seq, tok, lp, ent in zip(seqs, token.tolist(), logp.tolist(), entropy.tolist()):
-            seq.output.append(tok)
-            seq.logprobs.append(lp)
-            seq.entropies.append(ent)
-            if tok in seq.params.stop_token_ids:
-                self._retire(seq, "stop")
-            elif len(seq.output) >= seq.params.max_new_tokens:
-                self._retire(seq, "length")
+            self._append(seq, tok, lp, ent)
 
     def _register_full_pages(self, seq: _Sequence) -> None:
         full = seq.num_cached // self.page_size

@@ -8,7 +8,6 @@ whatever else shares its batch. Log-probs and entropies are of the model's raw d
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -41,20 +40,28 @@ class SamplingParams:
 GREEDY = SamplingParams(temperature=0.0)
 
 
-@functools.partial(jax.jit, static_argnames="with_stats")
-def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array, steps: jax.Array,
+def greedy_tokens(logits: jax.Array) -> jax.Array:
+    """`argmax` over the last axis (first index among ties, a NaN row gives its first NaN) as a max and a
+    min reduction: XLA:CPU lowers `jnp.argmax`'s variadic reduce to a scalar loop about 4× slower."""
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    hit = (logits == best) | jnp.isnan(logits)
+    index = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(hit, index, logits.shape[-1]), axis=-1)
+
+
+def choose_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array, steps: jax.Array,
                   *, with_stats: bool = True):
-    """logits `[B, V]` and per-row parameters → (token `[B]`, log-prob `[B]`, entropy `[B]`).
+    """logits `[B, V]` and per-row parameters → (token `[B]`, log-prob `[B]`, entropy `[B]`); traceable.
 
     Without `with_stats` the full-vocabulary log-softmax is skipped and log-probs/entropies are NaN.
     """
     logits = logits.astype(jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1)
+    greedy = greedy_tokens(logits)
     scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
     keys = jax.vmap(lambda seed, step: jax.random.fold_in(jax.random.PRNGKey(seed), step))(seeds, steps)
 
     def plain(_):
-        return jax.vmap(jax.random.categorical)(keys, scaled)
+        return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
 
     def truncated(_):
         # top-k, then top-p over the sorted, tempered distribution; the most likely token always stays.
@@ -66,12 +73,13 @@ def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
         before = jnp.cumsum(probs, axis=-1) - probs
         keep = keep & (before < top_p[:, None])
         choice = jax.vmap(jax.random.categorical)(keys, jnp.where(keep, sorted_logits, -jnp.inf))
-        return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+        return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
     def sampled(_):
-        sampling = temperature > 0
-        needs_sort = jnp.any(sampling & ((top_k > 0) | (top_p < 1.0)))
-        return jax.lax.cond(needs_sort, truncated, plain, None)
+        # A row's draw depends only on its own parameters, never on whether another row truncates.
+        truncates = (temperature > 0) & ((top_k > 0) | (top_p < 1.0))
+        untruncated = plain(None)
+        return jax.lax.cond(jnp.any(truncates), lambda _: jnp.where(truncates, truncated(None), untruncated), lambda _: untruncated, None)
 
     # The full-vocabulary sort only runs when some sampled row truncates; all-greedy batches skip sampling.
     drawn = jax.lax.cond(jnp.any(temperature > 0), sampled, lambda _: greedy, None)
@@ -82,6 +90,9 @@ def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
     logp = jax.nn.log_softmax(logits, axis=-1)
     entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], entropy
+
+
+sample_tokens = jax.jit(choose_tokens, static_argnames="with_stats")
 
 
 def sampling_arrays(params: list[SamplingParams], steps: list[int]) -> tuple[np.ndarray, ...]:
