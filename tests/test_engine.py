@@ -157,6 +157,10 @@ def test_page_hashes_distinguish_media_content_and_positions():
     assert len(a) == 2 and a != b and a != c
     assert a == page_hashes(ids, np.arange(8, dtype=np.uint64) + 1, pos, 4)
     assert len(page_hashes(ids[:7], np.zeros(7, np.uint64), pos[:, :7], 4)) == 1  # only full pages
+    # continuing a chain from known hashes gives the hashes of hashing everything again
+    keys = np.arange(8, dtype=np.uint64) + 1
+    assert page_hashes(ids, keys, pos, 4, known=a[:1]) == a
+    assert page_hashes(ids, keys, pos, 4, known=[b"x" * 16])[1] != a[1]
 
 
 def test_page_pool_accounting_and_errors():

@@ -101,6 +101,7 @@ class _Sequence:
         self.entropies: list[float] = []
         self.pages: list[int] = []
         self.hashes: list[bytes] = []  # chained hashes of the full pages registered so far
+        self._hashes: list[bytes] = []  # memo of `prefix_hashes`
         self.num_cached = 0  # tokens whose KV sits in `pages`
         self.cached_from_prefix = 0
         self.finish_reason: str | None = None
@@ -128,9 +129,14 @@ class _Sequence:
         # Every token but the one the next decode step feeds must be cached before decoding.
         return self.num_cached < len(self.prompt) + len(self.output) - (1 if self.output else 0) or not self.output
 
-    def prefix_hashes(self) -> list[bytes]:
-        tokens = self.tokens
-        return page_hashes(tokens, self.media_keys(0, len(tokens)), self.positions(0, len(tokens)), self.page_size)
+    def prefix_hashes(self, num_tokens: int | None = None) -> list[bytes]:
+        """Chained hashes of the full pages of the first `num_tokens` tokens (default: all), memoised:
+        tokens are only ever appended, so each page is hashed once."""
+        tokens = self.tokens if num_tokens is None else self.tokens[:num_tokens]
+        full = len(tokens) // self.page_size
+        if len(self._hashes) < full:
+            self._hashes = page_hashes(tokens, self.media_keys(0, len(tokens)), self.positions(0, len(tokens)), self.page_size, self._hashes)
+        return self._hashes[:full]
 
 
 class _MediaIndex:
@@ -530,8 +536,7 @@ class Engine:
         full = seq.num_cached // self.page_size
         if full <= len(seq.hashes):
             return
-        tokens = seq.tokens[: full * self.page_size]
-        hashes = page_hashes(tokens, seq.media_keys(0, len(tokens)), seq.positions(0, len(tokens)), self.page_size)
+        hashes = seq.prefix_hashes(full * self.page_size)
         for i in range(len(seq.hashes), full):
             self.pool.prefix.insert(hashes[i], seq.pages[i])
         seq.hashes = hashes

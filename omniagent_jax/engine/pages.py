@@ -116,14 +116,17 @@ class PrefixCache:
         return page
 
 
-def page_hashes(token_ids: np.ndarray, media_keys: np.ndarray, positions: np.ndarray, page_size: int) -> list[bytes]:
+def page_hashes(token_ids: np.ndarray, media_keys: np.ndarray, positions: np.ndarray, page_size: int,
+                known: Sequence[bytes] = ()) -> list[bytes]:
     """Chained hashes of every *full* page of a sequence.
 
     token_ids `[T]`; media_keys `[T]` uint64 (0 for text, else a content hash of the media item mixed with
-    the token's index inside it); positions `[3, T]` rope positions.
+    the token's index inside it); positions `[3, T]` rope positions. `known` are already computed hashes
+    of the first pages (the chain continues from the last one), so a growing sequence hashes each page once.
     """
-    out, prev = [], b""
-    for start in range(0, len(token_ids) - page_size + 1, page_size):
+    out = list(known)
+    prev = out[-1] if out else b""
+    for start in range(len(out) * page_size, len(token_ids) - page_size + 1, page_size):
         end = start + page_size
         digest = hashlib.blake2b(prev, digest_size=16)
         digest.update(np.ascontiguousarray(token_ids[start:end], np.int64).tobytes())
