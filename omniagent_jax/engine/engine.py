@@ -5,8 +5,9 @@ Admission matches the longest cached prefix (full pages, chained hashes of token
 rope positions) and allocates pages for the rest; prefill runs in chunks over the uncached suffix
 only, and the towers encode only media with a placeholder in that suffix; decoding runs up to
 `decode_steps` tokens per dispatch in one jitted loop over every active sequence, padded to shape
-buckets (stops and token limits are applied on device; the host trims after the block). When pages run out, the most recently admitted
-sequence is preempted (its pages released; it is recomputed later from its tokens so far).
+buckets (stop ids and token limits are applied on device; the host trims after the block). When
+pages run out, the most recently admitted sequence is preempted (its pages released; it is
+recomputed later from its tokens so far).
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ def _decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, contex
     return tokens, logps, entropies, k_pages, v_pages
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)
 def _compiled(graphdef, treedef):
     """The jitted model steps for one model structure (shared by every engine on an equal structure)."""
     forward = jax.jit(functools.partial(_forward, graphdef, treedef), donate_argnums=(1, 2))
