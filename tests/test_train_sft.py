@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 import media_factory
+from train_helpers import mixed_rows, text_row, write_jsonl
 from omniagent_jax.processing import OmniProcessor, tokens
 from omniagent_jax.train import sft, sft_data
 from omniagent_jax.train.config import load_config
@@ -25,24 +26,6 @@ def processor():
     return OmniProcessor.from_pretrained()
 
 
-def _text_row(i: int, traj: str = "t", step: int = 1) -> dict:
-    """A short text-only step-log row (≤128 tokens with its target)."""
-    return {
-        "question_id": f"q{i}", "traj_id": f"{traj}{i}", "step": step,
-        "raw_input": [
-            {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
-            {"role": "user", "content": [{"type": "text", "text": f"Question {i}: what is {i} plus {i}?"}]},
-        ],
-        "output": json.dumps({"observation": f"sum of {i} and {i}", "think": "add", "action": {"type": "answer", "content": str(2 * i)}}),
-        "step_reward": "1.0", "done": "True", "extra_info": {"video": "none.mp4", "has_audio": False},
-    }
-
-
-def _write(path: pathlib.Path, rows: list) -> pathlib.Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
 def _cfg(tmp_path, train_file, *extra):
     return load_config(pathlib.Path(__file__).parents[1] / "configs/sft/tiny.yaml", [
         f"data.train_file={train_file}", f"output_dir={tmp_path / 'run'}", f"data.vocab_remap={SMALL_VOCAB}",
@@ -51,7 +34,7 @@ def _cfg(tmp_path, train_file, *extra):
 
 def test_encoder_targets_are_output_plus_im_end(processor):
     enc = sft_data.SampleEncoder(processor, data_root=".", max_length=1000)
-    row = _text_row(3)
+    row = text_row(3)
     s = enc.encode(row)
     ids, labels = s["input_ids"], s["labels"]
     context = processor(row["raw_input"], add_generation_prompt=True)["input_ids"][0]
@@ -64,7 +47,7 @@ def test_encoder_targets_are_output_plus_im_end(processor):
 
 
 def test_trajectory_mode_labels_every_assistant_turn(processor):
-    row = _text_row(1)
+    row = text_row(1)
     row["raw_input"] += [{"role": "assistant", "content": [{"type": "text", "text": "first turn"}]},
                          {"role": "user", "content": [{"type": "text", "text": "more"}]}]
     step_s = sft_data.SampleEncoder(processor, data_root=".", max_length=1000).encode(row)
@@ -72,14 +55,14 @@ def test_trajectory_mode_labels_every_assistant_turn(processor):
     first = processor.tokenizer.encode("first turn", add_special_tokens=False) + [tokens.IM_END_ID]
     extra = (traj_s["labels"] != -1).sum() - (step_s["labels"] != -1).sum()
     assert extra == len(first)
-    rows = [dict(_text_row(0), step=s, traj_id="a") for s in (1, 2, 3)] + [dict(_text_row(1), traj_id="b")]
+    rows = [dict(text_row(0), step=s, traj_id="a") for s in (1, 2, 3)] + [dict(text_row(1), traj_id="b")]
     picked = sft_data.trajectory_rows(rows)
     assert sorted((r["traj_id"], r["step"]) for r in picked) == [("a", 3), ("b", 1)]
 
 
 def test_recut_errors_are_sample_errors(tmp_path, processor):
     enc = sft_data.SampleEncoder(processor, data_root=str(tmp_path), max_length=100000)
-    row = _text_row(0)
+    row = text_row(0)
     row["raw_input"][1]["content"] += [{"type": "text", "text": "Audio 0.00s-1.00s"}, {"type": "audio", "audio": "x.jpg"}]
     row["extra_info"]["video"] = "missing.mp4"
     with pytest.raises(sft_data.SampleError, match="unreadable video"):
@@ -94,13 +77,13 @@ def test_recut_errors_are_sample_errors(tmp_path, processor):
     with pytest.raises(sft_data.SampleError, match="malformed JSON"):
         sft_data.parse_line("{not json", "line 1")
     with pytest.raises(sft_data.SampleError, match="exceed max_length"):
-        sft_data.SampleEncoder(processor, data_root=".", max_length=10).encode(_text_row(0))
+        sft_data.SampleEncoder(processor, data_root=".", max_length=10).encode(text_row(0))
 
 
 def test_loss_halves_within_200_steps_and_metrics_are_written(tmp_path, processor):
-    rows = [_text_row(i) for i in range(8)]
+    rows = [text_row(i) for i in range(8)]
     rows.insert(3, "{broken json")  # a malformed row: counted, skipped, the run goes on
-    f = _write(tmp_path / "train.jsonl", rows)
+    f = write_jsonl(tmp_path / "train.jsonl", rows)
     cfg = _cfg(tmp_path, f, "max_steps=200", "data.batch_size=8", "optim.lr=3e-3", "optim.warmup_ratio=0.05",
                "checkpoint.every=0", "log_every=1")
     res = sft.train(cfg, processor=processor)
@@ -121,8 +104,8 @@ def test_loss_halves_within_200_steps_and_metrics_are_written(tmp_path, processo
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path, processor):
-    rows = [_text_row(i) for i in range(8)]
-    f = _write(tmp_path / "train.jsonl", rows)
+    rows = [text_row(i) for i in range(8)]
+    f = write_jsonl(tmp_path / "train.jsonl", rows)
     common = ["max_steps=6", "data.batch_size=2", "data.grad_accum=2", "optim.lr=3e-3", "checkpoint.every=1",
               "checkpoint.keep=2", "epochs=1"]
     full = sft.train(_cfg(tmp_path / "a", f, *common), processor=processor)

@@ -1,5 +1,5 @@
 """Host-side batch assembly: media embeddings from the frozen towers, TMRoPE positions, padding to
-a length bucket, and the `[K, B, …]` micro-batch layout of the train step.
+the group's length, and the `[K, B, …]` micro-batch layout of the train step.
 
 Media tokens are encoded here, outside the differentiated step: the towers are frozen, so their
 outputs are constants of the loss and the step only scatters them over the placeholder positions.
@@ -60,22 +60,17 @@ def prepare(model: Thinker, sample: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def bucket_length(n: int, buckets: Sequence[int], multiple: int = 128) -> int:
-    """The smallest bucket that holds n tokens (one compile per bucket); beyond the last, n rounded up."""
-    for b in sorted(buckets):
-        if n <= b:
-            return int(b)
-    return int(-(-n // multiple) * multiple)
-
-
-def collate(prepared: Sequence[dict[str, np.ndarray]], grad_accum: int, buckets: Sequence[int], hidden: int, dtype=np.float32) -> dict[str, np.ndarray]:
-    """Right-pads every sample to one bucket length and stacks them as `[K, B, L]` (positions
-    `[K, 3, B, L]`); media arrays are present only when some sample has media."""
+def collate(prepared: Sequence[dict[str, np.ndarray]], grad_accum: int, length: int, hidden: int, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Right-pads every sample to `length` (the group's bucket, `pipeline.Group.length`) and stacks
+    them as `[K, B, L]` (positions `[K, 3, B, L]`); media arrays are present only when some sample
+    has media."""
     n = len(prepared)
     if n % grad_accum:
         raise ValueError(f"{n} samples do not split into {grad_accum} micro-batches")
     b = n // grad_accum
-    length = bucket_length(max(len(p["input_ids"]) for p in prepared), buckets)
+    longest = max(len(p["input_ids"]) for p in prepared)
+    if longest > length:
+        raise ValueError(f"a {longest}-token sample does not fit the padded length {length}")
     ids = np.zeros((n, length), np.int32)
     mask = np.zeros((n, length), np.int32)
     labels = np.full((n, length), IGNORE, np.int32)

@@ -51,6 +51,9 @@ class DataConfig:
     batch_size: int = 1  # per micro-batch, global over all processes
     grad_accum: int = 1  # micro-batches per optimizer step
     buckets: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)  # padded lengths: one compile per bucket
+    # Group each step's samples by bucket (pipeline.py / grouping.py) instead of padding consecutive
+    # samples to their longest; identical order when batch_size·grad_accum is 1 or one bucket is used.
+    group_by_length: bool = True
     shuffle: bool = True
     workers: int = 0  # grain prefetch worker processes (0 = in the main process)
     use_audio_in_video: bool = True  # clips of videos with audio carry their audio (protocol.md §8)
@@ -173,6 +176,11 @@ def validate(cfg: SFTConfig) -> None:
         raise ConfigError(f"optim.warmup_ratio must lie in [0, 1), got {cfg.optim.warmup_ratio}")
     if cfg.loss_chunk < 1:
         raise ConfigError("loss_chunk must be >= 1")
+    buckets = cfg.data.buckets
+    if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets) or len(set(buckets)) != len(buckets):
+        raise ConfigError(f"data.buckets must be distinct positive integers, got {list(buckets)}")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"data.workers must be >= 0, got {cfg.data.workers}")
 
 
 def resolved(cfg: SFTConfig) -> dict[str, Any]:

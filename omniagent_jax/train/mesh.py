@@ -121,11 +121,13 @@ def create_sharded(build: Callable[[], nnx.Module], mesh: Mesh, rules=LOGICAL_RU
     return nnx.merge(graphdef, state)
 
 
-def abstract_with_shardings(abstract_state: nnx.State, mesh: Mesh, rules=LOGICAL_RULES):
-    """`ShapeDtypeStruct`s with shardings: the restore target that makes orbax load each shard in place."""
+def abstract_with_shardings(abstract_state: nnx.State, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.State:
+    """The same state with every value a `ShapeDtypeStruct` carrying its sharding: the restore target
+    that makes orbax read each shard in place. Variables keep their wrappers and metadata, so the
+    restored tree merges back into the module."""
     shardings = state_shardings(abstract_state, mesh, rules)
     return jax.tree.map(
-        lambda v, s: jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype, sharding=s),
+        lambda v, s: v.replace(jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype, sharding=s)),
         abstract_state,
         shardings,
         is_leaf=lambda x: isinstance(x, nnx.Variable),

@@ -11,7 +11,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from omniagent_jax.model import Thinker
+from omniagent_jax.model import params as params_lib
 from omniagent_jax.model.config import ThinkerConfig, load_config
+from omniagent_jax.model.thinker import abstract_thinker
 from omniagent_jax.processing import tokens
 from omniagent_jax.train import mesh as mesh_lib
 from omniagent_jax.train import optim
@@ -42,21 +44,43 @@ def model_config(cfg: SFTConfig) -> ThinkerConfig:
 
 
 def build_model(cfg: SFTConfig, mesh: Mesh) -> Thinker:
-    """Random init (each parameter created in its sharding) or `cfg.init` weights placed per tensor."""
+    """Random init (each parameter created in its sharding) or `cfg.init` weights, each tensor read
+    to host and placed straight onto its shards (`load_sharded`)."""
     dtype = mesh_lib.dtype_of(cfg.dtype)
     mcfg = model_config(cfg)
     if not cfg.init:
         return mesh_lib.create_sharded(lambda: Thinker(mcfg, dtype=dtype, rngs=nnx.Rngs(cfg.seed)), mesh)
-    from omniagent_jax.model.params import load_thinker
+    return load_sharded(cfg.init, mcfg, dtype, mesh)
 
-    # The loader reads tensor by tensor into host memory; each goes to its shards with one
-    # device_put (no replicated device copy). A sharded orbax restore is the next step (report).
-    loaded = load_thinker(cfg.init, dtype=dtype)
-    if loaded.config != mcfg:
-        raise ValueError(f"init checkpoint {cfg.init} does not match model {cfg.model!r}")
-    graphdef, state = nnx.split(loaded)
-    shardings = mesh_lib.state_shardings(state, mesh)
-    return nnx.merge(graphdef, jax.device_put(state, shardings))
+
+def load_sharded(path: str, mcfg: ThinkerConfig, dtype, mesh: Mesh) -> Thinker:
+    """An HF or converted JAX checkpoint read one tensor at a time; each tensor goes from host memory
+    to its own shards with one `device_put`. Unlike `load_thinker`, no tensor is first placed whole
+    on the default device, so device memory never holds more than the shards (a 7B bf16 thinker
+    whole on one 16 GB accelerator would not fit)."""
+    reader = params_lib.open_params(path, validate=False)
+    if reader.config != mcfg:
+        differ = [f.name for f in dataclasses.fields(mcfg) if getattr(reader.config, f.name) != getattr(mcfg, f.name)]
+        raise ValueError(f"init checkpoint {path} does not match the run's model config (differs in {differ})")
+    abstract = abstract_thinker(mcfg, dtype)  # shapes and logical axes only: no parameter is created
+    reader.validate(params_lib.shapes_of(abstract))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    shardings = dict(nnx.to_flat_state(mesh_lib.state_shardings(params, mesh)))
+    flat = nnx.to_flat_state(params)
+    variables = {".".join(map(str, p)): (var, shardings[p]) for p, var in flat}
+    for name, value in reader.iter_arrays(list(variables)):
+        var, sharding = variables[name]
+        var.set_value(jax.device_put(np.asarray(value, dtype=dtype), sharding))
+        del value
+    return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
+
+
+def abstract_model(cfg: SFTConfig, mesh: Mesh):
+    """(graphdef, trainable, frozen, other) like `split`, every value a `ShapeDtypeStruct` with its
+    sharding and no memory behind it: the restore target of a resumed run (nothing is initialised)."""
+    abstract = abstract_thinker(model_config(cfg), mesh_lib.dtype_of(cfg.dtype))
+    graphdef, *states = optim.split_model(abstract, cfg.optim.frozen)
+    return (graphdef, *(mesh_lib.abstract_with_shardings(s, mesh) for s in states))
 
 
 def split(model: Thinker, cfg: SFTConfig):

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 import yaml
+from flax import nnx
 from tqdm import tqdm
 
 from omniagent_jax.processing import OmniProcessor
@@ -60,25 +61,34 @@ def train(cfg: SFTConfig, *, stop_after: int | None = None, processor: Any = Non
             yaml.safe_dump(resolved(cfg), f, sort_keys=False)
 
     mesh = mesh_lib.make_mesh(cfg.mesh)
-    model = setup.build_model(cfg, mesh)
-    graphdef, trainable, frozen, other = setup.split(model, cfg)
     processor = processor or OmniProcessor.from_pretrained(cfg.init or None)
     encoder = SampleEncoder(processor, data_root=cfg.data.data_root, max_length=cfg.data.max_length, mode=cfg.data.mode,
                             use_audio_in_video=cfg.data.use_audio_in_video, vocab_remap=cfg.data.vocab_remap)
     batches = SFTBatches(cfg.data, encoder, seed=cfg.seed, process_index=jax.process_index(), process_count=jax.process_count())
     n_steps = total_steps(cfg, batches.num_samples)
     tx = optim.make_optimizer(cfg.optim, n_steps)
-    fns = step_lib.StepFns(graphdef, tx, remat=cfg.remat, loss_chunk=cfg.loss_chunk, skip_empty_chunks=mesh.size == 1)
-    state = step_lib.init_state(trainable, tx, cfg.seed)
 
     ckpt = Checkpointer(os.path.join(out, "checkpoints"), cfg.checkpoint)
-    if cfg.checkpoint.resume and ckpt.latest_step() is not None:
-        state, data_state = ckpt.restore(state)
+    resume_step = ckpt.latest_step() if cfg.checkpoint.resume else None
+    if resume_step is None:
+        graphdef, trainable, frozen, other = setup.split(setup.build_model(cfg, mesh), cfg)
+        state = step_lib.init_state(trainable, tx, cfg.seed)
+    else:
+        # Read every leaf straight into its sharding: no parameter or moment exists before the read.
+        graphdef, trainable, frozen, other = setup.abstract_model(cfg, mesh)
+        target = {"train": step_lib.abstract_state(trainable, tx), "frozen": frozen, "other": other}
+        restored, data_state = ckpt.restore(target, resume_step)
+        state, frozen, other = restored["train"], restored["frozen"], restored["other"]
         batches.set_state(data_state)
         log.info("resumed from step %d", int(state.step))
     start = int(state.step)
-    frozen_trainable = [optim.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(trainable)
+    fns = step_lib.StepFns(graphdef, tx, remat=cfg.remat, loss_chunk=cfg.loss_chunk, skip_empty_chunks=mesh.size == 1)
+    frozen_trainable = [optim.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.params)
                         if optim.path_str(p).startswith(("visual.", "audio_tower."))]
+    # What `collate.prepare` needs: config, rope index, frozen towers. Trainable params stay abstract
+    # here (the live ones are donated to every step).
+    towers = nnx.merge(graphdef, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params), frozen, other)
+    hidden, dtype = towers.config.text.hidden_size, np.dtype(mesh_lib.dtype_of(cfg.dtype))
 
     jsonl = JsonlWriter(os.path.join(out, "metrics.jsonl")) if jax.process_index() == 0 else None
     events = EventWriter(os.path.join(out, "tensorboard")) if jax.process_index() == 0 else None
@@ -88,13 +98,12 @@ def train(cfg: SFTConfig, *, stop_after: int | None = None, processor: Any = Non
     tokens_done, t0 = 0, time.perf_counter()
     try:
         for step in range(start, end):
-            samples = next(batches)
-            if frozen_trainable and any(collate_lib.has_media(s) for s in samples):
+            group = next(batches)
+            if frozen_trainable and any(collate_lib.has_media(s) for s in group.samples):
                 raise ValueError("media samples need frozen towers (media embeddings are computed outside the step); "
                                  f"trainable tower params: {frozen_trainable[:3]}")
-            prepared = [collate_lib.prepare(model, s) for s in samples]
-            host = collate_lib.collate(prepared, cfg.data.grad_accum, cfg.data.buckets, model.config.text.hidden_size,
-                                       np.dtype(mesh_lib.dtype_of(cfg.dtype)))
+            prepared = [collate_lib.prepare(towers, s) for s in group.samples]
+            host = collate_lib.collate(prepared, cfg.data.grad_accum, group.length, hidden, dtype)
             state, metrics = fns.jit_train_step(state, frozen, other, step_lib.put_batch(host, mesh))
             n = step + 1
             if n % cfg.log_every == 0 or n == end:
@@ -109,9 +118,9 @@ def train(cfg: SFTConfig, *, stop_after: int | None = None, processor: Any = Non
                 bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{rate:.0f}")
             bar.update(1)
             if cfg.checkpoint.every and n % cfg.checkpoint.every == 0:
-                ckpt.save(n, state, batches.get_state())
+                ckpt.save(n, {"train": state, "frozen": frozen, "other": other}, batches.get_state())
         if end == n_steps and ckpt.latest_step() != n_steps:
-            ckpt.save(n_steps, state, batches.get_state(), force=True)
+            ckpt.save(n_steps, {"train": state, "frozen": frozen, "other": other}, batches.get_state(), force=True)
         ckpt.wait()
     finally:
         bar.close()

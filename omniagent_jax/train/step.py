@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from omniagent_jax.train.forward import hidden_states, input_embeddings
 from omniagent_jax.train.loss import chunked_cross_entropy
@@ -87,11 +88,48 @@ class StepFns:
         return jax.jit(self.grads)
 
 
+def _replicated(params: Any) -> jax.sharding.Sharding:
+    """A whole-array sharding on the devices the parameters live on (their mesh, or one device)."""
+    sharding = jax.tree.leaves(params)[0].sharding
+    if isinstance(sharding, NamedSharding):
+        return NamedSharding(sharding.mesh, PartitionSpec())
+    return sharding
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, params: Any) -> Any:
+    """Each optimizer moment in its parameter's sharding, every other leaf (counts) replicated.
+
+    Explicit because a jitted `tx.init` does not inherit them: with Auto mesh axes the moments'
+    `zeros_like` has no data dependence on the parameters and XLA places them on one device — at
+    7B, both Adam moments on device 0."""
+    param_shardings = jax.tree.map(lambda p: p.sharding, params)
+    rep = _replicated(params)
+    abstract = jax.eval_shape(tx.init, params)
+    return optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract, param_shardings, transform_non_params=lambda _: rep)
+
+
+def _rng_data(seed: int) -> jax.Array:
+    return jax.random.key_data(jax.random.key(seed))
+
+
 def init_state(params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
-    """Optimizer state created under jit so each moment inherits its parameter's sharding."""
-    opt_state = jax.jit(tx.init)(params)
-    rng = jax.random.key_data(jax.random.key(seed))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
+    """A fresh state over `params`; every optimizer leaf is created directly in its sharding."""
+    shardings = opt_state_shardings(tx, params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings)(params)
+    rep = _replicated(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), rep)
+    return TrainState(step=step, params=params, opt_state=opt_state, rng=jax.device_put(_rng_data(seed), rep))
+
+
+def abstract_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    """The `TrainState` that `init_state` would build, as `ShapeDtypeStruct`s with shardings and no
+    memory: the restore target of a resume. `params` are `ShapeDtypeStruct`s carrying shardings."""
+    shardings = opt_state_shardings(tx, params)
+    sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
+    opt_state = jax.tree.map(sds, jax.eval_shape(tx.init, params), shardings)
+    rep = _replicated(params)
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+    return TrainState(step=step, params=params, opt_state=opt_state, rng=sds(jax.eval_shape(_rng_data, 0), rep))
 
 
 # Dimension of the per-example axis in each batch array (after the leading micro-batch axis).
