@@ -20,7 +20,8 @@ from omniagent_jax.model.kv_cache import NoCache
 from omniagent_jax.train import mesh as mesh_lib
 from omniagent_jax.train import optim, setup
 from omniagent_jax.train import step as step_lib
-from omniagent_jax.train.config import ConfigError, MeshConfig, load_config
+from omniagent_jax.train.checkpoint import Checkpointer
+from omniagent_jax.train.config import CheckpointConfig, ConfigError, MeshConfig, load_config
 from omniagent_jax.train.forward import hidden_states
 from omniagent_jax.train.loss import IGNORE, chunked_cross_entropy
 
@@ -55,13 +56,17 @@ def test_multi_device_meshes_match_single_device():
     assert rows[(8, 1, 1)]["sharded_params"] == 0 and "data" in rows[(8, 1, 1)]["batch"]
     # FSDP: the model width is split; Adam moments follow their parameters.
     r = rows[(1, 8, 1)]
-    assert r["lm_head"] == "P('fsdp',)" and r["embed"] == "P(None, 'fsdp')"
-    assert r["adam_mu_lm_head"] == r["lm_head"] and r["sharded_params"] >= 20
-    # 2×2×2: width over fsdp, vocab/mlp over tensor, batch over data+fsdp; every trainable param sharded.
+    assert r["lm_head"] == "P('fsdp', None)" and r["embed"] == "P(None, 'fsdp')"  # the rules' specs, kept by the step
+    # All 16 matrices (embed, lm_head, 7 per layer) are split; 1-D norms and biases stay replicated.
+    assert r["adam_mu_lm_head"] == r["lm_head"] and r["sharded_params"] == 16
+    # Moments are created in their shardings, not on one device until the first step moves them.
+    assert r["adam_mu_lm_head_init"] == r["lm_head"] and rows[(2, 2, 2)]["adam_mu_lm_head_init"] == rows[(2, 2, 2)]["lm_head"]
+    # 2×2×2: width over fsdp, vocab/mlp over tensor, batch over data+fsdp; every trainable param but
+    # the five 1-D norm weights (replicated by the rules, and kept so by the step) is sharded.
     r = rows[(2, 2, 2)]
     assert r["lm_head"] == "P('fsdp', 'tensor')" and r["gate"] == "P('fsdp', 'tensor')"
     assert r["embed"] == "P('tensor', 'fsdp')" and r["frozen_qkv"] == "P('fsdp', 'tensor')"
-    assert r["sharded_params"] == r["num_params"] and r["batch"] == "P(None, ('data', 'fsdp'), None)"
+    assert r["sharded_params"] == r["num_params"] - 5 and r["batch"] == "P(None, ('data', 'fsdp'), None)"
 
 
 def test_logical_spec_falls_back_to_replicated():
@@ -162,23 +167,43 @@ def test_schedule_warmup_then_linear_decay():
     assert abs(float(cos(50)) - 0.5) < 1e-6
 
 
-def test_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown config key"):
-        load_config(None, ["optim.learning_rate=1"])
-    with pytest.raises(ConfigError, match="must be a number"):
-        load_config(None, ["optim.lr=fast"])
-    with pytest.raises(ConfigError, match="key=value"):
-        load_config(None, ["lr"])
-    with pytest.raises(ConfigError, match="remat"):
-        load_config(None, ["remat=sometimes"])
-    with pytest.raises(ConfigError, match="mesh"):
-        load_config(None, ["mesh.data=-1", "mesh.fsdp=-1"])
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.learning_rate=1"], "unknown config key"),
+    (["optim.lr=fast"], "must be a number"),
+    (["lr"], "key=value"),
+    (["remat=sometimes"], "remat"),
+    (["mesh.data=-1", "mesh.fsdp=-1"], "mesh"),
+    (["data.buckets=[]"], "data.buckets must be distinct positive integers"),
+    (["data.buckets=[256, 256]"], "data.buckets must be distinct positive integers"),
+    (["data.workers=-2"], "data.workers must be >= 0"),
+    (["data.group_by_length=sometimes"], "group_by_length must be true/false"),
+])
+def test_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_config_file_errors_and_list_overrides(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: [1, 2\n")
     with pytest.raises(ConfigError, match="YAML"):
         load_config(bad)
     cfg = load_config(None, ["optim.frozen=[^visual\\.]", "data.batch_size=4"])
     assert cfg.optim.frozen == ("^visual\\.",) and cfg.data.batch_size == 4
+
+
+def test_checkpoint_restore_errors_name_the_mismatch(tmp_path):
+    ckpt = Checkpointer(tmp_path / "ckpt", CheckpointConfig(async_save=False))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ckpt.restore({"a": jnp.zeros(2)})
+    ckpt.save(1, {"a": jnp.arange(3.0), "b": {"c": jnp.ones((2, 2))}}, {"pos": 7})
+    tree, data = ckpt.restore({"a": jax.ShapeDtypeStruct((3,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), "b": {"c": jnp.zeros((2, 2))}})
+    assert data == {"pos": 7} and np.array_equal(np.asarray(tree["a"]), [0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match=r"missing \['b.d'\], unexpected \['b.c'\]"):
+        ckpt.restore({"a": jnp.zeros(3), "b": {"d": jnp.zeros((2, 2))}})
+    with pytest.raises(ValueError, match=r"other shapes.*a: stored \(3,\), expected \(4,\)"):
+        ckpt.restore({"a": jnp.zeros(4), "b": {"c": jnp.zeros((2, 2))}})
+    ckpt.close()
 
 
 def test_cli_dry_run_and_bad_keys(capsys):
@@ -193,6 +218,7 @@ def test_cli_dry_run_and_bad_keys(capsys):
 
 def test_recipe_config_matches_training_md():
     cfg = load_config(HERE.parent / "configs/sft/omniagent_7b.yaml")
+    assert cfg.data.group_by_length and load_config(HERE.parent / "configs/sft/tiny.yaml").data.group_by_length
     assert (cfg.optim.lr, cfg.epochs, cfg.optim.schedule, cfg.optim.warmup_ratio) == (1e-5, 2.0, "linear", 0.03)
     assert cfg.dtype == "bfloat16" and cfg.remat == "full" and cfg.seed == 42 and cfg.data.grad_accum == 2
     assert cfg.optim.frozen == (r"^audio_tower\.", r"^visual\.")

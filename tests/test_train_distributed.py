@@ -1,5 +1,5 @@
 """Two `jax.distributed` processes on localhost (CPU collectives) run the sharded step; its loss
-equals the single-process one. Also the environment → initialize plan and the launch dry runs."""
+equals the single-process one, and they agree on every length-grouped step's bucket. Also the environment → initialize plan and the launch dry runs."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def test_two_processes_on_localhost_match_single_process():
                 p.kill()
     assert outs[0]["dist_loss"] == outs[1]["dist_loss"]
     assert abs(outs[0]["dist_loss"] - outs[0]["single_loss"]) <= 1e-5
+    # Length-grouped data: both processes pad every step to the same bucket, each with half the group.
+    assert outs[0]["groups"] == outs[1]["groups"] and {n for _, n in outs[0]["groups"]} == {2}
+    assert {length for length, _ in outs[0]["groups"]} == {128, 256}
 
 
 def test_plan_from_env():

@@ -13,6 +13,7 @@ from train_helpers import mixed_rows, text_row, write_jsonl
 
 from omniagent_jax.processing import OmniProcessor
 from omniagent_jax.train import grouping
+from omniagent_jax.train.collate import collate
 from omniagent_jax.train.config import load_config
 from omniagent_jax.train.pipeline import SFTBatches
 from omniagent_jax.train.sft_data import SampleEncoder
@@ -195,6 +196,14 @@ def test_bad_pending_sample_on_resume_is_a_clear_error(tmp_path, encoder):
     write_jsonl(f, rows)
     with pytest.raises(RuntimeError, match=f"pending sample {index} no longer encodes"):
         SFTBatches(_data(f, "data.shuffle=false"), encoder, seed=0).set_state(state)
+
+
+def test_collate_pads_to_the_group_length_and_rejects_a_longer_sample():
+    prepared = [{"input_ids": np.arange(n), "labels": np.arange(n), "positions": np.zeros((3, n), np.int32)} for n in (5, 9)]
+    out = collate(prepared, grad_accum=2, length=16, hidden=4)
+    assert out["input_ids"].shape == (2, 1, 16) and out["attention_mask"].sum() == 14
+    with pytest.raises(ValueError, match="a 9-token sample does not fit the padded length 8"):
+        collate(prepared, grad_accum=1, length=8, hidden=4)
 
 
 def test_text_row_lengths_fit_the_buckets(encoder):

@@ -6,18 +6,27 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
+import jax
 import numpy as np
 import pytest
 import yaml
+from flax import nnx
 
 import media_factory
 from train_helpers import mixed_rows, text_row, write_jsonl
+from omniagent_jax.model import Thinker
 from omniagent_jax.processing import OmniProcessor, tokens
-from omniagent_jax.train import sft, sft_data
-from omniagent_jax.train.config import load_config
+from omniagent_jax.train import mesh as mesh_lib
+from omniagent_jax.train import optim, setup, sft, sft_data
+from omniagent_jax.train import step as step_lib
+from omniagent_jax.train.checkpoint import Checkpointer
+from omniagent_jax.train.config import MeshConfig, load_config
 from omniagent_jax.train.metrics import read_records
 
+HERE = pathlib.Path(__file__).resolve().parent
 SMALL_VOCAB = 512
 
 
@@ -103,22 +112,64 @@ def test_loss_halves_within_200_steps_and_metrics_are_written(tmp_path, processo
     assert len(payloads) == 201 and b"brain.Event:2" in payloads[0] and b"loss" in payloads[1]
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path, processor):
-    rows = [text_row(i) for i in range(8)]
-    f = write_jsonl(tmp_path / "train.jsonl", rows)
-    common = ["max_steps=6", "data.batch_size=2", "data.grad_accum=2", "optim.lr=3e-3", "checkpoint.every=1",
-              "checkpoint.keep=2", "epochs=1"]
-    full = sft.train(_cfg(tmp_path / "a", f, *common), processor=processor)
-    sft.train(_cfg(tmp_path / "b", f, *common), processor=processor, stop_after=3)  # "killed" after step 3
-    resumed = sft.train(_cfg(tmp_path / "b", f, *common), processor=processor)
-    assert sorted(resumed.losses) == [4, 5, 6]
-    for s in (4, 5, 6):
-        assert abs(resumed.losses[s] - full.losses[s]) <= 1e-6, (s, resumed.losses[s], full.losses[s])
-    # The match is not trivial: the losses do change from step to step.
-    assert len({round(full.losses[s], 6) for s in (4, 5, 6)}) == 3
+def test_kill_and_resume_on_a_sharded_mesh_matches_uninterrupted(tmp_path):
+    """(2, 2, 2) mesh of 8 simulated CPU devices, length-grouped mixed data, killed after step 2:
+    the resume reads every leaf straight into its sharding with no initialiser run and nothing
+    alive on the devices before the read, and steps 3-4 match the uninterrupted run. The run's
+    export also loads as `init` onto the mesh, tensor by tensor, without a random init."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(HERE / "train_resume_check.py"), str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert sorted(r["resumed"]) == ["3", "4"]
+    for s in ("3", "4"):
+        assert abs(r["resumed"][s] - r["full"][s]) <= 1e-6, (s, r["resumed"][s], r["full"][s])
+    assert len({round(v, 6) for v in r["full"].values()}) == 4  # the match is not trivial: the loss moves
+    assert r["pending"] > 0  # samples were waiting in a bucket queue at the checkpoint, and came back
+    assert r["resume_calls"] == {}  # no build_model / create_sharded / load_sharded / init_state
+    assert r["live_bytes_at_restore"] < 0.01 * r["state_bytes"]
+    assert r["restored_vs_saved_mismatch"] == 0 and r["moment_mismatch"] == 0
+    assert r["lm_head"] == "P('fsdp', 'tensor')" and r["sharded_params"] >= r["num_params"] - 5  # only the 1-D norms replicate
+    assert r["init_calls"] == {"build_model": 1, "load_sharded": 1}
+    assert r["init_params"] == r["restored_params"] and r["init_vs_restored_mismatch"] == 0 and r["init_max_abs_diff"] == 0.0
+
+
+def test_export_hf_loads_with_the_trained_weights(tmp_path, processor):
+    """`export_hf=true`: the exported HF directory loads with `Thinker.from_pretrained` and gives the
+    logits of the run's final state (restored from its last checkpoint), which are not the init's."""
+    f = write_jsonl(tmp_path / "train.jsonl", [text_row(i) for i in range(4)])
+    cfg = _cfg(tmp_path, f, "max_steps=3", "data.batch_size=2", "optim.lr=1e-2", "optim.warmup_ratio=0", "export_hf=true")
+    res = sft.train(cfg, processor=processor)
+    out = pathlib.Path(res.output_dir)
+    exported = Thinker.from_pretrained(out / "export_hf")
+    assert exported.config == setup.model_config(cfg)  # the small vocabulary and moved special ids survive
+
+    mesh = mesh_lib.make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    graphdef, trainable, frozen, other = setup.abstract_model(cfg, mesh)
+    tx = optim.make_optimizer(cfg.optim, 3)
+    ckpt = Checkpointer(out / "checkpoints", cfg.checkpoint)
+    tree, _ = ckpt.restore({"train": step_lib.abstract_state(trainable, tx), "frozen": frozen, "other": other})
+    ckpt.close()
+    assert int(tree["train"].step) == 3
+    trained = nnx.merge(graphdef, tree["train"].params, tree["frozen"], tree["other"])
+    ids = np.asarray([[3, 17, 250, 9, 41, 77]], np.int32)
+    logits = lambda m: np.asarray(m(ids, attention_mask=np.ones_like(ids)))  # noqa: E731
+    np.testing.assert_allclose(logits(exported), logits(trained), atol=1e-5, rtol=0)
+    init = setup.build_model(cfg, mesh)
+    assert np.abs(logits(init) - logits(trained)).max() > 1e-3  # training moved the weights
+    # The HF export also serves as `init` of a new run: read tensor by tensor into its shardings.
+    again = setup.build_model(load_config(None, [f"model={cfg.model}", f"data.vocab_remap={SMALL_VOCAB}", f"init={out / 'export_hf'}"]), mesh)
+    np.testing.assert_array_equal(logits(again), logits(exported))
+    with pytest.raises(ValueError, match="does not match the run's model config"):
+        setup.build_model(load_config(None, ["model=tiny", f"init={out / 'export_hf'}"]), mesh)
 
 
 def test_reference_sft_file_trains_on_synthetic_videos(tmp_path, processor, shared_reference):
+    """Every row of the released SFT example (images, audio, clips with their audio) re-cut from
+    stand-in videos and trained on. The rows are long (1.9k-8.2k tokens) and the step's attention is
+    quadratic in the padded length, so the model has one decoder layer and the buckets are 512
+    tokens apart (the default [4096, 8192] padded three rows to 8192, about 3x the step time)."""
     src = shared_reference / "example_train_sft.jsonl"
     lines = src.read_text().splitlines()
     made = set()
@@ -129,11 +180,16 @@ def test_reference_sft_file_trains_on_synthetic_videos(tmp_path, processor, shar
             media_factory.make_video(tmp_path / info["video"], duration=info["duration_seconds"], fps=info["fps"],
                                      audio=info["has_audio"], width=32, height=32)
             made.add(info["video"])
+    model = tmp_path / "tiny_1layer.yaml"
+    model.write_text("preset: tiny\ntext: {num_hidden_layers: 1}\n")
+    buckets = list(range(2048, 8193, 512))
     cfg = load_config(pathlib.Path(__file__).parents[1] / "configs/sft/tiny.yaml", [
         f"data.train_file={src}", f"data.data_root={tmp_path}", f"output_dir={tmp_path / 'run'}", "progress=false",
         f"max_steps={len(lines)}", "data.shuffle=false", "checkpoint.every=0", "loss_chunk=512", "data.vocab_remap=4096",
-        "data.buckets=[4096,8192]"])
+        f"data.buckets={buckets}", "data.max_length=8192", f"model={model}"])
     res = sft.train(cfg, processor=processor)
     assert res.bad_rows == 0 and res.steps == len(lines) == 12
     losses = np.array([res.losses[s] for s in sorted(res.losses)])
     assert np.all(np.isfinite(losses)) and np.all(losses > 0)
+    recs = [json.loads(line) for line in (pathlib.Path(res.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 12 and all(r["target_tokens"] > 100 for r in recs)  # every row's target was trained on

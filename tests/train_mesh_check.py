@@ -34,6 +34,7 @@ def run(mesh_shape, devices, batch, cfg):
     tx = optim.make_optimizer(cfg.optim, total_steps=10)
     fns = step_lib.StepFns(graphdef, tx, remat=cfg.remat, loss_chunk=cfg.loss_chunk)
     state = step_lib.init_state(trainable, tx, cfg.seed)
+    mu_init = jax.tree.leaves(state.opt_state[1][0].mu["lm_head"])[0].sharding  # before the step donates it
     gbatch = step_lib.put_batch(batch, mesh)
     loss, grads, _ = fns.jit_grads(state.params, frozen, other, gbatch)
     new_state, metrics = fns.jit_train_step(state, frozen, other, gbatch)
@@ -48,6 +49,7 @@ def run(mesh_shape, devices, batch, cfg):
         "sharded_params": sum(mesh_lib.is_sharded(x) for x in jax.tree.leaves(new_state.params)),
         "num_params": len(jax.tree.leaves(new_state.params)),
         "adam_mu_lm_head": str(jax.tree.leaves(new_state.opt_state[1][0].mu["lm_head"])[0].sharding.spec),
+        "adam_mu_lm_head_init": str(getattr(mu_init, "spec", mu_init)),
         "batch": str(gbatch["input_ids"].sharding.spec),
     }
     return float(loss), host(grads), host(new_state.params), float(metrics["loss"]), info

@@ -36,6 +36,24 @@ class TrainState:
     rng: jax.Array  # uint32 key data, advanced every step (dropout-free today; restored on resume)
 
 
+class _PinnedStep:
+    """A jitted train step whose output state keeps the input state's shardings (one compile per
+    state layout). Left free, XLA re-lays out some leaves (replicated norm weights came back
+    fsdp-sharded), which defeats the in-place donation and drifts from the layout that a
+    checkpoint restores into."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled: dict = {}
+
+    def __call__(self, state: TrainState, frozen: nnx.State, other: nnx.State, batch: Batch) -> tuple[TrainState, dict]:
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        key = (jax.tree.structure(state), tuple(jax.tree.leaves(shardings)))
+        if key not in self.compiled:
+            self.compiled[key] = jax.jit(self.fn, donate_argnums=(0,), out_shardings=(shardings, None))
+        return self.compiled[key](state, frozen, other, batch)
+
+
 @dataclasses.dataclass(frozen=True)
 class StepFns:
     """The compiled functions of one run (static model structure + optimizer)."""
@@ -79,9 +97,10 @@ class StepFns:
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
     @functools.cached_property
-    def jit_train_step(self):
-        """`train_step` jitted with the state donated (updated in place: no second copy of params + Adam moments)."""
-        return jax.jit(self.train_step, donate_argnums=(0,))
+    def jit_train_step(self) -> _PinnedStep:
+        """`train_step` jitted with the state donated (updated in place: no second copy of params + Adam
+        moments) and the new state pinned to the old one's shardings."""
+        return _PinnedStep(self.train_step)
 
     @functools.cached_property
     def jit_grads(self):
