@@ -1,5 +1,6 @@
 """Run set-up shared by the trainer, the tests and the benchmark: model config (with the optional
-small test vocabulary), sharded model creation, and the split into trainable / frozen parameters."""
+small test vocabulary), sharded model creation (random, or loaded onto the shards), the abstract
+model a resume restores into, and the split into trainable / frozen parameters."""
 
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def load_sharded(path: str, mcfg: ThinkerConfig, dtype, mesh: Mesh) -> Thinker:
     abstract = abstract_thinker(mcfg, dtype)  # shapes and logical axes only: no parameter is created
     reader.validate(params_lib.shapes_of(abstract))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree.leaves(rest):  # they would stay abstract: only parameters come from the checkpoint
+        raise TypeError("Thinker holds non-parameter state; load_sharded only knows how to fill parameters")
     shardings = dict(nnx.to_flat_state(mesh_lib.state_shardings(params, mesh)))
     flat = nnx.to_flat_state(params)
     variables = {".".join(map(str, p)): (var, shardings[p]) for p, var in flat}
@@ -75,7 +78,7 @@ def load_sharded(path: str, mcfg: ThinkerConfig, dtype, mesh: Mesh) -> Thinker:
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
 
 
-def abstract_model(cfg: SFTConfig, mesh: Mesh):
+def abstract_model(cfg: SFTConfig, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
     """(graphdef, trainable, frozen, other) like `split`, every value a `ShapeDtypeStruct` with its
     sharding and no memory behind it: the restore target of a resumed run (nothing is initialised)."""
     abstract = abstract_thinker(model_config(cfg), mesh_lib.dtype_of(cfg.dtype))

@@ -1,7 +1,8 @@
 """The SFT trainer: config → mesh → model → data → jitted steps → checkpoints, metrics, export.
 
 `train(cfg)` is the whole run; it resumes from the latest checkpoint in `output_dir/checkpoints`
-(params, optimizer, step, RNG, data-iterator state) unless `checkpoint.resume=false`.
+(params, optimizer, step, RNG, frozen towers, data-iterator state) unless `checkpoint.resume=false`.
+A resume builds no model: every leaf is read from the checkpoint straight into its sharding.
 """
 
 from __future__ import annotations
@@ -136,8 +137,6 @@ def train(cfg: SFTConfig, *, stop_after: int | None = None, processor: Any = Non
 
 def export_hf(graphdef, state: step_lib.TrainState, frozen, other, out: str) -> str:
     """The trained thinker as a converted JAX checkpoint and as HF safetensors (through the converter)."""
-    from flax import nnx
-
     from omniagent_jax.model.convert import jax_to_hf
     from omniagent_jax.model.params import save_jax_checkpoint
 
