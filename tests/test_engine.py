@@ -281,14 +281,18 @@ def test_sync_weights_takes_a_new_snapshot(pair):
     assert jnp.array_equal(model.lm_head.kernel[...], original)
 
 
-def test_greedy_tokens_matches_argmax_with_ties_and_nan():
+def test_greedy_tokens_is_numpy_argmax_with_ties_and_nan():
     import jax.numpy as jnp
 
     from omniagent_jax.engine.sampling import greedy_tokens
 
-    logits = np.random.default_rng(0).standard_normal((5, 1000)).astype(np.float32)
-    logits[1, [3, 700]] = 9.0  # a tie: the first index wins
-    logits[2, [10, 20]] = np.nan  # a NaN row: the first NaN, as argmax
+    logits = np.random.default_rng(0).standard_normal((7, 1000)).astype(np.float32)
+    logits[1, [3, 700]] = 9.0  # a tie across blocks: the first index wins
+    logits[2, [300, 20]] = np.nan  # a NaN row: the first NaN
     logits[3] = -np.inf
-    assert greedy_tokens(jnp.asarray(logits)).tolist() == jnp.argmax(jnp.asarray(logits), axis=-1).tolist() == [
-        int(np.argmax(logits[0])), 3, 10, 0, int(np.argmax(logits[4]))]
+    logits[5, [260, 261]] = 9.0  # a tie inside a block
+    logits[6, 999] = 9.0  # in the padded last block (1000 = 7 × 128 + 104)
+    want = [int(np.argmax(logits[0])), 3, 20, 0, int(np.argmax(logits[4])), 260, 999]
+    assert np.argmax(logits, axis=-1).tolist() == want  # numpy's rule, NaN included (XLA's argmax picks any NaN)
+    for block in (128, 1000, 7):
+        assert greedy_tokens(jnp.asarray(logits), block).tolist() == want

@@ -40,13 +40,27 @@ class SamplingParams:
 GREEDY = SamplingParams(temperature=0.0)
 
 
-def greedy_tokens(logits: jax.Array) -> jax.Array:
-    """`argmax` over the last axis (first index among ties, a NaN row gives its first NaN) as a max and a
-    min reduction: XLA:CPU lowers `jnp.argmax`'s variadic reduce to a scalar loop about 4× slower."""
-    best = jnp.max(logits, axis=-1, keepdims=True)
-    hit = (logits == best) | jnp.isnan(logits)
-    index = jnp.arange(logits.shape[-1], dtype=jnp.int32)
-    return jnp.min(jnp.where(hit, index, logits.shape[-1]), axis=-1)
+def _first_best(x: jax.Array, nan: jax.Array) -> jax.Array:
+    """Index of the first maximum along the last axis, or of the first True in `nan` where any is."""
+    best = jnp.max(x, axis=-1, keepdims=True)
+    hit = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan, x == best)
+    return jnp.min(jnp.where(hit, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), axis=-1)
+
+
+def greedy_tokens(logits: jax.Array, block: int = 128) -> jax.Array:
+    """`np.argmax(logits, -1)` for `[B, V]` logits: the first maximum, or the first NaN of a NaN row.
+
+    XLA:CPU lowers argmax's variadic reduce to a scalar loop (≈ 5 ms over a 152k vocabulary at batch
+    16); instead: block maxima in one vectorised pass, the first best block, the first best inside it.
+    """
+    b, v = logits.shape
+    if v % block:
+        logits = jnp.pad(logits, ((0, 0), (0, block - v % block)), constant_values=-jnp.inf)
+    blocks = logits.reshape(b, -1, block)
+    nan = jnp.isnan(blocks)  # XLA's max need not propagate NaN, so NaNs are tracked explicitly
+    first_block = _first_best(jnp.max(blocks, axis=-1), jnp.any(nan, axis=-1))
+    pick = first_block[:, None, None]
+    return first_block * block + _first_best(jnp.take_along_axis(blocks, pick, axis=1)[:, 0], jnp.take_along_axis(nan, pick, axis=1)[:, 0])
 
 
 def choose_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array, steps: jax.Array,
