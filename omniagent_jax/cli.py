@@ -19,12 +19,24 @@ import sys
 TINY_SEED = 0
 
 
+def cache_root() -> pathlib.Path:
+    """Where the tiny model and compiled programs are kept: `$OMNIAGENT_CACHE` or ~/.cache/omniagent_jax."""
+    return pathlib.Path(os.environ.get("OMNIAGENT_CACHE", pathlib.Path.home() / ".cache" / "omniagent_jax"))
+
+
+def enable_compilation_cache() -> None:
+    """Persists XLA compilations under the cache root, so a second run skips recompiling its shapes."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def tiny_checkpoint() -> pathlib.Path:
     """The tiny random model as a JAX checkpoint, created on first use under the cache directory."""
     from omniagent_jax.model.params import load_thinker  # noqa: F401  (fail early if the loader is missing)
 
-    root = pathlib.Path(os.environ.get("OMNIAGENT_CACHE", pathlib.Path.home() / ".cache" / "omniagent_jax"))
-    path = root / f"tiny-random-seed{TINY_SEED}"
+    path = cache_root() / f"tiny-random-seed{TINY_SEED}"
     if not (path / "config.json").exists():
         import jax.numpy as jnp
         from flax import nnx
@@ -46,6 +58,7 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
     g.add_argument("--decode-steps", type=int, default=8, help="decode steps per dispatch (host work once per this many tokens)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--no-compilation-cache", action="store_true", help="do not keep compiled programs under $OMNIAGENT_CACHE/xla")
 
 
 def _jax_policy(args: argparse.Namespace, *, temperature: float, top_p: float, top_k: int, max_new_tokens: int):
@@ -54,6 +67,8 @@ def _jax_policy(args: argparse.Namespace, *, temperature: float, top_p: float, t
     from omniagent_jax.engine import SamplingParams
     from omniagent_jax.engine.policy import JaxPolicy
 
+    if not args.no_compilation_cache:
+        enable_compilation_cache()
     path = args.model or tiny_checkpoint()
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=args.seed)
     policy = JaxPolicy.from_pretrained(

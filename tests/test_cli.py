@@ -25,7 +25,20 @@ def video(tmp_path_factory):
     return media_factory.make_video(tmp_path_factory.mktemp("cli") / "v.mp4", duration=4.0, fps=5, audio=True)
 
 
-def test_omniagent_run_defaults_to_the_jax_policy_on_a_tiny_random_model(video, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def restore_compilation_cache():
+    """`omniagent run` turns on JAX's persistent compilation cache (global config): undone after the test."""
+    import jax
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    yield
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
+def test_omniagent_run_defaults_to_the_jax_policy_on_a_tiny_random_model(video, tmp_path, monkeypatch, capsys, restore_compilation_cache):
+    import jax
+
     monkeypatch.setenv("OMNIAGENT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "latest_run.json"
     argv = ["run", "--video", str(video), "--question", "Which colour?", "--options", "A. Red", "B. Blue",
@@ -36,8 +49,11 @@ def test_omniagent_run_defaults_to_the_jax_policy_on_a_tiny_random_model(video, 
     assert (tmp_path / "cache" / f"tiny-random-seed{cli.TINY_SEED}" / "config.json").exists()
     record = json.loads(out.read_text())
     assert record["gt_answer"] == "A" and record["question_type"] == "MCQ" and len(record["steps"]) == 2
-    assert cli.main(argv) == 0  # the second run reuses the cached model
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache" / "xla")
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert cli.main(argv + ["--no-compilation-cache"]) == 0  # the second run reuses the cached model
     assert "first use" not in capsys.readouterr().err
+    assert jax.config.jax_compilation_cache_dir is None
 
 
 def test_episode_turns_reuse_the_kv_of_the_unchanged_history(video, reference_pairs):

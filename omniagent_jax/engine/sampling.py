@@ -39,6 +39,10 @@ class SamplingParams:
 
 GREEDY = SamplingParams(temperature=0.0)
 
+# Rows with 0 < top_k <= this draw from `lax.top_k` of this many logits instead of a full-vocabulary
+# sort (≈ 20× cheaper on CPU at a 152k vocabulary); larger top_k, or top-p alone, sorts everything.
+TOP_K_CAP = 64
+
 
 def _first_best(x: jax.Array, nan: jax.Array) -> jax.Array:
     """Index of the first maximum along the last axis, or of the first True in `nan` where any is."""
@@ -77,11 +81,9 @@ def choose_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
     def plain(_):
         return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
 
-    def truncated(_):
+    def truncated(sorted_logits, order):
         # top-k, then top-p over the sorted, tempered distribution; the most likely token always stays.
-        order = jnp.argsort(-scaled, axis=-1)
-        sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
-        rank = jnp.arange(logits.shape[-1])[None, :]
+        rank = jnp.arange(sorted_logits.shape[-1])[None, :]
         keep = jnp.where(top_k[:, None] > 0, rank < top_k[:, None], True)
         probs = jax.nn.softmax(jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs
@@ -89,13 +91,25 @@ def choose_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
         choice = jax.vmap(jax.random.categorical)(keys, jnp.where(keep, sorted_logits, -jnp.inf))
         return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
-    def sampled(_):
-        # A row's draw depends only on its own parameters, never on whether another row truncates.
-        truncates = (temperature > 0) & ((top_k > 0) | (top_p < 1.0))
-        untruncated = plain(None)
-        return jax.lax.cond(jnp.any(truncates), lambda _: jnp.where(truncates, truncated(None), untruncated), lambda _: untruncated, None)
+    def top_k_only(_):
+        values, order = jax.lax.top_k(scaled, min(TOP_K_CAP, scaled.shape[-1]))  # ties: lower index first, as the stable sort
+        return truncated(values, order)
 
-    # The full-vocabulary sort only runs when some sampled row truncates; all-greedy batches skip sampling.
+    def full_sort(_):
+        order = jnp.argsort(-scaled, axis=-1)
+        return truncated(jnp.take_along_axis(scaled, order, axis=-1), order)
+
+    def sampled(_):
+        # A row's path depends only on its own parameters, so its draw never depends on its batch mates.
+        truncates = (temperature > 0) & ((top_k > 0) | (top_p < 1.0))
+        short = truncates & (top_k > 0) & (top_k <= TOP_K_CAP)
+        long = truncates & ~short
+        out = greedy
+        for rows, draw in (((temperature > 0) & ~truncates, plain), (short, top_k_only), (long, full_sort)):  # each only if some row needs it
+            out = jax.lax.cond(jnp.any(rows), lambda o, rows=rows, draw=draw: jnp.where(rows, draw(None), o), lambda o: o, out)
+        return out
+
+    # All-greedy batches skip sampling; the sort paths run only for rows that truncate.
     drawn = jax.lax.cond(jnp.any(temperature > 0), sampled, lambda _: greedy, None)
     token = jnp.where(temperature > 0, drawn, greedy)
     if not with_stats:
