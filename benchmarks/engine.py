@@ -5,7 +5,8 @@ text decoder hidden 512, 8 layers, 8 heads / 2 KV heads, vocab 152064.
 (b) tokens prefilled over a synthetic 8-turn episode: prefix reuse vs re-encoding the whole history each
     turn (what the reference does);
 (c) a group of 8 rollouts of one prompt: prompt tokens prefilled with sharing vs without;
-(d) peak KV memory, paged vs a dense `[batch, max_len]` cache, for a mix of short and long sequences.
+(d) peak KV memory, paged vs a dense `[batch, max_len]` cache, for a mix of short and long sequences;
+(e) one top-k/top-p sampling step: a full-vocabulary sort vs `lax.top_k`.
 
     .venv/bin/python benchmarks/engine.py [--new-tokens 128]
 """
@@ -99,6 +100,21 @@ def kv_memory(model) -> None:
           f"paged peak {paged / 2**20:.1f} MiB vs dense [batch, max_len] {dense / 2**20:.1f} MiB = {paged / dense:.3f}")
 
 
+def sampling_cost() -> None:
+    from omniagent_jax.engine import sampling
+
+    logits = jnp.asarray(np.random.default_rng(4).standard_normal((BATCH, CONFIG.text.vocab_size)), jnp.float32)
+    arrays = sampling.sampling_arrays([SamplingParams(temperature=1.0, top_k=20, top_p=0.95, seed=i) for i in range(BATCH)], [0] * BATCH)
+    times = {}
+    for name, cap in (("full sort", 1), ("lax.top_k", sampling.TOP_K_CAP)):
+        sampling.TOP_K_CAP = cap  # read at trace time: a fresh jit per setting
+        draw = jax.jit(lambda x, *a: sampling.choose_tokens(x, *a, with_stats=False)[0])
+        jax.block_until_ready(draw(logits, *arrays))
+        times[name] = median_seconds(lambda: jax.block_until_ready(draw(logits, *arrays)), 10)
+    print(f"(e) one sampling step, batch {BATCH}, top_k 20 + top_p 0.95 over {CONFIG.text.vocab_size} logits: full sort "
+          f"{times['full sort'] * 1e3:.1f} ms vs lax.top_k {times['lax.top_k'] * 1e3:.1f} ms = {times['full sort'] / times['lax.top_k']:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -109,6 +125,7 @@ def main() -> None:
     episode_reuse(model)
     group_sharing(model)
     kv_memory(model)
+    sampling_cost()
 
 
 if __name__ == "__main__":
