@@ -1,4 +1,5 @@
-"""Test helpers for the agent: a fake media backend, turn builders, reference-trajectory loading."""
+"""Test helpers for the agent: a fake media backend, turn builders, reference-trajectory loading,
+a JSON HTTP handler base for stub endpoints."""
 
 from __future__ import annotations
 
@@ -6,12 +7,28 @@ import dataclasses
 import json
 import pathlib
 from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
 
 from omniagent_jax.media.constants import AUDIO_SAMPLE_RATE as AUDIO_RATE
 from omniagent_jax.media.constants import CLIP_FPS
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Base of the stub HTTP endpoints: JSON replies, no request logging."""
+
+    def send_json(self, code: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
 
 FAKE_FRAME_SIZE = 4  # fake frames are 4x4: the agent never looks at pixels
 

@@ -8,7 +8,7 @@ import io
 import json
 import threading
 import wave
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -44,34 +44,23 @@ class StubState:
 
 
 def make_handler(state: StubState):
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(h.JsonHandler):
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path != "/v1/chat/completions":
-                return self._send(404, {"error": "not found"})
+                return self.send_json(404, {"error": "not found"})
             if state.fail_first > 0:
                 state.fail_first -= 1
-                return self._send(state.fail_code, {"error": {"message": "try again"}})
+                return self.send_json(state.fail_code, {"error": {"message": "try again"}})
             state.requests.append(body)
             text = state.outputs.pop(0)
-            return self._send(200, {
+            return self.send_json(200, {
                 "id": "cmpl-1", "object": "chat.completion", "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": text},
                              "logprobs": {"content": [{"token": "x", "logprob": -0.25}, {"token": "y", "logprob": -1.5}]}}],
                 "usage": {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290},
             })
-
-        def _send(self, code, payload):
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
 
     return Handler
 

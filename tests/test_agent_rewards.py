@@ -10,9 +10,11 @@ import subprocess
 import sys
 import threading
 from contextlib import redirect_stderr, redirect_stdout
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 
 import pytest
+
+import agent_helpers
 
 from omniagent_jax.agent import envfile
 from omniagent_jax.agent.errors import ActionError, ErrorCode
@@ -194,22 +196,14 @@ def test_verdict_parsing_and_prompt():
 SECRET = "sk-test-SECRET-0123456789"
 
 
-class _JudgeHandler(BaseHTTPRequestHandler):
+class _JudgeHandler(agent_helpers.JsonHandler):
     seen: list = []
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append((self.headers.get("Authorization"), body))
         reply = "Judgement: 1" if "[Model Answer]: white" in body["messages"][0]["content"] else "Judgement: 0"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
 
 
 def test_judge_from_env_file_end_to_end(tmp_path, monkeypatch, caplog):

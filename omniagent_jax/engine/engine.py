@@ -203,6 +203,20 @@ def _audio_counts(media: dict) -> list[int]:
     return [audio_token_count(int(n)) for n in np.asarray(media["feature_attention_mask"]).sum(axis=-1)]
 
 
+def _page_table(seqs: list[_Sequence], rows: int) -> np.ndarray:
+    """`[rows, M]` page tables (M bucketed; unused entries and padding rows point at the null page)."""
+    table = np.full((rows, _bucket(max(len(s.pages) for s in seqs))), NULL_PAGE, np.int32)
+    for i, seq in enumerate(seqs):
+        table[i, : len(seq.pages)] = seq.pages
+    return table
+
+
+def _sampling_rows(seqs: list[_Sequence], rows: int) -> tuple[np.ndarray, ...]:
+    """The sampling arrays of `seqs` (next step = tokens generated so far), padded to `rows` rows."""
+    pad = rows - len(seqs)
+    return sampling_arrays([s.params for s in seqs] + [seqs[0].params] * pad, [len(s.output) for s in seqs] + [0] * pad)
+
+
 def _merge(graphdef, treedef, leaves) -> Thinker:
     return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
 
@@ -412,11 +426,10 @@ class Engine:
     def _run(self, seqs: list[_Sequence], starts: list[int], ends: list[int]) -> tuple[jax.Array, jax.Array]:
         b = _bucket(len(seqs))
         t = _bucket(max(e - s for s, e in zip(starts, ends)))
-        m = _bucket(max(len(s.pages) for s in seqs))
         d = self.model.config.text.hidden_size
         ids = np.zeros((b, t), np.int32)
         positions = np.zeros((3, b, t), np.int32)
-        page_table = np.full((b, m), NULL_PAGE, np.int32)
+        page_table = _page_table(seqs, b)
         context_len = np.zeros(b, np.int32)
         num_new = np.zeros(b, np.int32)
         media_mask = np.zeros((b, t), bool)
@@ -425,7 +438,6 @@ class Engine:
             n = end - start
             ids[i, :n] = seq.tokens[start:end]
             positions[:, i, :n] = seq.positions(start, end)
-            page_table[i, : len(seq.pages)] = seq.pages
             context_len[i], num_new[i] = start, n
             if start < len(seq.prompt):
                 where, rows = seq.media.embeddings(start, min(end, len(seq.prompt)))
@@ -472,23 +484,18 @@ class Engine:
         limits = [self._limit(s) for s in seqs]
         num_steps = min(self.decode_steps, _bucket(max(limits)))  # one compile per power of two up to decode_steps
         b = _bucket(len(seqs))
-        m = _bucket(max(len(s.pages) for s in seqs))
-        page_table = np.full((b, m), NULL_PAGE, np.int32)
         stop_ids = np.full((b, _bucket(max(len(s.params.stop_token_ids) for s in seqs), minimum=4)), -1, np.int32)
         for i, seq in enumerate(seqs):
-            page_table[i, : len(seq.pages)] = seq.pages
             stop_ids[i, : len(seq.params.stop_token_ids)] = seq.params.stop_token_ids
         pad = b - len(seqs)
-        params = [s.params for s in seqs] + [seqs[0].params] * pad
-        arrays = sampling_arrays(params, [len(s.output) for s in seqs] + [0] * pad)
         tokens, logps, entropies, self.k_pages, self.v_pages = self._decode_loop(
-            self._leaves, self.k_pages, self.v_pages, page_table,
+            self._leaves, self.k_pages, self.v_pages, _page_table(seqs, b),
             np.array([s.num_cached for s in seqs] + [0] * pad, np.int32),
             np.array(limits + [0] * pad, np.int32),
             np.array([s.output[-1] for s in seqs] + [0] * pad, np.int32),
             np.array([s.rope_delta for s in seqs] + [0] * pad, np.int32),
-            stop_ids, *arrays,
-            num_steps=num_steps, sample=any(p.temperature > 0 for p in params), with_stats=any(p.logprobs for p in params),
+            stop_ids, *_sampling_rows(seqs, b),
+            num_steps=num_steps, sample=any(s.params.temperature > 0 for s in seqs), with_stats=any(s.params.logprobs for s in seqs),
         )
         self.stats.decode_steps += num_steps
         tokens, logps, entropies = np.asarray(tokens), np.asarray(logps), np.asarray(entropies)
@@ -525,11 +532,11 @@ class Engine:
             token = np.asarray(greedy)  # computed inside the forward: no second dispatch over the vocabulary
             logp = entropy = np.full(len(seqs), np.nan, np.float32)
         else:
-            pad = _bucket(len(seqs)) - len(seqs)  # bucketed rows: one compile per batch-size bucket
-            arrays = sampling_arrays([s.params for s in seqs] + [seqs[0].params] * pad, [len(s.output) for s in seqs] + [0] * pad)
-            if pad:
-                logits = jnp.concatenate([logits, jnp.zeros((pad, logits.shape[1]), logits.dtype)])
-            token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in sample_tokens(logits, *arrays, with_stats=stats))
+            rows = _bucket(len(seqs))  # bucketed rows: one compile per batch-size bucket
+            if rows > len(seqs):
+                logits = jnp.concatenate([logits, jnp.zeros((rows - len(seqs), logits.shape[1]), logits.dtype)])
+            drawn = sample_tokens(logits, *_sampling_rows(seqs, rows), with_stats=stats)
+            token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in drawn)
         for seq, tok, lp, ent in zip(seqs, token.tolist(), logp.tolist(), entropy.tolist()):
             self._append(seq, tok, lp, ent)
 
