@@ -1,0 +1,75 @@
+"""The policy contract: what every policy returns, the metrics it reports, and the sampling defaults.
+
+Both the agent's policies (`omniagent_jax.agent.policy`: scripted, OpenAI-compatible endpoint) and the
+JAX engine's `JaxPolicy` return a :class:`PolicyOutput` with :class:`PolicyMetrics`, so episode records,
+eval and RL read one set of names whatever produced the turn. Seeds travel with each call
+(`generate(..., seed=...)`); :func:`turn_seed` derives a turn's seed from its episode's, so a policy
+object holds no per-episode state and many episodes can share it. Pure Python: no JAX, no numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+# Sampling defaults for eval and the demo: those the released checkpoints were evaluated with
+# (docs/protocol.md). The engine's `SamplingParams` keeps its own neutral field defaults; its
+# `DEFAULT_SAMPLING` is built from these.
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 0.95
+DEFAULT_TOP_K = 20
+DEFAULT_MAX_NEW_TOKENS = 4096
+
+# Seeds stay below 2**31: the engine keeps them as uint32 and OpenAI-compatible servers take an int64.
+SEED_LIMIT = 2**31
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyMetrics:
+    """One turn's measurements; a field a policy cannot know stays None.
+
+    Token counts are of the prompt as the model saw it (media placeholders expanded).
+    `cached_prompt_tokens` is the part whose KV came from the prefix cache, `prefilled_tokens` what the
+    engine actually ran through prefill for this turn (it can exceed the uncached part when pages are
+    recomputed). `prep_seconds` is building the request (chat template and media features for the JAX
+    policy, media encoding for an endpoint); `generation_seconds` is waiting for the model.
+    `prefix_caching` says whether the serving side reuses prefix KV across requests (None: unknown).
+    """
+
+    prompt_tokens: int | None = None
+    cached_prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prefilled_tokens: int | None = None
+    prep_seconds: float | None = None
+    generation_seconds: float | None = None
+    prefix_caching: bool | None = None
+
+    def to_json(self) -> dict[str, int | float | bool | None]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyOutput:
+    """One generated assistant turn.
+
+    `token_ids` are the generated ids (stop token included) when the policy sees them; `logprobs` and
+    `entropies` are per generated token, of the model's raw distribution, when requested.
+    `finish_reason` is "stop" or "length" when known.
+    """
+
+    text: str
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    entropies: list[float] | None = None
+    finish_reason: str | None = None
+    metrics: PolicyMetrics = dataclasses.field(default_factory=PolicyMetrics)
+
+
+def turn_seed(episode_seed: int, turn: int) -> int:
+    """The sampling seed of turn `turn` (1-based) of the episode seeded `episode_seed`.
+
+    A hash rather than `episode_seed + turn`, so episodes with neighbouring seeds do not share
+    streams one turn apart (RL draws groups of episodes with consecutive seeds).
+    """
+    digest = hashlib.blake2b(f"{int(episode_seed)}:{int(turn)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % SEED_LIMIT
