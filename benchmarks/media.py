@@ -5,7 +5,7 @@
 (b) one get_frames request (8 frames) vs two baselines side by side: decoding everything from
     the start up to the last requested time (a reader that does not seek), and one `ffmpeg -ss t`
     subprocess per frame (the reference's way; skipped with a note when ffmpeg is not on PATH).
-    Run on the real 1080p demo video when ../shared/reference has it, and on the 60-minute video.
+    Run on the real 1080p demo video (tests/data/reference/demo_inference.mp4), and on the 60-minute video.
 
 The synthetic videos are written once into a cache folder in the system temp dir and reused.
 Results are printed and written to benchmarks/RESULTS.md, section "Media (issue 3)" (that
@@ -40,7 +40,7 @@ import media_factory as mf  # noqa: E402
 from omniagent_jax import media  # noqa: E402
 
 CACHE = pathlib.Path(tempfile.gettempdir()) / "omniagent_jax_media_bench"
-REAL_VIDEO = REPO.parent / "shared" / "reference" / "demo_inference.mp4"
+REAL_VIDEO = REPO / "tests" / "data" / "reference" / "demo_inference.mp4"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Media (issue 3)"
 WIDTH, HEIGHT, FPS, NUM_FRAMES = 160, 120, 5, 8

@@ -12,14 +12,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE_DIR = REPO / "tests" / "data" / "reference"
 
 
 @pytest.fixture(scope="session")
-def shared_reference() -> pathlib.Path:
-    if not SHARED_REFERENCE.is_dir():
-        pytest.skip(f"shared reference files not found at {SHARED_REFERENCE}")
-    return SHARED_REFERENCE
+def reference_dir() -> pathlib.Path:
+    """The published OmniAgent's example data files, kept unmodified in the repository
+    (origin and licence: tests/data/reference/README.md)."""
+    return REFERENCE_DIR
 
 
 @pytest.fixture(scope="session")

@@ -107,9 +107,9 @@ def test_parsed_values_and_types():
     assert action_to_dict(GetFrames(0.0, 1.0, 2)) == {"type": "get_frames", "start": 0.0, "end": 1.0, "num": 2}
 
 
-def test_reference_outputs_parse_in_strict_mode(shared_reference):
+def test_reference_outputs_parse_in_strict_mode(reference_dir):
     """Every recorded model turn of the reference SFT file is a valid strict turn."""
-    for line in (shared_reference / "example_train_sft.jsonl").read_text().splitlines():
+    for line in (reference_dir / "example_train_sft.jsonl").read_text().splitlines():
         turn = parse_action(json.loads(line)["output"], strict_confidence=True)
         assert 0.0 <= turn.confidence <= 1.0
 

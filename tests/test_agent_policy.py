@@ -114,9 +114,9 @@ def check_request(body: dict, env_messages: list[dict]) -> None:
                 assert p["type"] == "text"
 
 
-def test_openai_policy_replays_reference_trajectory(shared_reference):
+def test_openai_policy_replays_reference_trajectory(reference_dir):
     """The TR trajectory fetches frames, audio and a clip with audio, then answers."""
-    steps = h.load_reference_trajectories(shared_reference / "example_train_sft.jsonl")[1]
+    steps = h.load_reference_trajectories(reference_dir / "example_train_sft.jsonl")[1]
     info = steps[0]["extra_info"]
     assert info["question_type"] == "TR"
     outputs = [s["output"] for s in steps]

@@ -27,8 +27,8 @@ def test_default_template_states_the_rules_and_renders():
     assert list(json.loads(example)) == ["observation", "think", "confidence", "action"]
 
 
-def test_reference_prompt_round_trips_through_the_template(shared_reference):
-    for steps in h.load_reference_trajectories(shared_reference / "example_train_sft.jsonl"):
+def test_reference_prompt_round_trips_through_the_template(reference_dir):
+    for steps in h.load_reference_trajectories(reference_dir / "example_train_sft.jsonl"):
         frames, audio, clip = h.reference_limits(steps[0])
         rendered = steps[0]["raw_input"][0]["content"][0]["text"]
         template = prompts.check_system_prompt_template(h.templatize_reference_prompt(rendered, frames, audio, clip))
@@ -95,13 +95,13 @@ def test_notices_headers_placeholders_errors():
         "resolve the conflict, and issue a corrected command to avoid wasting steps.")
 
 
-def test_consolidating_reference_messages_without_records(shared_reference):
+def test_consolidating_reference_messages_without_records(reference_dir):
     """Messages built elsewhere (no MediaRecord) consolidate from their text like the reference's:
     each recorded live media message becomes exactly the placeholder recorded one step later."""
     from omniagent_jax.agent import memory
 
     checked = 0
-    for steps in h.load_reference_trajectories(shared_reference / "example_train_sft.jsonl"):
+    for steps in h.load_reference_trajectories(reference_dir / "example_train_sft.jsonl"):
         for before, after in zip(steps, steps[1:]):
             live = [dict(m) for m in before["raw_input"]]
             media = [i for i, m in enumerate(live) if any(p["type"] != "text" for p in m["content"])]

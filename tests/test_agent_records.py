@@ -36,10 +36,10 @@ def episode(outputs, *, answer="A", video="videos/set/a.mp4", max_steps=6):
     return result, env
 
 
-def test_step_log_format(shared_reference):
+def test_step_log_format(reference_dir):
     result, env = episode([h.frames(0, 10, 3), "oops", h.clip(0, 5), h.answer("A")])
     lines = step_log_lines(result, env, question_id="v_1_0_1", traj_id="t1")
-    ref = json.loads((shared_reference / "example_train_sft.jsonl").read_text().splitlines()[0])
+    ref = json.loads((reference_dir / "example_train_sft.jsonl").read_text().splitlines()[0])
     assert [l["step"] for l in lines] == [1, 2, 3, 4]
     for line in lines:
         assert set(line) == REFERENCE_STEP_KEYS
@@ -97,8 +97,8 @@ def test_sft_export_filter():
     assert lines[0]["extra_info"]["video"] == "videos/set/a.mp4"  # inputs untouched
 
 
-def test_sft_export_of_the_reference_file(shared_reference, tmp_path):
-    lines = read_jsonl(shared_reference / "example_train_sft.jsonl")
+def test_sft_export_of_the_reference_file(reference_dir, tmp_path):
+    lines = read_jsonl(reference_dir / "example_train_sft.jsonl")
     kept, stats = export_sft(lines, base_path="base", max_steps=50)
     assert len(kept) == 12 and stats["kept_trajectories"] == 3
     audio_part = kept[2]["raw_input"][5]["content"][1]
@@ -140,11 +140,11 @@ def test_latest_run_record_fields():
 
 
 # ------------------------------------------------------------------------------------- data rows
-def test_reference_data_files_load(shared_reference):
-    evals = load_samples(shared_reference / "example_eval.jsonl")
+def test_reference_data_files_load(reference_dir):
+    evals = load_samples(reference_dir / "example_eval.jsonl")
     assert [s.major_type for s in evals] == ["MCQ", "MCQ", "TR", "TR", "SIZE", "SIZE"]
     assert evals[2].answer == "[[1.4, 40.066]]" and evals[0].index == 0
-    rl = load_samples(shared_reference / "example_train_rl.jsonl")
+    rl = load_samples(reference_dir / "example_train_rl.jsonl")
     assert rl[0].question_type == "MCQ_LongVR-Short" and rl[0].major_type == "MCQ" and rl[0].has_audio is True
     assert rl[0].fps == pytest.approx(29.97002997002997)
     assert all(s.to_json()["video"] for s in rl)

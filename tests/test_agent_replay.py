@@ -1,6 +1,6 @@
 """Replay of the reference SFT trajectories: our environment must rebuild every recorded context.
 
-For each trajectory of ``shared/reference/example_train_sft.jsonl`` we run our environment with the
+For each trajectory of ``tests/data/reference/example_train_sft.jsonl`` we run our environment with the
 reference's own system prompt (turned back into a template with our three slots, refilled from
 the episode's recorded limits) and a ScriptedPolicy replaying the recorded outputs, on a video with
 the recorded duration/fps/has_audio. Before every step our message list must equal the recorded
@@ -105,8 +105,8 @@ def check_replay(steps, result, policy, lines) -> None:
     assert result.won and result.end_reason == "ANSWERED"
 
 
-def test_reference_trajectories_replay_fake_media(shared_reference):
-    trajectories = h.load_reference_trajectories(shared_reference / "example_train_sft.jsonl")
+def test_reference_trajectories_replay_fake_media(reference_dir):
+    trajectories = h.load_reference_trajectories(reference_dir / "example_train_sft.jsonl")
     assert len(trajectories) == 3
     for steps in trajectories:
         info = steps[0]["extra_info"]
@@ -121,9 +121,9 @@ def test_reference_trajectories_replay_fake_media(shared_reference):
         assert len(kinds) == len(recorded)
 
 
-def test_replay_reports_first_differing_message(shared_reference):
+def test_replay_reports_first_differing_message(reference_dir):
     """A wrong recorded text makes the assertion name that message."""
-    steps = h.load_reference_trajectories(shared_reference / "example_train_sft.jsonl")[0]
+    steps = h.load_reference_trajectories(reference_dir / "example_train_sft.jsonl")[0]
     info = steps[0]["extra_info"]
     opener = h.fake_opener(info["duration_seconds"], info["fps"], info["has_audio"])
     result, policy, lines = replay_trajectory(steps, media_opener=opener, media_errors=(h.FakeMediaError,))
@@ -135,14 +135,14 @@ def test_replay_reports_first_differing_message(shared_reference):
         assert_context_equal(policy.inputs[1], steps[1]["raw_input"][:-1], "x")
 
 
-def test_reference_trajectories_replay_real_media(shared_reference, tmp_path):
+def test_reference_trajectories_replay_real_media(reference_dir, tmp_path):
     """The same replay through ``omniagent_jax.media`` on tiny real videos with the recorded facts
     (recorded fps, duration to the frame, audio track when the recording had one)."""
     from fractions import Fraction
 
     from omniagent_jax.media import MediaError, open_video
 
-    trajectories = h.load_reference_trajectories(shared_reference / "example_train_sft.jsonl")
+    trajectories = h.load_reference_trajectories(reference_dir / "example_train_sft.jsonl")
     for k, steps in enumerate(trajectories):
         info = steps[0]["extra_info"]
         fps = Fraction(info["fps"]).limit_denominator(1001)

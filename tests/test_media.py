@@ -84,11 +84,8 @@ def audio_files(media_dir) -> dict[str, pathlib.Path]:
 
 
 @pytest.fixture(scope="session")
-def real_video(shared_reference) -> pathlib.Path:
-    path = shared_reference / REAL_VIDEO
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path
+def real_video(reference_dir) -> pathlib.Path:
+    return reference_dir / REAL_VIDEO
 
 
 # ------------------------------------------------------------------------------ references

@@ -207,9 +207,9 @@ def test_text_only(processor, reference, monkeypatch):
     assert ours["input_ids"][0, :3].tolist() == [tokens.IM_START_ID, 8948, 198]  # "<|im_start|>system\n"
 
 
-def test_sft_step_log_prompt(processor, reference, monkeypatch, shared_reference):
+def test_sft_step_log_prompt(processor, reference, monkeypatch, reference_dir):
     # The released system prompt and a real first user turn, as the SFT step logs hold them.
-    record = json.loads((shared_reference / "example_train_sft.jsonl").read_text().splitlines()[0])
+    record = json.loads((reference_dir / "example_train_sft.jsonl").read_text().splitlines()[0])
     conv = record["raw_input"]
     ours = processor(conv)
     assert_same_inputs(ours, reference_inputs(reference, [conv], False, monkeypatch))

@@ -165,12 +165,12 @@ def test_export_hf_loads_with_the_trained_weights(tmp_path, processor):
         setup.build_model(load_config(None, ["model=tiny", f"init={out / 'export_hf'}"]), mesh)
 
 
-def test_reference_sft_file_trains_on_synthetic_videos(tmp_path, processor, shared_reference):
+def test_reference_sft_file_trains_on_synthetic_videos(tmp_path, processor, reference_dir):
     """Every row of the released SFT example (images, audio, clips with their audio) re-cut from
     stand-in videos and trained on. The rows are long (1.9k-8.2k tokens) and the step's attention is
     quadratic in the padded length, so the model has one decoder layer and the buckets are 512
     tokens apart (the default [4096, 8192] padded three rows to 8192, about 3x the step time)."""
-    src = shared_reference / "example_train_sft.jsonl"
+    src = reference_dir / "example_train_sft.jsonl"
     lines = src.read_text().splitlines()
     made = set()
     for line in lines:

@@ -3,7 +3,7 @@
 The released checkpoints were trained on these strings byte for byte: the META block, the per-type
 answer guides, the ``[NOTICE]`` lines, the media headers and placeholders, the ``[ERROR]`` /
 ``[SYSTEM]`` lines and the validation details. Change nothing here without a reason from the
-reference data (``shared/reference/example_train_sft.jsonl``).
+reference data (``tests/data/reference/example_train_sft.jsonl``).
 """
 
 from __future__ import annotations
