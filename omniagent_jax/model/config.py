@@ -1,8 +1,10 @@
 """Frozen configuration of the Qwen2.5-Omni thinker (text decoder, vision tower, audio tower).
 
 `ThinkerConfig.from_hf` reads a full `Qwen2_5OmniConfig` config.json (settings nested under
-`thinker_config`) or a thinker-only one; `to_hf_dict` writes a thinker config that
-`transformers.Qwen2_5OmniThinkerForConditionalGeneration` loads. Presets: `qwen2_5_omni_7b`, `tiny`.
+`thinker_config`) or a thinker-only one, and the stop ids of the `generation_config.json` beside it;
+`to_hf_dict` writes a thinker config that `transformers.Qwen2_5OmniThinkerForConditionalGeneration`
+loads, `save_hf_config` both files. Presets: `qwen2_5_omni_7b`, `tiny`; they carry the Qwen special ids,
+a config of another vocabulary names its own (`special_id_fields`).
 """
 
 from __future__ import annotations
@@ -103,20 +105,26 @@ class AudioConfig:
             raise ValueError("audio max_source_positions must be >= n_window")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ThinkerConfig:
-    """The whole thinker: sub-configs plus the special token ids the forward pass reads."""
+    """The whole thinker: sub-configs, the special token ids the forward pass reads (placeholders and
+    media bos/eos), and the checkpoint's pad id and generation stop ids (the engine's default stops).
+
+    The ids have no defaults: they belong to the checkpoint's vocabulary (the presets give the Qwen ones).
+    """
 
     text: TextConfig = TextConfig()
     vision: VisionConfig = VisionConfig()
     audio: AudioConfig = AudioConfig()
-    audio_token_id: int = tokens.AUDIO_ID
-    image_token_id: int = tokens.IMAGE_ID
-    video_token_id: int = tokens.VIDEO_ID
-    audio_start_token_id: int = tokens.AUDIO_BOS_ID
-    audio_end_token_id: int = tokens.AUDIO_EOS_ID
-    vision_start_token_id: int = tokens.VISION_BOS_ID
-    vision_end_token_id: int = tokens.VISION_EOS_ID
+    audio_token_id: int
+    image_token_id: int
+    video_token_id: int
+    audio_start_token_id: int
+    audio_end_token_id: int
+    vision_start_token_id: int
+    vision_end_token_id: int
+    pad_token_id: int
+    stop_token_ids: tuple[int, ...]
     position_id_per_seconds: int = budgets.POSITION_ID_PER_SECONDS
     seconds_per_chunk: int = int(budgets.SECONDS_PER_CHUNK)
 
@@ -129,31 +137,59 @@ class ThinkerConfig:
                 "vision.out_hidden_size and audio.output_dim must equal text.hidden_size "
                 f"({self.vision.out_hidden_size}, {self.audio.output_dim} vs {self.text.hidden_size})"
             )
-        ids = (self.audio_token_id, self.image_token_id, self.video_token_id, self.vision_start_token_id)
-        if max(ids) >= self.text.vocab_size:
-            raise ValueError(f"vocab_size {self.text.vocab_size} must exceed every special token id (max {max(ids)})")
+        if not isinstance(self.stop_token_ids, tuple) or not self.stop_token_ids:
+            raise ValueError(f"stop_token_ids must be a non-empty tuple of token ids, got {self.stop_token_ids!r}")
+        ids = {name: getattr(self, name) for name in _SPECIAL_FIELDS}
+        ids.update({f"stop_token_ids[{i}]": t for i, t in enumerate(self.stop_token_ids)})
+        outside = {name: t for name, t in ids.items() if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.text.vocab_size}
+        if outside:
+            raise ValueError(
+                f"special token ids must be token ids of the vocabulary, 0 <= id < vocab_size {self.text.vocab_size}; "
+                f"these are not: {outside} (a config of another vocabulary names its own ids, see special_id_fields)"
+            )
 
     def replace(self, **changes: Any) -> ThinkerConfig:
         return dataclasses.replace(self, **changes)
 
+    def check_special_ids(self, ids: tokens.SpecialIds, source: str = "the processor") -> None:
+        """ValueError unless `ids` (e.g. a processor's, read from its tokenizer) give the placeholders and
+        media bos/eos the ids this model reads: a mismatch would fill the wrong slots with media."""
+        wrong = [
+            f"{ours}={getattr(self, ours)} vs {theirs}={getattr(ids, theirs)}"
+            for ours, theirs in _SPECIAL_FIELDS.items()
+            if ours != "pad_token_id" and getattr(self, ours) != getattr(ids, theirs)
+        ]
+        if wrong:
+            raise ValueError(f"the model config and {source} disagree on special token ids: {', '.join(wrong)}")
+
+    def generation_config_dict(self) -> dict[str, Any]:
+        """The `generation_config.json` of this config: its stop ids (`eos_token_id`) and pad id."""
+        return {"eos_token_id": list(self.stop_token_ids), "pad_token_id": self.pad_token_id}
+
     # ------------------------------------------------------------------ HF config.json
 
     @classmethod
-    def from_hf(cls, path_or_dict: str | os.PathLike | dict[str, Any]) -> ThinkerConfig:
-        """Reads a full Omni config (nested `thinker_config`), a thinker-only config, or a directory holding one."""
+    def from_hf(
+        cls, path_or_dict: str | os.PathLike | dict[str, Any], generation_config: dict[str, Any] | None = None
+    ) -> ThinkerConfig:
+        """Reads a full Omni config (nested `thinker_config`), a thinker-only config, or a directory holding one.
+
+        The stop ids are `generation_config`'s `eos_token_id` (int or list; read from the
+        `generation_config.json` beside a config file when not given); without one, the config's
+        `eos_token_id`: a list as is, an id together with the pad id, as Qwen chat checkpoints stop at
+        `<|im_end|>` or `<|endoftext|>`. Ids the config does not name are Qwen's, as in transformers'
+        config class.
+        """
         if isinstance(path_or_dict, dict):
             raw = path_or_dict
         else:
             path = os.fspath(path_or_dict)
             if os.path.isdir(path):
                 path = os.path.join(path, "config.json")
-            try:
-                with open(path, encoding="utf-8") as f:
-                    raw = json.load(f)
-            except FileNotFoundError as e:
-                raise FileNotFoundError(f"no config.json at {path}") from e
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON: {e}") from e
+            raw = _read_json(path, "config.json")
+            beside = os.path.join(os.path.dirname(path), "generation_config.json")
+            if generation_config is None and os.path.isfile(beside):
+                generation_config = _read_json(beside, "generation_config.json")
         thinker = raw.get("thinker_config", raw)
         if "text_config" not in thinker:
             raise ValueError("config has neither `thinker_config` nor `text_config`: not a Qwen2.5-Omni config")
@@ -164,9 +200,9 @@ class ThinkerConfig:
             else VisionConfig(),
             audio=_pick(AudioConfig, thinker.get("audio_config", {})) if thinker.get("audio_config") is not None else AudioConfig(),
             **{
-                ours: thinker[theirs]
-                for ours, theirs in _TOP_LEVEL_IDS.items()
-                if theirs in thinker and thinker[theirs] is not None
+                **_QWEN_IDS,
+                **{ours: thinker[theirs] for ours, theirs in _TOP_LEVEL_IDS.items() if thinker.get(theirs) is not None},
+                **_pad_and_stop_from_hf(raw, thinker, generation_config or {}),
             },
         )
 
@@ -196,6 +232,10 @@ class ThinkerConfig:
         vision_cfg.pop("rms_norm_eps")
         vision_cfg["hidden_act"] = "silu"
         audio_cfg = {"model_type": "qwen2_5_omni_audio_encoder", **dataclasses.asdict(a), "activation_function": "gelu"}
+        # One eos id reads back as (eos, pad) (see from_hf); any other stop set is written whole.
+        eos = self.stop_token_ids[0]
+        if self.stop_token_ids != _dedupe((eos, self.pad_token_id)):
+            eos = list(self.stop_token_ids)
         return {
             "architectures": ["Qwen2_5OmniThinkerForConditionalGeneration"],
             "model_type": "qwen2_5_omni_thinker",
@@ -204,9 +244,85 @@ class ThinkerConfig:
             "audio_config": audio_cfg,
             **{theirs: getattr(self, ours) for ours, theirs in _TOP_LEVEL_IDS.items()},
             "tie_word_embeddings": False,
-            "pad_token_id": tokens.PAD_ID,
-            "eos_token_id": tokens.IM_END_ID,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": eos,
         }
+
+
+def save_hf_config(config: ThinkerConfig, directory: str | os.PathLike, **extra: Any) -> None:
+    """Writes `config.json` (`to_hf_dict` plus `extra` keys) and, unless the directory already has one (e.g.
+    copied from a source checkpoint), `generation_config.json` with the config's stop and pad ids."""
+    directory = pathlib.Path(directory)
+    (directory / "config.json").write_text(json.dumps({**config.to_hf_dict(), **extra}, indent=2) + "\n", encoding="utf-8")
+    generation = directory / "generation_config.json"
+    if not generation.exists():
+        generation.write_text(json.dumps(config.generation_config_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+# ours -> SpecialIds field (placeholders, media bos/eos, pad)
+_SPECIAL_FIELDS = {
+    "audio_token_id": "audio",
+    "image_token_id": "image",
+    "video_token_id": "video",
+    "audio_start_token_id": "audio_bos",
+    "audio_end_token_id": "audio_eos",
+    "vision_start_token_id": "vision_bos",
+    "vision_end_token_id": "vision_eos",
+    "pad_token_id": "pad",
+}
+
+
+def special_id_fields(ids: tokens.SpecialIds) -> dict[str, int]:
+    """ThinkerConfig's placeholder, media bos/eos and pad id fields from a vocabulary's `SpecialIds`
+    (for `ThinkerConfig(...)` / `dataclasses.replace`; the stop ids are given alongside)."""
+    return {ours: getattr(ids, theirs) for ours, theirs in _SPECIAL_FIELDS.items()}
+
+
+_QWEN_IDS: dict[str, Any] = {**special_id_fields(tokens.QWEN_SPECIAL_IDS), "stop_token_ids": tokens.STOP_TOKEN_IDS}
+
+
+def _dedupe(ids: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(ids))
+
+
+def _eos_ids(value: Any, where: str) -> tuple[int, ...]:
+    """`eos_token_id` as HF writes it (an id or a list of ids) → a tuple."""
+    ids = value if isinstance(value, list) else [value]
+    if not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+        raise ValueError(f"{where} eos_token_id must be a token id or a non-empty list of them, got {value!r}")
+    return _dedupe(tuple(ids))
+
+
+def _pad_and_stop_from_hf(raw: dict[str, Any], thinker: dict[str, Any], generation: dict[str, Any]) -> dict[str, Any]:
+    """`pad_token_id` and `stop_token_ids` from generation_config.json, the thinker config or the full one."""
+
+    def first(key: str) -> Any:
+        return next((d[key] for d in (generation, thinker, raw) if d.get(key) is not None), None)
+
+    pad = first("pad_token_id")
+    pad = _QWEN_IDS["pad_token_id"] if pad is None else pad
+    if generation.get("eos_token_id") is not None:
+        stop = _eos_ids(generation["eos_token_id"], "generation_config.json")
+    elif first("eos_token_id") is None:
+        stop = _QWEN_IDS["stop_token_ids"]
+    elif isinstance(eos := first("eos_token_id"), list):
+        stop = _eos_ids(eos, "config.json")
+    else:
+        stop = _dedupe(_eos_ids(eos, "config.json") + (pad,))
+    return {"pad_token_id": pad, "stop_token_ids": stop}
+
+
+def _read_json(path: str, name: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no {name} at {path}") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if isinstance(raw, dict):
+        return raw
+    raise ValueError(f"{path} is not a JSON object")
 
 
 # ours -> key in the HF thinker config
@@ -245,13 +361,15 @@ def _text_from_hf(raw: dict[str, Any]) -> TextConfig:
 
 
 def qwen2_5_omni_7b() -> ThinkerConfig:
-    """The released Qwen2.5-Omni-7B thinker (model.md §1)."""
-    return ThinkerConfig()
+    """The released Qwen2.5-Omni-7B thinker (model.md §1), with the Qwen special ids."""
+    return ThinkerConfig(**_QWEN_IDS)
 
 
 def tiny() -> ThinkerConfig:
-    """A tiny random thinker for tests and the CPU demo (~20M params, mostly the 152k-row embeddings)."""
+    """A tiny random thinker for tests and the CPU demo (~20M params, mostly the 152k-row embeddings), with
+    the Qwen vocabulary and special ids."""
     return ThinkerConfig(
+        **_QWEN_IDS,
         text=TextConfig(
             hidden_size=64,
             intermediate_size=128,
@@ -290,7 +408,7 @@ def with_overrides(config: ThinkerConfig, overrides: dict[str, Any]) -> ThinkerC
             if bad:
                 raise ValueError(f"unknown field(s) {bad} in model config section {key!r}")
             value = dataclasses.replace(current, **{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
-        changes[key] = value
+        changes[key] = tuple(value) if isinstance(value, list) else value
     return dataclasses.replace(config, **changes)
 
 

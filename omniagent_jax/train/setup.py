@@ -29,6 +29,7 @@ _SPECIAL_FIELDS = (
     "audio_end_token_id",
     "vision_start_token_id",
     "vision_end_token_id",
+    "pad_token_id",
 )
 
 
@@ -41,7 +42,8 @@ def model_config(cfg: SFTConfig) -> ThinkerConfig:
         return base
     text = dataclasses.replace(base.text, vocab_size=v)
     specials = {f: int(remap_ids(np.asarray(getattr(base, f)), v)) for f in _SPECIAL_FIELDS}
-    return dataclasses.replace(base, text=text, **specials)
+    stops = tuple(int(t) for t in remap_ids(np.asarray(base.stop_token_ids), v))
+    return dataclasses.replace(base, text=text, stop_token_ids=stops, **specials)
 
 
 def build_model(cfg: SFTConfig, mesh: Mesh) -> Thinker:
