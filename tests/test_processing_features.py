@@ -1,6 +1,6 @@
 """Processing features and layout vs the reference's own code (transformers 5.23):
 `Qwen2VLImageProcessorPil`, `WhisperFeatureExtractor`, the Qwen2.5-Omni processor's chunk scanner
-and token formulas. Video patchify is checked against a loop-by-loop reading of model.md §4.4."""
+and token formulas. Video patchify is checked against a loop-by-loop reading of docs/model.md §4.4."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_image_errors():
 
 
 def reference_video_rows(frames: np.ndarray, height: int, width: int) -> tuple[np.ndarray, list[int]]:
-    """model.md §4.4 read literally: resize every frame (PIL bicubic), x/255, CLIP mean/std, repeat the
+    """docs/model.md §4.4 read literally: resize every frame (PIL bicubic), x/255, CLIP mean/std, repeat the
     last frame to an even count, then one row per (t, bh, bw, ih, iw) holding pixels[c][tt][py][px]."""
     mean = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
     std = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
@@ -219,7 +219,7 @@ def test_video_errors():
 
 
 def whisper() -> WhisperFeatureExtractor:
-    # The released preprocessor_config.json values (model.md §4.2).
+    # The released preprocessor_config.json values (docs/model.md §4.2).
     return WhisperFeatureExtractor(
         feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=300, n_fft=400,
         padding_value=0.0, dither=0.0, return_attention_mask=True,
@@ -390,7 +390,7 @@ def render(chunks) -> str:
 @pytest.mark.parametrize(
     "grid,spg,n_audio",
     [
-        ([3, 4, 4], 1.0, 65),  # model.md §2.1 worked example
+        ([3, 4, 4], 1.0, 65),  # docs/model.md §2.1 worked example
         ([8, 26, 46], 1.0, 200),
         ([10, 4, 6], 1.0, 40),  # audio shorter than the video
         ([2, 4, 4], 1.0, 400),  # audio longer than the video

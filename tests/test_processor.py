@@ -1,7 +1,7 @@
 """`OmniProcessor` vs the reference's own processor: transformers 5.23 `Qwen2_5OmniProcessor` built
 from `Qwen2VLImageProcessorPil`, `WhisperFeatureExtractor` and our tokenizer, with a minimal
-stand-in video processor (torchvision cannot run here; model.md §5). Media are pre-resized the way
-qwen-omni-utils does before the HF processor sees them (model.md §4.1, §4.3, §4.4)."""
+stand-in video processor (torchvision cannot run here; docs/model.md §5). Media are pre-resized the way
+qwen-omni-utils does before the HF processor sees them (docs/model.md §4.1, §4.3, §4.4)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def processor(tokenizer):
 
 
 class StandInVideoProcessor:
-    """What `Qwen2VLVideoProcessor` does to pre-resized frames (model.md §4.4): /255, CLIP
+    """What `Qwen2VLVideoProcessor` does to pre-resized frames (docs/model.md §4.4): /255, CLIP
     normalisation, pad T to even with the last frame, `view(...).permute(...)` patchify."""
 
     merge_size = 2
@@ -65,7 +65,7 @@ class StandInVideoProcessor:
 @pytest.fixture(scope="module")
 def reference(tokenizer):
     proc_cls = processing_qwen2_5_omni.Qwen2_5OmniProcessor
-    # model.md §5: the video slot cannot hold a real video processor, so skip the class checks.
+    # docs/model.md §5: the video slot cannot hold a real video processor, so skip the class checks.
     original = proc_cls.check_argument_for_proper_class
     proc_cls.check_argument_for_proper_class = lambda self, name, arg: type(arg)
     try:

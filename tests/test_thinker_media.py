@@ -28,7 +28,7 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
 def patchify_video(frames: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """model.md §4.4: normalise, then view(gt, 2, C, gh/2, 2, 14, gw/2, 2, 14) permuted to (t, bh, bw, ih, iw, C, T, ph, pw)."""
+    """docs/model.md §4.4: normalise, then view(gt, 2, C, gh/2, 2, 14, gw/2, 2, 14) permuted to (t, bh, bw, ih, iw, C, T, ph, pw)."""
     t, h, w, _ = frames.shape
     x = ((frames.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD).transpose(0, 3, 1, 2)  # T, C, H, W
     gt, gh, gw = t // 2, h // 14, w // 14

@@ -1,5 +1,5 @@
 """TMRoPE `get_rope_index` against the reference's own implementation, on the worked example of
-model.md §2.1 and on random layouts (hypothesis): text, images, videos with/without audio-in-video,
+docs/model.md §2.1 and on random layouts (hypothesis): text, images, videos with/without audio-in-video,
 audio, left padding, batch > 1. Token layouts are built with the reference's chunk scanner."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def compare(samples, ref, use_audio_in_video):
 
 
 def test_worked_example_from_the_spec(reference):
-    """model.md §2.1: 6-frame video (grid 3×4×4) + 2.6-s audio (260 mel frames), use_audio_in_video."""
+    """docs/model.md §2.1: 6-frame video (grid 3×4×4) + 2.6-s audio (260 mel frames), use_audio_in_video."""
     samples = [[("text", 2), ("video", 3, 4, 4, 1.0, 260), ("text", 2)]]
     pos, ids, _ = compare(samples, reference, True)
     p = pos[:, 0]

@@ -1,4 +1,4 @@
-"""The offline Qwen2 tokenizer and the Qwen2.5-Omni chat template (model.md §6, §4.6)."""
+"""The offline Qwen2 tokenizer and the Qwen2.5-Omni chat template (docs/model.md §6, §4.6)."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_split_pattern_is_qwens():
 
 
 def test_known_ids(tokenizer):
-    """Ids quoted in model.md §6 / §1.4: ranks of qwen.tiktoken are the HF ids."""
+    """Ids quoted in docs/model.md §6 / §1.4: ranks of qwen.tiktoken are the HF ids."""
     assert _ids(tokenizer, "system") == [8948]
     assert _ids(tokenizer, "You") == [2610]
     assert _ids(tokenizer, " assistant") == [17847]

@@ -93,7 +93,7 @@ def test_audio_tower_batch_equals_one_by_one(pair):
 
 
 def test_window_order_matches_the_spec_example():
-    """model.md §2.4: a 308×420 image (11×15 merged) gives 12 windows of these patch counts."""
+    """docs/model.md §2.4: a 308×420 image (11×15 merged) gives 12 windows of these patch counts."""
     _, cu = window_order(np.array([[1, 22, 30]]), merge=2, window_tokens=4)
     assert np.diff(cu).tolist() == [64, 64, 64, 48, 64, 64, 64, 48, 48, 48, 48, 36]
     layout = vision_layout(np.array([[1, 22, 30]]), tiny().vision)

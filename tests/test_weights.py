@@ -1,5 +1,5 @@
 """Weights: the key table, `Thinker.from_pretrained` on HF layouts and converted JAX checkpoints,
-HF → JAX → HF round trips (with and without `--base`), and the error paths (model.md §3)."""
+HF → JAX → HF round trips (with and without `--base`), and the error paths (docs/model.md §3)."""
 
 from __future__ import annotations
 
@@ -131,14 +131,14 @@ def broken(release32, tmp_path):
 
 
 def tensor_count(text_layers: int, vision_blocks: int, audio_layers: int) -> int:
-    """Thinker tensors per model.md §3.1: 12 per text layer, 16 per vision block, 15 per audio layer."""
+    """Thinker tensors per docs/model.md §3.1: 12 per text layer, 16 per vision block, 15 per audio layer."""
     text = 2 + 12 * text_layers + 1  # embed, norm, layers; lm_head
     vision = 1 + 16 * vision_blocks + 5  # patch_embed, blocks, merger (ln_q + 2 × weight/bias)
     audio = 4 + 1 + 15 * audio_layers + 2 + 2  # conv1/2, audio_bos_eos_token, layers, ln_post, proj
     return text + vision + audio
 
 
-# The 7B's on-disk shapes as listed in model.md §3.1 (layer 0); the key table must reproduce them.
+# The 7B's on-disk shapes as listed in docs/model.md §3.1 (layer 0); the key table must reproduce them.
 SHAPES_7B = {
     "model.embed_tokens.weight": (152064, 3584),
     "model.layers.0.self_attn.q_proj.weight": (3584, 3584),
@@ -168,7 +168,7 @@ SHAPES_7B = {
 def test_key_table_covers_the_7b_thinker_both_ways():
     """The 7B's real widths with 2 layers per stack (tracing all 92 layers takes ~20 s on 2 cores)."""
     full = qwen2_5_omni_7b()
-    assert tensor_count(full.text.num_hidden_layers, full.vision.depth, full.audio.encoder_layers) == 1346  # model.md §1.5
+    assert tensor_count(full.text.num_hidden_layers, full.vision.depth, full.audio.encoder_layers) == 1346  # docs/model.md §1.5
     cfg = full.replace(
         text=dataclasses.replace(full.text, num_hidden_layers=2),
         vision=dataclasses.replace(full.vision, depth=2, fullatt_block_indexes=(1,)),

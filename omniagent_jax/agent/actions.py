@@ -1,4 +1,4 @@
-"""The strict turn parser (protocol.md §2): model text in, a typed turn out, or an ``ActionError``.
+"""The strict turn parser (docs/protocol.md §2): model text in, a typed turn out, or an ``ActionError``.
 
 The model output is data, never code: it is decoded with ``json`` only. Every failure maps to a
 protocol error code and the reference's message (see :mod:`omniagent_jax.agent.prompts`).

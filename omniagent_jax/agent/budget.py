@@ -1,4 +1,4 @@
-"""The step budget of an episode (protocol.md §5)."""
+"""The step budget of an episode (docs/protocol.md §5)."""
 
 from __future__ import annotations
 

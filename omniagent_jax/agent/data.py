@@ -1,4 +1,4 @@
-"""Eval / RL JSONL rows (protocol.md §7) → validated :class:`Sample` objects, with clear errors."""
+"""Eval / RL JSONL rows (docs/protocol.md §7.1) → validated :class:`Sample` objects, with clear errors."""
 
 from __future__ import annotations
 

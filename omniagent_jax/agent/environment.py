@@ -1,4 +1,4 @@
-"""The video environment: one episode of the OTA loop over one video (protocol.md §1–§5).
+"""The video environment: one episode of the OTA loop over one video (docs/protocol.md §1–§5).
 
 The environment owns the message history. Each :meth:`VideoEnvironment.step` takes the model's raw
 text, parses and validates it, cuts the requested media out of the video (through

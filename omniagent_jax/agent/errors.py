@@ -1,4 +1,4 @@
-"""Protocol error codes (protocol.md §3) and the one exception type the agent raises for a bad turn."""
+"""Protocol error codes (docs/protocol.md §3.1) and the one exception type the agent raises for a bad turn."""
 
 from __future__ import annotations
 

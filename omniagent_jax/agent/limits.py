@@ -1,10 +1,10 @@
-"""Episode limits and protocol constants (protocol.md §2, §5): the one place these numbers live."""
+"""Episode limits and protocol constants (docs/protocol.md §2.1, §5): the one place these numbers live."""
 
 from __future__ import annotations
 
 import dataclasses
 
-# Eval, CLI and demo limits of the released checkpoints (protocol.md §2).
+# Eval, CLI and demo limits of the released checkpoints (docs/protocol.md §2.1).
 DEFAULT_MAX_FRAMES = 60
 # Ints on purpose: the reference's eval/RL worker casts the audio and clip limits to int, so the
 # released checkpoints saw "(Max 300s)" / "(Max 60s)" at eval and RL time. SFT collection used floats
@@ -13,7 +13,7 @@ DEFAULT_MAX_AUDIO: float = 300
 DEFAULT_MAX_CLIP: float = 60
 DEFAULT_MAX_STEPS = 32
 RL_MAX_STEPS = 22
-# Dynamic budget: min(MIN_MAX_STEPS + int(duration / max_clip), MAX_STEPS) (protocol.md §5).
+# Dynamic budget: min(MIN_MAX_STEPS + int(duration / max_clip), MAX_STEPS) (docs/protocol.md §5).
 MIN_MAX_STEPS = 5
 # Shortest audio range get_audio accepts, in seconds.
 MIN_AUDIO_SECONDS = 0.1

@@ -1,4 +1,4 @@
-"""Memory consolidation and the single in-context notice (protocol.md §1, §4).
+"""Memory consolidation and the single in-context notice (docs/protocol.md §1, §4).
 
 Each function edits a message list in place and returns the index of the first message it changed
 (``None`` when nothing changed), so the engine can reuse the KV pages of the unchanged prefix.

@@ -1,4 +1,4 @@
-"""Every exact string of the OTA wire format (protocol.md §1–§4), in one place.
+"""Every exact string of the OTA wire format (docs/protocol.md §1–§4), in one place.
 
 The released checkpoints were trained on these strings byte for byte: the META block, the per-type
 answer guides, the ``[NOTICE]`` lines, the media headers and placeholders, the ``[ERROR]`` /
@@ -251,7 +251,7 @@ def token_limit_detail(prompt_tokens: int, max_prompt_tokens: int) -> str:
     return f"Prompt length {prompt_tokens} > {max_prompt_tokens}"
 
 
-# Parser messages (protocol.md §2; the reference's wording).
+# Parser messages (docs/protocol.md §2; the reference's wording).
 MSG_NOT_A_STRING = "not a string"
 MSG_WRAPPED = "must be raw JSON without code fence or outer quotes"
 MSG_BRACES = "must start with '{' and end with '}'"

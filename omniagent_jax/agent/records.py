@@ -1,4 +1,4 @@
-"""Episode records (protocol.md §7): ``latest_run.json``, SFT step logs, and the SFT export filter."""
+"""Episode records (docs/protocol.md §7): ``latest_run.json``, SFT step logs, and the SFT export filter."""
 
 from __future__ import annotations
 

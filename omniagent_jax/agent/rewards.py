@@ -1,4 +1,4 @@
-"""Answer scoring (protocol.md §6): MCQ, TR, NUM, SIZE, and FF through an optional LLM judge.
+"""Answer scoring (docs/protocol.md §6): MCQ, TR, NUM, SIZE, and FF through an optional LLM judge.
 
 ``score`` raises :class:`ActionError` for an answer the protocol rejects as an invalid action
 (a TR answer that is not JSON, ...). Ground-truth problems are reported as ``GT_JSON_PARSE`` /

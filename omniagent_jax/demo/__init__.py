@@ -1,1 +1,1 @@
-"""demo (see design.md)."""
+"""The Gradio demo: a reserved room, filled by later work (docs/architecture.md §2.7)."""

@@ -1,1 +1,1 @@
-"""eval (see design.md)."""
+"""Batch evaluation: a reserved room, filled by later work (docs/architecture.md §2.7)."""

@@ -1,4 +1,4 @@
-"""Media constants: the one place these numbers live (protocol.md §8, model.md §4.4)."""
+"""Media constants: the one place these numbers live (docs/protocol.md §8, docs/model.md §4.4)."""
 
 from __future__ import annotations
 

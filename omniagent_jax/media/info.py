@@ -74,7 +74,7 @@ def _ceil_by(x: float, factor: int) -> int:
 def clip_num_frames(total_frames: int, source_fps: float) -> int:
     """How many frames a clip of ``total_frames`` source frames at ``source_fps`` is sampled to.
 
-    qwen-vl-utils' ``smart_nframes`` (model.md §4.4) with the reference's ``min_frames`` 2:
+    qwen-vl-utils' ``smart_nframes`` (docs/model.md §4.4) with the reference's ``min_frames`` 2:
     ``floor2(min(max(total / fps · 2, ceil2(2)), floor2(min(768, total)), total))``. The reference
     raises below 2 frames (a range holding a single source frame); we return 2 there, which
     repeats that frame, since the processor pads a clip to an even count with its last frame anyway.

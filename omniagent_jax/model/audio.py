@@ -1,4 +1,4 @@
-"""The Whisper-style audio tower of the thinker (`thinker.audio_tower.*`, model.md §2.5).
+"""The Whisper-style audio tower of the thinker (`thinker.audio_tower.*`, docs/model.md §2.5).
 
 Each audio's valid mel frames are cut into 2-s chunks (2·n_window frames), zero-padded to the
 longest chunk, and run through the conv frontend with sinusoid positions restarting per chunk; the
@@ -172,7 +172,7 @@ class AudioTower(nnx.Module):
         self.cfg = cfg
         self.conv1 = Conv1d(cfg.num_mel_bins, cfg.d_model, stride=1, dtype=dtype, rngs=rngs)
         self.conv2 = Conv1d(cfg.d_model, cfg.d_model, stride=2, dtype=dtype, rngs=rngs)
-        # Loaded and exported with the checkpoint, never used in the forward pass (model.md §2.5).
+        # Loaded and exported with the checkpoint, never used in the forward pass (docs/model.md §2.5).
         self.audio_bos_eos_token = nnx.Param(jnp.zeros((2, cfg.output_dim), dtype), out_sharding=(None, "embed"))
         self.layers = nnx.List([AudioEncoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.encoder_layers)])
         self.ln_post = LayerNorm(cfg.d_model, dtype=dtype)

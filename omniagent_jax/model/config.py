@@ -361,7 +361,7 @@ def _text_from_hf(raw: dict[str, Any]) -> TextConfig:
 
 
 def qwen2_5_omni_7b() -> ThinkerConfig:
-    """The released Qwen2.5-Omni-7B thinker (model.md §1), with the Qwen special ids."""
+    """The released Qwen2.5-Omni-7B thinker (docs/model.md §1.5), with the Qwen special ids."""
     return ThinkerConfig(**_QWEN_IDS)
 
 

@@ -35,7 +35,7 @@ def linear(
 
 
 class RMSNorm(nnx.Module):
-    """`w * (x · rsqrt(mean(x²) + eps)).astype(x.dtype)`: fp32 statistics, cast back before the weight (model.md §2.3)."""
+    """`w * (x · rsqrt(mean(x²) + eps)).astype(x.dtype)`: fp32 statistics, cast back before the weight (docs/model.md §2.3)."""
 
     def __init__(self, dim: int, *, eps: float, dtype: Dtype, axis_name: str = "norm"):
         self.eps = eps

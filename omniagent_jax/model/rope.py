@@ -14,7 +14,7 @@ def mrope_cos_sin(
 
     Frequency slot j takes the axis that `mrope_section` assigns to it (T for the first
     section, H for the second, W for the third); angles are fp32 and the result is cast to the
-    activation dtype, as the reference does (model.md §2.2).
+    activation dtype, as the reference does (docs/model.md §2.2).
     """
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))  # [D/2]
     axis_of_slot = np.repeat(np.arange(len(mrope_section)), mrope_section)  # [D/2]

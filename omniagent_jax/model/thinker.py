@@ -1,4 +1,4 @@
-"""The Qwen2.5-Omni thinker: token and media embeddings → decoder → logits (model.md §2).
+"""The Qwen2.5-Omni thinker: token and media embeddings → decoder → logits (docs/model.md §2).
 
 The full forward takes the HF processor's inputs. Media bookkeeping (window order, audio chunks,
 placeholder positions, TMRoPE) is numpy on the host from concrete ids and grids; the towers and the

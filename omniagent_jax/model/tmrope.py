@@ -1,4 +1,4 @@
-"""TMRoPE: the thinker's time-aligned 3-D position ids (`get_rope_index`, model.md §2.1).
+"""TMRoPE: the thinker's time-aligned 3-D position ids (`get_rope_index`, docs/model.md §2.1).
 
 Host-side numpy over concrete token ids. The walk replicates the reference literally, including its
 quirks: every segment starts at (max of the *previous segment*) + 1, both bos (and both eos)

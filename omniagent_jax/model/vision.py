@@ -1,4 +1,4 @@
-"""The Qwen2.5-VL-style vision tower of the thinker (`thinker.visual.*`, model.md §2.4).
+"""The Qwen2.5-VL-style vision tower of the thinker (`thinker.visual.*`, docs/model.md §2.4).
 
 Host side (numpy, from `grid_thw`): 2-D rotary positions, the window order and the attention
 segments. Device side: patch embed (the Conv3d as a matmul over 1176-wide rows), blocks with window
@@ -125,7 +125,7 @@ class VisionAttention(nnx.Module):
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segments: Segments) -> jax.Array:
         n, d = x.shape
         q, k, v = (f(x).reshape(n, self.num_heads, -1) for f in (self.q, self.k, self.v))
-        # The vision rotary is applied in fp32 and cast back (model.md §2.6).
+        # The vision rotary is applied in fp32 and cast back (docs/model.md §2.6).
         c, s = cos[:, None, :], sin[:, None, :]
         q = (q.astype(jnp.float32) * c + rotate_half(q.astype(jnp.float32)) * s).astype(x.dtype)
         k = (k.astype(jnp.float32) * c + rotate_half(k.astype(jnp.float32)) * s).astype(x.dtype)

@@ -1,4 +1,4 @@
-"""16 kHz waveforms → Whisper log-mel features (model.md §4.2), numpy only.
+"""16 kHz waveforms → Whisper log-mel features (docs/model.md §4.2), numpy only.
 
 The reference (`WhisperFeatureExtractor`, `padding="max_length"`) zero-pads every audio to 300 s,
 runs a centred STFT with reflect padding, and clamps each utterance at (its max over all 30000

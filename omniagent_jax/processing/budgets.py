@@ -1,8 +1,8 @@
 """Pixel budgets and feature-extractor settings: the one place these numbers live.
 
 Images and clip frames are resized by Qwen's `smart_resize` to a multiple of `FACTOR` pixels per
-side, with an area between a min and a max (protocol.md §8, model.md §4.3/§4.4). Audio settings are
-the Whisper extractor's of the released `preprocessor_config.json` (model.md §4.2).
+side, with an area between a min and a max (docs/protocol.md §8, docs/model.md §4.3/§4.4). Audio settings are
+the Whisper extractor's of the released `preprocessor_config.json` (docs/model.md §4.2).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ MAX_ASPECT_RATIO = 200
 IMAGE_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
-# --- still images: the get_frames budget the OmniAgent checkpoints saw (protocol.md §8) ---
+# --- still images: the get_frames budget the OmniAgent checkpoints saw (docs/protocol.md §8) ---
 IMAGE_MIN_PIXELS = 4 * FACTOR * FACTOR  # 3,136
 IMAGE_MAX_PIXELS = 1024 * FACTOR * FACTOR  # 802,816
 
@@ -28,12 +28,12 @@ IMAGE_MAX_PIXELS = 1024 * FACTOR * FACTOR  # 802,816
 PROCESSOR_IMAGE_MIN_PIXELS = 3136
 PROCESSOR_IMAGE_MAX_PIXELS = 12_845_056
 
-# --- clips (qwen-omni-utils fetch_video, model.md §4.4) ---
+# --- clips (qwen-omni-utils fetch_video, docs/model.md §4.4) ---
 VIDEO_MIN_PIXELS = 128 * FACTOR * FACTOR  # 100,352
 VIDEO_MAX_PIXELS = 768 * FACTOR * FACTOR  # 602,112
 MODEL_SEQ_LEN = 128_000  # qwen-omni-utils' MODEL_SEQ_LEN default
 VIDEO_TOTAL_PIXELS = int(MODEL_SEQ_LEN * FACTOR * FACTOR * 0.9)  # 90,316,800
-# The processor assumes this frame rate for every clip (model.md §4.1): second_per_grid = 2 / 2.0 = 1.0.
+# The processor assumes this frame rate for every clip (docs/model.md §4.1): second_per_grid = 2 / 2.0 = 1.0.
 VIDEO_FPS = CLIP_FPS
 
 
@@ -58,6 +58,6 @@ MAX_MEL_FRAMES = MAX_AUDIO_SAMPLES // HOP_LENGTH  # 30,000
 MEL_FMIN = 0.0
 MEL_FMAX = 8000.0
 
-# --- TMRoPE time grid used by the audio-in-video interleave (model.md §2.1) ---
+# --- TMRoPE time grid used by the audio-in-video interleave (docs/model.md §2.1) ---
 POSITION_ID_PER_SECONDS = 25
 SECONDS_PER_CHUNK = 2.0

@@ -1,5 +1,5 @@
 """Token-layout arithmetic shared by the processor and the model (one copy): media token counts and
-the audio-in-video chunk scanner (model.md §2.1, §2.5, §4.5). numpy/pure Python only."""
+the audio-in-video chunk scanner (docs/model.md §2.1, §2.5, §4.5). numpy/pure Python only."""
 
 from __future__ import annotations
 

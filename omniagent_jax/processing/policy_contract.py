@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 
 # Sampling defaults for eval and the demo: those the released checkpoints were evaluated with
-# (docs/protocol.md). The engine's `SamplingParams` keeps its own neutral field defaults; its
+# (docs/protocol.md §8). The engine's `SamplingParams` keeps its own neutral field defaults; its
 # `DEFAULT_SAMPLING` is built from these.
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 0.95

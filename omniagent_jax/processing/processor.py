@@ -1,4 +1,4 @@
-"""OTA messages → model inputs with the HF input names (model.md §4.1, §4.5; protocol.md §8).
+"""OTA messages → model inputs with the HF input names (docs/model.md §4.1, §4.5; docs/protocol.md §8).
 
 `OmniProcessor(messages)` does in one step what the reference does with qwen-omni-utils and the
 HF processor: render the chat template, resize and patchify images (get_frames budget) and clips
@@ -40,7 +40,7 @@ class ProcessorSettings:
 
     Images are resized twice, as in the reference: first to the get_frames budget (qwen-omni-utils
     `fetch_image`), then by the HF image processor's own budget (preprocessor_config.json), which
-    is a no-op for the released values. Clips get the clip budget of `budgets` (model.md §4.4).
+    is a no-op for the released values. Clips get the clip budget of `budgets` (docs/model.md §4.4).
     """
 
     image_min_pixels: int = budgets.IMAGE_MIN_PIXELS
@@ -52,7 +52,7 @@ class ProcessorSettings:
     seconds_per_chunk: float = budgets.SECONDS_PER_CHUNK
 
 
-# preprocessor_config.json fields this implementation hard-wires (model.md §4.2, §4.3): a checkpoint
+# preprocessor_config.json fields this implementation hard-wires (docs/model.md §4.2, §4.3): a checkpoint
 # that differs would need other features than the towers of this port read.
 _FIXED_FIELDS: dict[str, Any] = {
     "patch_size": budgets.PATCH_SIZE,
@@ -188,7 +188,7 @@ class OmniProcessor:
         the audio-in-video chunks with those (float64) before its output becomes float32."""
         if not videos:
             return {}, []
-        # The clip budget's per-frame max depends on each clip's frame count (model.md §4.4). The
+        # The clip budget's per-frame max depends on each clip's frame count (docs/model.md §4.4). The
         # HF video processor's own budget (128·28² … 768·28²) would be a no-op after it.
         encoded = [vision.process_video(frames, fps=self.settings.fps) for frames in videos]
         second_per_grid = [spg for _, _, spg in encoded]
@@ -291,7 +291,7 @@ class OmniProcessor:
         audio_lengths: np.ndarray,
         sample: int,
     ) -> list[int]:
-        """Replaces each placeholder id by its tokens (model.md §4.5); the k-th placeholder of the
+        """Replaces each placeholder id by its tokens (docs/model.md §4.5); the k-th placeholder of the
         sample must be the k-th media part, else the text itself holds placeholder strings."""
         special = self.special_ids
         placeholder_kind = special.placeholders

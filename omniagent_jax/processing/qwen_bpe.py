@@ -1,4 +1,4 @@
-"""The Qwen2 byte-level BPE, built offline from the `qwen.tiktoken` ranks (docs/model.md).
+"""The Qwen2 byte-level BPE, built offline from the `qwen.tiktoken` ranks (docs/model.md §6).
 
 The released checkpoints ship a byte-level BPE (`Qwen2Tokenizer`): 151,643 ordinary tokens whose ids are
 the ranks of the shared Qwen `qwen.tiktoken` vocabulary, followed by the 22 Omni specials of

@@ -1,4 +1,4 @@
-"""Loading, caching and saving the tokenizer, and the Qwen2.5-Omni chat template (docs/model.md).
+"""Loading, caching and saving the tokenizer, and the Qwen2.5-Omni chat template (docs/model.md §6, §4.6).
 
 `load_tokenizer(path)` prefers a checkpoint directory's own tokenizer files, whatever ids its vocabulary
 gives the Omni special tokens (`tokens.SpecialIds.from_tokenizer` reads them), and otherwise builds the

@@ -3,7 +3,7 @@
 The strings are the same for every checkpoint; their ids belong to a checkpoint's vocabulary.
 `SpecialIds.from_tokenizer` reads them from a tokenizer, and `QWEN_SPECIAL_IDS` holds the
 Qwen2.5-Omni values, where ids 0..151642 are ordinary byte-level BPE tokens and the 22 specials
-below follow in id order (docs/model.md). The Qwen constants are the defaults of the Qwen model presets
+below follow in id order (docs/model.md §1.4, §6). The Qwen constants are the defaults of the Qwen model presets
 and of the tokenizer built from `qwen.tiktoken`; code that serves a loaded checkpoint reads the
 ids of that checkpoint (its processor's `special_ids`, its model config) instead.
 """
@@ -69,7 +69,7 @@ USER_TOKEN_ID = 872  # "user"; only the talker pipeline reads it
 # Qwen generation stops at <|im_end|>; derived checkpoints also list <|endoftext|>.
 STOP_TOKEN_IDS: tuple[int, ...] = (IM_END_ID, ENDOFTEXT_ID)
 
-# Rendering of one content part inside a chat turn (model.md §4.6).
+# Rendering of one content part inside a chat turn (docs/model.md §4.6).
 IMAGE_PART = VISION_BOS + IMAGE + VISION_EOS
 VIDEO_PART = VISION_BOS + VIDEO + VISION_EOS
 AUDIO_PART = AUDIO_BOS + AUDIO + AUDIO_EOS

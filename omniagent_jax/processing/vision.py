@@ -1,5 +1,5 @@
 """Images and clip frames → vision-tower inputs: smart_resize, bicubic resize, CLIP normalisation and
-patchify into 1176-wide rows in merge-block order (model.md §2.4, §4.3, §4.4). numpy + PIL only.
+patchify into 1176-wide rows in merge-block order (docs/model.md §2.4, §4.3, §4.4). numpy + PIL only.
 
 Resizing is PIL bicubic on uint8 RGB, as in `qwen-omni-utils.fetch_image` and transformers'
 `Qwen2VLImageProcessorPil`, so image rows match that processor exactly. Clip frames are resized the
@@ -127,7 +127,7 @@ def process_images(
     """Still images → `(pixel_values [Σ h·w, 1176] float32, image_grid_thw [n, 3] int64)`.
 
     Each image is resized into the budget, normalised and duplicated to the 2 frames of one temporal
-    patch (grid_t = 1). Defaults are the get_frames budget (4·28² … 1024·28², protocol.md §8).
+    patch (grid_t = 1). Defaults are the get_frames budget (4·28² … 1024·28², docs/protocol.md §8).
     """
     if len(images) == 0:
         raise ValueError("process_images needs at least one image")
@@ -150,7 +150,7 @@ def process_video(
     """Clip frames uint8 `[T, H, W, 3]` → `(pixel_values_videos [t·h·w, 1176] float32,
     video_grid_thw [1, 3] int64, second_per_grid)`.
 
-    Every frame gets the same `smart_resize` size: the clip budget of model.md §4.4, whose per-frame
+    Every frame gets the same `smart_resize` size: the clip budget of docs/model.md §4.4, whose per-frame
     max depends on T (`budgets.video_frame_max_pixels`) unless `max_pixels` is given. An odd frame
     count is padded by repeating the last frame. `second_per_grid = 2 / fps`; the reference processor
     assumes fps 2.0 whatever the sampling rate was, hence 1.0.

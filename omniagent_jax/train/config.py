@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 # Every audio/vision tower parameter (the vision merger lives under `visual.merger`): the
-# reference fine-tunes the language model only (training.md, Stage 1).
+# reference fine-tunes the language model only (docs/training.md §3).
 DEFAULT_FROZEN = (r"^audio_tower\.", r"^visual\.")
 
 
@@ -56,7 +56,7 @@ class DataConfig:
     group_by_length: bool = True
     shuffle: bool = True
     workers: int = 0  # grain prefetch worker processes (0 = in the main process)
-    use_audio_in_video: bool = True  # clips of videos with audio carry their audio (protocol.md §8)
+    use_audio_in_video: bool = True  # clips of videos with audio carry their audio (docs/protocol.md §8)
     vocab_remap: int = 0  # >0: map token ids into [0, vocab_remap) (tiny test models only; text-only data)
 
 

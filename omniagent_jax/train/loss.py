@@ -4,7 +4,7 @@
 `chunk` at a time, each chunk's fp32 logits are recomputed in the backward pass (`jax.checkpoint`)
 instead of being stored, so the largest logits block is `[chunk, vocab]`. The loss comes back as
 a token **sum** and a target **count**, so that gradient accumulation can divide by the target
-count of the whole accumulated batch (training.md, "Loss normalisation").
+count of the whole accumulated batch (docs/training.md §4).
 """
 
 from __future__ import annotations

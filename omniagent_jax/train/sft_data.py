@@ -1,4 +1,4 @@
-"""SFT step logs (protocol.md §7) → token sequences with target-only labels.
+"""SFT step logs (docs/protocol.md §7.2) → token sequences with target-only labels.
 
 One sample per step-log row: context = `raw_input` rendered through the processor with a generation
 prompt, target = `output` + `<|im_end|>`; labels are the next token on target positions and

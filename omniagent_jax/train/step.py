@@ -3,7 +3,7 @@
 Gradient accumulation sums the per-token loss **and** the gradients of that sum over all K
 micro-batches, then divides both by the target-token count of the whole accumulated batch. So K
 micro-batches give exactly the update of one batch of all of them, whatever each micro-batch's
-target count (training.md: the reference keeps only the last mini-batch's gradient; we keep all).
+target count (docs/training.md §5: the reference keeps only the last mini-batch's gradient; we keep all).
 """
 
 from __future__ import annotations
