@@ -57,7 +57,6 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-pages", type=int, default=2048, help="KV pages in the pool")
     g.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
     g.add_argument("--decode-steps", type=int, default=8, help="decode steps per dispatch (host work once per this many tokens)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed")
     g.add_argument("--no-compilation-cache", action="store_true", help="do not keep compiled programs under $OMNIAGENT_CACHE/xla")
 
 
@@ -94,14 +93,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from omniagent_jax.engine.server import serve
+    from omniagent_jax.processing.policy_contract import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
-    policy = _jax_policy(args, temperature=1.0, top_p=0.95, top_k=20, max_new_tokens=args.max_new_tokens)
+    policy = _jax_policy(args, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K,
+                         max_new_tokens=args.max_new_tokens)
     serve(policy, host=args.host, port=args.port, model_name=args.served_model_name)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from omniagent_jax.agent.cli import add_run_arguments
+    from omniagent_jax.processing.policy_contract import DEFAULT_MAX_NEW_TOKENS
 
     parser = argparse.ArgumentParser(prog="omniagent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--served-model-name", default="omniagent")
-    serve.add_argument("--max-new-tokens", type=int, default=4096, help="default per request (max_tokens overrides)")
+    serve.add_argument("--seed", type=int, default=0, help="sampling seed of requests that carry none")
+    serve.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="default per request (max_tokens overrides)")
     serve.set_defaults(func=_cmd_serve)
 
     from omniagent_jax.train.cli import add_train_arguments

@@ -21,16 +21,11 @@ from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
 from omniagent_jax.agent.limits import EpisodeLimits
 from omniagent_jax.agent.messages import message_text
 from omniagent_jax.agent.openai_http import chat_completions_url
-from omniagent_jax.agent.policy import (
-    OpenAIPolicy,
-    Policy,
-    PolicyError,
-    ScriptedPolicy,
-    encode_image,
-    encode_wav,
-    to_openai_messages,
-)
+from omniagent_jax.agent.policy import OpenAIPolicy, Policy, PolicyError, ScriptedPolicy
 from omniagent_jax.agent.runner import run_episode
+from omniagent_jax.processing.content_codec import encode_image, encode_wav
+from omniagent_jax.processing.content_codec import encode_messages as to_openai_messages
+from omniagent_jax.processing.policy_contract import turn_seed
 
 SERVER_LIFETIME_S = 60
 
@@ -59,7 +54,8 @@ def make_handler(state: StubState):
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": text},
                              "logprobs": {"content": [{"token": "x", "logprob": -0.25}, {"token": "y", "logprob": -1.5}]}}],
-                "usage": {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290},
+                "usage": {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290,
+                          "prompt_tokens_details": {"cached_tokens": 1000}},
             })
 
     return Handler
@@ -107,8 +103,8 @@ def check_request(body: dict, env_messages: list[dict]) -> None:
                 with wave.open(io.BytesIO(base64.b64decode(p["input_audio"]["data"]))) as w:
                     assert w.getframerate() == h.AUDIO_RATE and w.getnchannels() == 1
             elif p["type"] == "video_url":
-                frames = p["video_url"]["url"][len("data:video/jpeg;base64,"):].split(",")
-                assert p["video_url"]["url"].startswith("data:video/jpeg;base64,") and len(frames) >= 2
+                frames = p["video_url"]["url"][len("data:video/png;base64,"):].split(",")
+                assert p["video_url"]["url"].startswith("data:video/png;base64,") and len(frames) >= 2
                 Image.open(io.BytesIO(base64.b64decode(frames[0]))).verify()
             else:
                 assert p["type"] == "text"
@@ -142,9 +138,22 @@ def test_openai_policy_replays_reference_trajectory(reference_dir):
     assert kinds[1] == ["image_url"] * 58 and kinds[2] == ["input_audio"] and kinds[3] == ["video_url", "input_audio"]
     assert state.requests[3]["mm_processor_kwargs"] == {"use_audio_in_video": True, "fps": 2.0}
     assert "mm_processor_kwargs" not in state.requests[1]
+    assert all("seed" not in b for b in state.requests)  # an unseeded episode sends no seed
     rec = result.steps[0]
-    assert rec.logprobs == [-0.25, -1.5] and rec.policy_metrics["prompt_total_tokens"] == 1234
-    assert rec.policy_metrics["response_tokens"] == 56
+    assert rec.logprobs == [-0.25, -1.5] and rec.policy_metrics.prompt_tokens == 1234
+    assert rec.policy_metrics.completion_tokens == 56 and rec.policy_metrics.cached_prompt_tokens == 1000
+    assert rec.finish_reason == "stop" and rec.policy_metrics.prefix_caching is None and result.prefix_caching is None
+
+
+def test_openai_policy_sends_the_turn_seed():
+    msgs = [{"role": "user", "content": "hi"}]
+    state = StubState([h.frames(0, 1, 2), h.answer("A")])
+    with stub_server(state) as url:
+        policy = OpenAIPolicy(url, "m", timeout_s=10, prefix_caching=True)
+        out = policy.generate(msgs, seed=turn_seed(3, 1))
+        assert out.metrics.prefix_caching is True and out.metrics.generation_seconds > 0
+        policy.generate(msgs)
+    assert state.requests[0]["seed"] == turn_seed(3, 1) and "seed" not in state.requests[1]
 
 
 def test_clip_without_audio_sets_the_flag_off():

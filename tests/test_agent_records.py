@@ -22,17 +22,18 @@ from omniagent_jax.agent.records import (
     write_jsonl,
 )
 from omniagent_jax.agent.runner import run_episode
+from omniagent_jax.processing.policy_contract import SEED_LIMIT, PolicyMetrics, PolicyOutput, turn_seed
 
 REFERENCE_STEP_KEYS = {"question_id", "traj_id", "step", "raw_input", "output", "step_reward", "done", "extra_info",
                        "episode_reward"}
 
 
-def episode(outputs, *, answer="A", video="videos/set/a.mp4", max_steps=6):
+def episode(outputs, *, answer="A", video="videos/set/a.mp4", max_steps=6, policy=None, seed=None):
     sample = Sample(video=video, question_type="MCQ", question="Q?", options=("A. x", "B. y"), answer=answer)
     config = EnvConfig(limits=EpisodeLimits(8, 300, 60), budget=StepBudget(max_steps=max_steps, dynamic=False))
     env = VideoEnvironment(sample, config, media_opener=h.fake_opener(30.0, 25.0, True), **h.FAKE_ENV_KW)
     with env:
-        result = run_episode(env, ScriptedPolicy(outputs))
+        result = run_episode(env, policy or ScriptedPolicy(outputs), seed=seed)
     return result, env
 
 
@@ -136,7 +137,40 @@ def test_latest_run_record_fields():
                 "generation_seconds", "env_step_seconds", "step_wall_seconds", "prompt_total_tokens"):
         assert key in step
     assert step["action_type"] == "get_frames" and step["media"]["kind"] == "frames"
+    # a scripted policy cannot tell whether prefix KV was reused: the record says so instead of False
+    assert rec["kvcache"]["prefix_caching_enabled"] is None and step["prefix_caching_enabled"] is None
     json.dumps(rec)
+
+
+class CachingPolicy(ScriptedPolicy):
+    """Scripted turns reported as an engine with prefix caching would report them."""
+
+    def generate(self, messages, *, unchanged_prefix=0, seed=None):
+        text = super().generate(messages, unchanged_prefix=unchanged_prefix, seed=seed).text
+        metrics = PolicyMetrics(prompt_tokens=900, cached_prompt_tokens=600, completion_tokens=40, prep_seconds=0.25,
+                                generation_seconds=0.5, prefix_caching=True)
+        return PolicyOutput(text, finish_reason="stop", metrics=metrics)
+
+
+def test_episode_seed_reaches_every_turn_and_the_record():
+    policy = CachingPolicy([h.frames(0, 10, 3), h.answer("A")])
+    result, env = episode(None, policy=policy, seed=7)
+    assert policy.seeds == [turn_seed(7, 1), turn_seed(7, 2)] and [r.seed for r in result.steps] == policy.seeds
+    rec = latest_run_record(result, env, runtime_config={}, policy_name="caching")
+    assert rec["seed"] == 7 and rec["kvcache"]["prefix_caching_enabled"] is True and rec["kvcache"]["enabled"] is True
+    step = rec["steps"][0]
+    assert step["seed"] == turn_seed(7, 1) and step["prefix_caching_enabled"] is True and step["finish_reason"] == "stop"
+    assert (step["prompt_total_tokens"], step["response_tokens"], step["common_prefix_tokens"]) == (900, 40, 600)
+    assert step["effective_new_prompt_tokens"] == 300 and step["generation_seconds"] == 0.5
+    assert step["multimodal_prep_seconds"] == 0.25 and step["policy_metrics"]["prefilled_tokens"] is None
+    unseeded = ScriptedPolicy([h.frames(0, 10, 3), h.answer("A")])
+    assert episode(None, policy=unseeded)[0].seed is None and unseeded.seeds == [None, None]
+
+
+def test_turn_seeds_differ_across_turns_and_neighbouring_episodes():
+    seeds = {turn_seed(e, t) for e in range(50) for t in range(1, 21)}
+    assert len(seeds) == 1000 and all(0 <= s < SEED_LIMIT for s in seeds)
+    assert turn_seed(5, 2) == turn_seed(5, 2) and turn_seed(-3, 1) != turn_seed(3, 1)
 
 
 # ------------------------------------------------------------------------------------- data rows

@@ -18,6 +18,7 @@ from omniagent_jax.agent.runner import run_episode
 from omniagent_jax.engine import Engine, SamplingParams
 from omniagent_jax.engine.policy import JaxPolicy
 from omniagent_jax.processing import OmniProcessor
+from omniagent_jax.processing.policy_contract import turn_seed
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,9 @@ def test_omniagent_run_defaults_to_the_jax_policy_on_a_tiny_random_model(video, 
     assert (tmp_path / "cache" / f"tiny-random-seed{cli.TINY_SEED}" / "config.json").exists()
     record = json.loads(out.read_text())
     assert record["gt_answer"] == "A" and record["question_type"] == "MCQ" and len(record["steps"]) == 2
+    # the engine reuses prefix KV, and the record says so; each turn's seed derives from --seed (default 0)
+    assert record["kvcache"]["prefix_caching_enabled"] is True and record["runtime_config"]["prefix_caching_enabled"] is True
+    assert [s["seed"] for s in record["steps"]] == [turn_seed(0, 1), turn_seed(0, 2)]
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache" / "xla")
     jax.config.update("jax_compilation_cache_dir", None)
     assert cli.main(argv + ["--no-compilation-cache"]) == 0  # the second run reuses the cached model
@@ -74,9 +78,9 @@ def test_episode_turns_reuse_the_kv_of_the_unchanged_history(video, reference_pa
         def __init__(self):
             self.metrics = []
 
-        def generate(self, messages, *, unchanged_prefix=0):
-            self.metrics.append(policy.generate(messages).metrics)
-            return scripted.generate(messages, unchanged_prefix=unchanged_prefix)
+        def generate(self, messages, *, unchanged_prefix=0, seed=None):
+            self.metrics.append(policy.generate(messages, seed=seed).metrics)
+            return scripted.generate(messages, unchanged_prefix=unchanged_prefix, seed=seed)
 
     both = Both()
     env = VideoEnvironment(Sample(video=str(video), question_type="MCQ", question="Which colour?", options=("A. Red", "B. Blue"), answer="A"),
@@ -84,12 +88,12 @@ def test_episode_turns_reuse_the_kv_of_the_unchanged_history(video, reference_pa
     with env:
         result = run_episode(env, both)
     assert result.final_answer == "A" and result.total_reward == 1.0
-    cached = [m["cached_prompt_tokens"] for m in both.metrics]
-    prompts = [m["prompt_tokens"] for m in both.metrics]
+    cached = [m.cached_prompt_tokens for m in both.metrics]
+    prompts = [m.prompt_tokens for m in both.metrics]
     assert cached[0] == 0
     # Later turns reuse everything before the last consolidated media message: most of the prompt.
     assert all(c > 0.5 * p for c, p in zip(cached[1:], prompts[1:])), (cached, prompts)
-    assert sum(m["prefilled_tokens"] for m in both.metrics) < 0.7 * sum(prompts)
+    assert sum(m.prefilled_tokens for m in both.metrics) < 0.7 * sum(prompts)
     policy.engine.pool.check_no_leak()
 
 

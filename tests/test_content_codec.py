@@ -109,7 +109,8 @@ def test_audio_scaling_is_symmetric():
 
 
 def test_jpeg_only_when_asked_and_accepted_back():
-    frame = np.broadcast_to((np.arange(20, dtype=np.uint8) * 12)[None, :, None], (12, 20, 3)).copy()  # smooth: JPEG keeps it close
+    # a smooth frame: JPEG keeps it close
+    frame = np.broadcast_to((np.arange(20, dtype=np.uint8) * 12)[None, :, None], (12, 20, 3)).copy()
     assert encode_image(frame).startswith("data:image/png;base64,")
     url = encode_image(frame, "jpeg")
     assert url.startswith("data:image/jpeg;base64,")

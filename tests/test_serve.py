@@ -64,14 +64,34 @@ def test_openai_policy_through_the_server_matches_the_engine(server, policy):
     client = OpenAIPolicy(url=server, model="omniagent", temperature=0.0, top_p=1.0, top_k=0, max_tokens=8)
     msgs = messages()
     over_http = client.generate(msgs)
-    # The server sees what the wire carries (PNG frames, 16-bit WAV, JPEG clip frames): decode the same body here.
+    # The server sees what the wire carries (PNG frames and clip frames, 16-bit WAV): decode the same body here.
     body = client.request_body(msgs)
     request = policy.request(messages_from_openai(body), sampling_from_openai(body, policy.sampling))
     assert request.use_audio_in_video  # the clip's own audio travelled with it
     # The served engine belongs to the server's worker thread: compute the expectation on another one.
     direct = Engine(policy.engine.model, page_size=16, num_pages=256).generate([request])[0]
     assert over_http.text == policy.decode(direct.tokens).strip()
-    assert over_http.metrics["response_tokens"] == len(direct.tokens) > 0
+    assert over_http.metrics.completion_tokens == len(direct.tokens) > 0
+
+
+def test_jax_policy_takes_its_seed_per_call_and_reports_typed_metrics(policy):
+    sampled = JaxPolicy(Engine(policy.engine.model, page_size=16, num_pages=256), policy.processor,
+                        SamplingParams(temperature=1.0, max_new_tokens=6, stop_token_ids=(), seed=0))
+    msgs = [{"role": "user", "content": "tell me a story"}]
+    first, again, other, default, default_again = (sampled.generate(msgs, seed=s) for s in (5, 5, 6, None, None))
+    # No hidden turn counter: the same seed (or none) gives the same turn however often the policy was used.
+    assert first.token_ids == again.token_ids != other.token_ids
+    assert default.token_ids == default_again.token_ids
+    m = again.metrics
+    assert m.prefix_caching is True and m.completion_tokens == 6 and again.finish_reason == "length"
+    assert m.prompt_tokens == len(sampled.request(msgs).input_ids) and 0 < m.cached_prompt_tokens < m.prompt_tokens
+    assert m.prep_seconds > 0 and m.generation_seconds > 0
+
+
+def test_request_seeds_map_onto_the_engine_range():
+    assert sampling_from_openai({"seed": -1}, GREEDY).seed == 2**32 - 1
+    assert sampling_from_openai({"seed": 2**40 + 3}, GREEDY).seed == 3
+    assert sampling_from_openai({}, GREEDY).seed == GREEDY.seed
 
 
 def test_server_reports_usage_logprobs_and_cached_prompt_tokens(server):

@@ -27,18 +27,15 @@ from omniagent_jax.agent.limits import (
     MIN_MAX_STEPS,
     EpisodeLimits,
 )
-from omniagent_jax.agent.policy import (
+from omniagent_jax.agent.policy import OpenAIPolicy, Policy, PolicyError, ScriptedPolicy
+from omniagent_jax.agent.records import latest_run_record, write_json
+from omniagent_jax.agent.runner import StepRecord, run_episode
+from omniagent_jax.processing.policy_contract import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
-    OpenAIPolicy,
-    Policy,
-    PolicyError,
-    ScriptedPolicy,
 )
-from omniagent_jax.agent.records import latest_run_record, write_json
-from omniagent_jax.agent.runner import StepRecord, run_episode
 
 DEFAULT_OUTPUT = pathlib.Path("inference_output") / "latest_run.json"
 EXIT_OK = 0
@@ -86,7 +83,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    p.add_argument("--image-format", choices=("png", "jpeg"), default="png", help="frame encoding sent to the endpoint")
+    p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
+                   help="frame encoding sent to the endpoint (PNG is lossless; vLLM reads clip frames only as jpeg)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="episode seed: turn t samples with a seed derived from (seed, t), sent to the endpoint as `seed`")
 
     e = parser.add_argument_group("episode")
     e.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help="step budget cap (MAX_STEPS)")
@@ -266,7 +266,7 @@ def run_command(
         print(f"video: {sample.video} ({env.duration:.2f}s, {env.fps:.2f} fps, audio={env.has_audio}); "
               f"type {sample.question_type}; budget {env.max_steps} steps; policy {policy_name}", file=out)
         try:
-            result = run_episode(env, policy, on_step=lambda rec, e: print_step(rec, e, out))
+            result = run_episode(env, policy, seed=args.seed, on_step=lambda rec, e: print_step(rec, e, out))
         except PolicyError as e:
             print(f"omniagent run: error: the policy failed: {e}", file=err)
             return EXIT_FAILED
@@ -289,8 +289,9 @@ def run_command(
             "temperature": args.temperature,
             "top_p": args.top_p,
             "top_k": args.top_k,
-            "kvcache_enabled": False,
-            "prefix_caching_enabled": False,
+            "seed": args.seed,
+            "kvcache_enabled": result.prefix_caching,
+            "prefix_caching_enabled": result.prefix_caching,
             "prompt_token_ids_enabled": False,
             "internal_tito_enabled": False,
             "run_id": uuid.uuid4().hex,

@@ -170,19 +170,26 @@ def export_sft(
 
 # ------------------------------------------------------------------------------- latest_run.json
 def _step_entry(rec: StepRecord) -> dict[str, Any]:
+    """One step of ``latest_run.json``: the reference's fields from the policy's typed metrics.
+
+    The reference's ``common_prefix_tokens`` is the prompt prefix shared with the previous turn; ours
+    is the part the policy served from its prefix cache (page-granular, so at most that prefix). Our
+    policies do not split prompt building from media preparation: both are ``multimodal_prep_seconds``,
+    and ``prompt_text_tokens`` is not measured (0).
+    """
     r, m = rec.result, rec.policy_metrics
     turn = rec.turn
-    prompt_total = int(m.get("prompt_total_tokens", r.prompt_tokens or 0) or 0)
-    prompt_text = int(m.get("prompt_text_tokens", 0) or 0)
-    response_tokens = int(m.get("response_tokens", 0) or 0)
+    prompt_total = m.prompt_tokens if m.prompt_tokens is not None else (r.prompt_tokens or 0)
+    prompt_text = 0
+    response_tokens = m.completion_tokens or 0
     timing = {
-        "prompt_build_seconds": float(m.get("prompt_build_seconds", 0.0)),
-        "multimodal_prep_seconds": float(m.get("multimodal_prep_seconds", 0.0)),
+        "prompt_build_seconds": 0.0,
+        "multimodal_prep_seconds": m.prep_seconds or 0.0,
         "generation_seconds": rec.generation_seconds,
         "env_step_seconds": r.env_seconds,
     }
     accounted = sum(timing.values())
-    common_prefix = int(m.get("common_prefix_tokens", 0) or 0)
+    common_prefix = m.cached_prompt_tokens or 0
     return {
         "step": rec.step,
         "action_type": rec.action_type,
@@ -208,8 +215,11 @@ def _step_entry(rec: StepRecord) -> dict[str, Any]:
         "prompt_token_ids_available": False,
         "prompt_segment_count": 0,
         "prompt_token_ids_error": "",
-        "prefix_caching_enabled": bool(m.get("prefix_caching_enabled", False)),
+        "prefix_caching_enabled": m.prefix_caching,  # None (null): the policy cannot tell
         # Ours, beyond the reference's fields:
+        "seed": rec.seed,
+        "finish_reason": rec.finish_reason,
+        "policy_metrics": m.to_json(),
         "action": rec.action,
         "done": r.done,
         "is_action_valid": r.is_action_valid,
@@ -255,14 +265,16 @@ def latest_run_record(
         },
         "messages": serialize_messages(result.messages, sample.video),
         "steps": [_step_entry(rec) for rec in result.steps],
+        # KV reuse across turns is prefix caching here; null when the policy cannot tell.
         "kvcache": {
-            "enabled": False,
-            "prefix_caching_enabled": False,
+            "enabled": result.prefix_caching,
+            "prefix_caching_enabled": result.prefix_caching,
             "prompt_token_ids_enabled": False,
             "internal_tito_enabled": False,
         },
         # Ours:
         "policy": policy_name,
+        "seed": result.seed,
         "total_reward": result.total_reward,
         "won": result.won,
         "scored": result.scored,

@@ -1,4 +1,9 @@
-"""The episode runner: alternate policy turns and environment steps until the episode ends."""
+"""The episode runner: alternate policy turns and environment steps until the episode ends.
+
+Seeds belong to the episode, not to the policy: `run_episode(..., seed=s)` gives turn t the seed
+`turn_seed(s, t)`, so one policy object can play any number of episodes (RL groups, eval) and a run is
+reproduced from its episode seed alone.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from omniagent_jax.agent.actions import ANSWER, Turn, action_to_dict
 from omniagent_jax.agent.environment import END_ANSWERED, StepResult, VideoEnvironment
 from omniagent_jax.agent.messages import MediaRecord, Message
 from omniagent_jax.agent.policy import Policy
+from omniagent_jax.processing.policy_contract import PolicyMetrics, turn_seed
 
 INVALID_ACTION_TYPE = "invalid"
 
@@ -23,11 +29,13 @@ class StepRecord:
     step: int
     raw_input: list[Message]  # the history before the step, as the policy saw it
     unchanged_prefix: int
+    seed: int | None  # the turn's sampling seed (None: the policy's default)
     output: str
     turn: Turn | None
     result: StepResult
-    policy_metrics: dict[str, Any]
+    policy_metrics: PolicyMetrics
     logprobs: list[float] | None
+    finish_reason: str | None
     generation_seconds: float
     step_wall_seconds: float
 
@@ -58,6 +66,13 @@ class EpisodeResult:
     error_code: str | None  # the last step's error code, if any
     max_steps: int
     wall_seconds: float
+    seed: int | None = None
+
+    @property
+    def prefix_caching(self) -> bool | None:
+        """Whether the policy reused prefix KV across the turns: what every step reported, else None."""
+        reported = {r.policy_metrics.prefix_caching for r in self.steps}
+        return reported.pop() if len(reported) == 1 else None
 
     @property
     def correct(self) -> bool:
@@ -71,11 +86,14 @@ class EpisodeResult:
 StepCallback = Callable[[StepRecord, VideoEnvironment], None]
 
 
-def run_episode(env: VideoEnvironment, policy: Policy, *, on_step: StepCallback | None = None) -> EpisodeResult:
+def run_episode(
+    env: VideoEnvironment, policy: Policy, *, seed: int | None = None, on_step: StepCallback | None = None
+) -> EpisodeResult:
     """Reset ``env`` and play it out with ``policy``; ``on_step`` is called after every turn.
 
-    Termination is guaranteed by the environment (every turn spends a step). Policy failures
-    propagate to the caller.
+    With ``seed``, turn t samples with ``turn_seed(seed, t)``; without, every turn gets the policy's
+    default. Termination is guaranteed by the environment (every turn spends a step). Policy
+    failures propagate to the caller.
     """
     t_start = time.perf_counter()
     env.reset()
@@ -83,19 +101,22 @@ def run_episode(env: VideoEnvironment, policy: Policy, *, on_step: StepCallback 
     while not env.done:
         t0 = time.perf_counter()
         messages, unchanged = env.observe()
-        out = policy.generate(messages, unchanged_prefix=unchanged)
+        step_seed = None if seed is None else turn_seed(seed, len(records) + 1)
+        out = policy.generate(messages, unchanged_prefix=unchanged, seed=step_seed)
         t1 = time.perf_counter()
         result = env.step(out.text)
         record = StepRecord(
             step=result.step,
             raw_input=messages,
             unchanged_prefix=unchanged,
+            seed=step_seed,
             output=out.text,
             turn=result.turn,
             result=result,
-            policy_metrics=dict(out.metrics),
+            policy_metrics=out.metrics,
             logprobs=out.logprobs,
-            generation_seconds=float(out.metrics.get("generation_seconds", t1 - t0)),
+            finish_reason=out.finish_reason,
+            generation_seconds=float(t1 - t0 if out.metrics.generation_seconds is None else out.metrics.generation_seconds),
             step_wall_seconds=time.perf_counter() - t0,
         )
         records.append(record)
@@ -119,4 +140,5 @@ def run_episode(env: VideoEnvironment, policy: Policy, *, on_step: StepCallback 
         error_code=last.error_code.value if last is not None and last.error_code is not None else None,
         max_steps=env.max_steps,
         wall_seconds=time.perf_counter() - t_start,
+        seed=seed,
     )

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from omniagent_jax.processing import tokens
+from omniagent_jax.processing.policy_contract import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,9 @@ class SamplingParams:
 
 
 GREEDY = SamplingParams(temperature=0.0)
+# The eval/demo defaults every policy shares (omniagent_jax.processing.policy_contract).
+DEFAULT_SAMPLING = SamplingParams(temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K,
+                                  max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
 
 # Rows with 0 < top_k <= this draw from `lax.top_k` of this many logits instead of a full-vocabulary
 # sort (≈ 20× cheaper on CPU at a 152k vocabulary); larger top_k, or top-p alone, sorts everything.

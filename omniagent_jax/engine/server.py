@@ -1,151 +1,42 @@
 """`omniagent serve`: an OpenAI-compatible `/v1/chat/completions` endpoint over the engine.
 
 One worker thread owns the engine and runs continuous batching: HTTP handler threads decode the
-request (multimodal content parts as the agent's `OpenAIPolicy` sends them), submit it, and wait for
-its completion. Content parts accepted:
-
-* `{"type": "text", "text": ...}`
-* `{"type": "image_url", "image_url": {"url": "data:image/png|jpeg;base64,..."}}`
-* `{"type": "input_audio", "input_audio": {"data": <base64 WAV>, "format": "wav"}}` (any rate, mono or not)
-* `{"type": "video_url", "video_url": {"url": "data:video/jpeg;base64,<f1>,<f2>,..."}}`; with
-  `mm_processor_kwargs.use_audio_in_video` the next `input_audio` part is the clip's own audio.
-
-Only data URLs are accepted: the server never fetches anything.
+request, submit it, and wait for its completion. Multimodal content parts are decoded by
+`omniagent_jax.processing.content_codec` (the agent's `OpenAIPolicy` encodes with the same module):
+text, `image_url` (PNG, JPEG, ...), `input_audio` (16-bit WAV), and `video_url` frame lists
+(`data:video/png` or `data:video/jpeg`), with `mm_processor_kwargs.use_audio_in_video` / `fps` for
+clips. Only data URLs are accepted: the server never fetches anything. A request's `seed` sets its
+sampling seed; requests without one use the server's default.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import json
 import queue
 import threading
 import time
 import uuid
-import wave
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import numpy as np
-
 from omniagent_jax.engine.policy import JaxPolicy
 from omniagent_jax.engine.sampling import SamplingParams
-from omniagent_jax.media.constants import AUDIO_SAMPLE_RATE as AUDIO_RATE
-from omniagent_jax.media.constants import CLIP_FPS as DEFAULT_CLIP_FPS
 from omniagent_jax.processing import tokens
-
+from omniagent_jax.processing.content_codec import ContentError, decode_messages
 
 
 class BadRequest(ValueError):
     """The request body is not a chat completion request we can serve."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ClipPayload:
-    """A decoded clip: frames plus (optionally) its own audio, shaped like `omniagent_jax.media.Clip`."""
-
-    frames: np.ndarray
-    timestamps: np.ndarray
-    fps: float
-    audio: np.ndarray | None
-
-
-def _data_url_bytes(url: str, kinds: tuple[str, ...]) -> tuple[str, list[bytes]]:
-    if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
-        raise BadRequest("only base64 data URLs are accepted for media (the server fetches nothing)")
-    header, payload = url[5:].split(";base64,", 1)
-    if not header.startswith(kinds):
-        raise BadRequest(f"unsupported media type {header!r}; expected one of {kinds}")
-    try:
-        return header, [base64.b64decode(p, validate=True) for p in payload.split(",")]
-    except ValueError as e:
-        raise BadRequest(f"invalid base64 in a {header} data URL") from e
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        if img.mode == "RGBA":  # composite on white, as qwen-omni-utils does
-            background = Image.new("RGB", img.size, (255, 255, 255))
-            background.paste(img, mask=img.split()[3])
-            img = background
-        return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise BadRequest(f"image data is not a decodable image: {e}") from e
-
-
-def decode_wav(data: bytes) -> np.ndarray:
-    """A WAV file → float32 mono at 16 kHz (linear resampling when needed)."""
-    try:
-        with wave.open(io.BytesIO(data)) as w:
-            width, channels, rate, frames = w.getsampwidth(), w.getnchannels(), w.getframerate(), w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as e:
-        raise BadRequest(f"audio data is not a WAV file: {e}") from e
-    if width != 2:
-        raise BadRequest(f"only 16-bit PCM WAV is supported, got {8 * width}-bit")
-    samples = np.frombuffer(frames, "<i2").astype(np.float32) / 32768.0
-    samples = samples.reshape(-1, channels).mean(axis=1)
-    if rate != AUDIO_RATE:
-        n = int(round(len(samples) * AUDIO_RATE / rate))
-        samples = np.interp(np.arange(n) * rate / AUDIO_RATE, np.arange(len(samples)), samples).astype(np.float32)
-    return samples
-
-
 def messages_from_openai(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """OpenAI chat messages → OTA messages with decoded media payloads."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("`messages` must be a non-empty list")
-    mm = body.get("mm_processor_kwargs") or {}
-    audio_in_video = bool(mm.get("use_audio_in_video", False))
-    fps = float(mm.get("fps", DEFAULT_CLIP_FPS))
-    out = []
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
-            raise BadRequest(f"message {i} needs a role of system, user or assistant")
-        content = msg.get("content")
-        if isinstance(content, str):
-            out.append({"role": msg["role"], "content": content})
-            continue
-        if not isinstance(content, list):
-            raise BadRequest(f"message {i}: content must be a string or a list of parts")
-        parts: list[dict[str, Any]] = []
-        pending_clip: int | None = None  # index of a clip still waiting for its own audio
-        for part in content:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text":
-                parts.append({"type": "text", "text": str(part.get("text", ""))})
-            elif kind == "image_url":
-                _, (data,) = _data_url_bytes((part.get("image_url") or {}).get("url"), ("image/",))
-                parts.append({"type": "image", "image": decode_image(data)})
-            elif kind == "video_url":
-                _, frames = _data_url_bytes((part.get("video_url") or {}).get("url"), ("video/jpeg", "video/png", "image/"))
-                stack = np.stack([decode_image(f) for f in frames])
-                clip = ClipPayload(stack, np.arange(len(stack)) / fps, fps, None)
-                parts.append({"type": "video", "video": clip})
-                pending_clip = len(parts) - 1 if audio_in_video else None
-            elif kind == "input_audio":
-                audio = part.get("input_audio") or {}
-                if audio.get("format", "wav") != "wav":
-                    raise BadRequest("input_audio must be WAV")
-                try:
-                    raw = base64.b64decode(audio.get("data", ""), validate=True)
-                except ValueError as e:
-                    raise BadRequest("input_audio data is not valid base64") from e
-                samples = decode_wav(raw)
-                if pending_clip is not None:
-                    parts[pending_clip] = {"type": "video", "video": dataclasses.replace(parts[pending_clip]["video"], audio=samples)}
-                    pending_clip = None
-                else:
-                    parts.append({"type": "audio", "audio": samples})
-            else:
-                raise BadRequest(f"message {i}: unsupported content part type {kind!r}")
-        out.append({"role": msg["role"], "content": parts})
-    return out
+    """OpenAI chat messages (and the body's `mm_processor_kwargs`) → OTA messages with decoded media."""
+    try:
+        return decode_messages(body.get("messages"), body.get("mm_processor_kwargs"))
+    except ContentError as e:
+        raise BadRequest(str(e)) from e
 
 
 def stop_token_ids(stop: Any, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -166,7 +57,8 @@ def sampling_from_openai(body: dict[str, Any], default: SamplingParams) -> Sampl
             top_p=float(body.get("top_p", default.top_p)),
             top_k=max(0, int(body.get("top_k", default.top_k) or 0)),
             max_new_tokens=int(body.get("max_completion_tokens", body.get("max_tokens", default.max_new_tokens))),
-            seed=int(body["seed"]) if body.get("seed") is not None else default.seed,
+            # OpenAI seeds are any int64; the engine keys its streams by a uint32.
+            seed=int(body["seed"]) % 2**32 if body.get("seed") is not None else default.seed,
             logprobs=bool(body.get("logprobs", False)),
             stop_token_ids=stop_token_ids(body.get("stop"), default.stop_token_ids),
         )
@@ -253,7 +145,8 @@ def completion_body(policy: JaxPolicy, completion, model_name: str) -> dict[str,
     return body
 
 
-def make_server(policy: JaxPolicy, host: str = "127.0.0.1", port: int = 8000, model_name: str = "omniagent") -> tuple[ThreadingHTTPServer, EngineWorker]:
+def make_server(policy: JaxPolicy, host: str = "127.0.0.1", port: int = 8000,
+                model_name: str = "omniagent") -> tuple[ThreadingHTTPServer, EngineWorker]:
     worker = EngineWorker(policy)
 
     class Handler(BaseHTTPRequestHandler):

@@ -6,11 +6,11 @@ The agent's `OpenAIPolicy` encodes with :func:`encode_messages`; `omniagent serv
 * text part → `{"type": "text", "text": ...}`; a system or assistant turn of text only → a plain string;
 * image part (uint8 `[H, W, 3]`) → `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`;
 * audio part (float32 mono 16 kHz) → `{"type": "input_audio", "input_audio": {"data": <base64 WAV>, "format": "wav"}}`,
-  16-bit PCM scaled symmetrically: ×32768 rounded and clipped to the int16 range, read back ÷32768;
-* video part (an `omniagent_jax.media.Clip`) → `{"type": "video_url", "video_url": {"url": "data:video/png;base64,<f1>,<f2>,..."}}`
-  (the clip's frames, comma-joined), then, when the clip has sound, its audio as the next `input_audio`
-  part; the request's `mm_processor_kwargs = {"use_audio_in_video": bool, "fps": clip fps}` say how to
-  read them.
+  16-bit PCM scaled symmetrically: times 32768, rounded and clipped to the int16 range, read back ÷32768;
+* video part (an `omniagent_jax.media.Clip`) →
+  `{"type": "video_url", "video_url": {"url": "data:video/png;base64,<f1>,<f2>,..."}}` (the clip's frames,
+  comma-joined), then, when the clip has sound, its audio as the next `input_audio` part; the request's
+  `mm_processor_kwargs = {"use_audio_in_video": bool, "fps": clip fps}` say how to read them.
 
 Lossless by default: frames are PNG, so `decode(encode(x))` returns the same pixels, and audio samples on
 the int16 grid (multiples of 1/32768 in [-1, 32767/32768]) come back bit-exact, as does any 16-bit WAV
@@ -36,7 +36,7 @@ from omniagent_jax.media.constants import AUDIO_SAMPLE_RATE, CLIP_FPS
 from omniagent_jax.media.info import Clip
 
 IMAGE_FORMATS = ("png", "jpeg")
-PCM_SCALE = 32768.0  # int16 full scale: x·32768 and back ÷32768, so the grid maps onto itself
+PCM_SCALE = 32768.0  # int16 full scale, both ways, so the int16 grid maps onto itself
 JPEG_QUALITY = 95
 ROLES = ("system", "user", "assistant")
 _INT16 = np.iinfo(np.int16)
@@ -124,7 +124,7 @@ def decode_data_url(url: Any, media_types: tuple[str, ...]) -> tuple[str, list[b
 
 # ------------------------------------------------------------------------------------- audio
 def wav_bytes(samples: np.ndarray, sample_rate: int = AUDIO_SAMPLE_RATE) -> bytes:
-    """float mono samples → a 16-bit PCM WAV file (×32768, rounded, clipped to the int16 range)."""
+    """float mono samples → a 16-bit PCM WAV file (times 32768, rounded, clipped to the int16 range)."""
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim != 1:
         raise ContentError(f"audio must be mono (1-D), got shape {list(x.shape)}")
@@ -159,7 +159,7 @@ def decode_wav(data: bytes) -> np.ndarray:
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
     if rate != AUDIO_SAMPLE_RATE:
-        n = int(round(len(samples) * AUDIO_SAMPLE_RATE / rate))
+        n = round(len(samples) * AUDIO_SAMPLE_RATE / rate)
         samples = np.interp(np.arange(n) * rate / AUDIO_SAMPLE_RATE, np.arange(len(samples)), samples).astype(np.float32)
     return samples
 
