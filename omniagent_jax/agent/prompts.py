@@ -8,9 +8,12 @@ reference data (``tests/data/reference/example_train_sft.jsonl``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
+import re
 from collections.abc import Sequence
+from typing import Literal
 
 from omniagent_jax.agent.limits import EpisodeLimits
 
@@ -191,36 +194,103 @@ def is_notice(text: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Media headers and their consolidated placeholders.
+# Media headers (the text part before a media action's parts, and the label before each image) and
+# their consolidated placeholders. Each header is one template: the formatters fill it and
+# `parse_media_header` reads it back, so training's re-cut of logged media follows what the
+# environment writes.
 # ----------------------------------------------------------------------------------------------
 MEDIA_OMITTED = "[MEDIA OMITTED - Refer to your Observation]"
+FRAMES_HEADER = "Frames {start}s-{end}s (num={num})."
+SINGLE_FRAME_HEADER = "Frame at {start}s (num=1)."
+FRAME_LABEL = "Frame {start}s:"
+AUDIO_HEADER = "Audio {start}s-{end}s"
+CLIP_HEADER = "Clip {start}s-{end}s"
+MediaHeaderKind = Literal["frames", "frame", "audio", "clip"]
+
+
+def format_seconds(t: float) -> str:
+    """How every media time is printed: 2 decimals, rounded."""
+    return f"{t:.2f}"
 
 
 def frames_header(start: float, end: float, num: int) -> str:
     if num == 1:
-        return f"Frame at {start:.2f}s (num=1)."
-    return f"Frames {start:.2f}s-{end:.2f}s (num={num})."
+        return SINGLE_FRAME_HEADER.format(start=format_seconds(start))
+    return FRAMES_HEADER.format(start=format_seconds(start), end=format_seconds(end), num=num)
 
 
 def frame_label(t: float) -> str:
-    return f"Frame {t:.2f}s:"
+    return FRAME_LABEL.format(start=format_seconds(t))
 
 
 def audio_header(start: float, end: float) -> str:
-    return f"Audio {start:.2f}s-{end:.2f}s"
+    return AUDIO_HEADER.format(start=format_seconds(start), end=format_seconds(end))
 
 
 def clip_header(start: float, end: float) -> str:
-    return f"Clip {start:.2f}s-{end:.2f}s"
+    return CLIP_HEADER.format(start=format_seconds(start), end=format_seconds(end))
 
 
 def frames_placeholder(header: str, timestamps: Sequence[float]) -> str:
-    stamps = ", ".join(f"{t:.2f}s" for t in timestamps)
+    stamps = ", ".join(f"{format_seconds(t)}s" for t in timestamps)
     return f"{header.strip()} Timestamps: [{stamps}] {MEDIA_OMITTED}"
 
 
 def media_placeholder(header: str) -> str:
     return f"{header.strip()} {MEDIA_OMITTED}"
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaHeader:
+    """A media header as numbers. ``frames``: ``num`` frames from ``start`` to ``end`` (one frame is
+    printed at ``start`` alone, so it reads back with ``end == start``); ``frame``: one image's label,
+    ``start == end``; ``audio`` and ``clip``: a range. Text holds times to 2 decimals, so
+    ``parse_media_header(h.text()) == h`` exactly when the times are 2-decimal values."""
+
+    kind: MediaHeaderKind
+    start: float
+    end: float
+    num: int | None = None  # frames only
+
+    def __post_init__(self) -> None:
+        if (self.kind == "frames") != (isinstance(self.num, int) and self.num >= 1):
+            raise ValueError(f"a {self.kind!r} header takes num {'>= 1' if self.kind == 'frames' else 'None'}, got {self.num!r}")
+
+    def text(self) -> str:
+        """The header as the environment writes it."""
+        if self.kind == "frames":
+            return frames_header(self.start, self.end, self.num)  # type: ignore[arg-type]
+        if self.kind == "frame":
+            return frame_label(self.start)
+        return audio_header(self.start, self.end) if self.kind == "audio" else clip_header(self.start, self.end)
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    number = r"-?\d+(?:\.\d+)?"
+    slots = {"{start}": f"(?P<start>{number})", "{end}": f"(?P<end>{number})", "{num}": r"(?P<num>[1-9]\d*)"}
+    rx = re.escape(template)
+    for slot, group in slots.items():
+        rx = rx.replace(re.escape(slot), group)
+    return re.compile(rx)
+
+
+_HEADER_PATTERNS = tuple(
+    (_pattern(template), kind)
+    for template, kind in ((FRAMES_HEADER, "frames"), (SINGLE_FRAME_HEADER, "frames"), (FRAME_LABEL, "frame"),
+                           (AUDIO_HEADER, "audio"), (CLIP_HEADER, "clip"))
+)
+
+
+def parse_media_header(text: str) -> MediaHeader | None:
+    """The media header a text part holds (surrounding whitespace ignored), or ``None`` for any other text."""
+    text = text.strip()
+    for pattern, kind in _HEADER_PATTERNS:
+        if m := pattern.fullmatch(text):
+            start = float(m["start"])
+            end = float(m["end"]) if "end" in pattern.groupindex else start
+            num = int(m["num"]) if "num" in pattern.groupindex else 1
+            return MediaHeader(kind, start, end, num if kind == "frames" else None)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IGNORE = -1  # label of a position that carries no loss (prompt, padding, last position)
+from omniagent_jax.train.labels import IGNORE
 
 
 def chunked_cross_entropy(

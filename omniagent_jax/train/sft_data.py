@@ -5,11 +5,12 @@ prompt, target = `output` + `<|im_end|>`; labels are the next token on target po
 `IGNORE` elsewhere. The released step logs carry dummy media paths, so every media part is re-cut
 from `extra_info.video` (under `data_root`) using the text header before it: `Frames s-e (num=n).`
 and the `Frame t s:` label for each image, `Audio s-e` for an audio part, `Clip s-e` for a video
-part. Trajectory mode packs one trajectory into one sample (its last step's history + output) with
+part, read by `agent.prompts.parse_media_header` (the inverse of the environment's formatters).
+Trajectory mode packs one trajectory into one sample (its last step's history + output) with
 a loss on every assistant turn.
 
-Numpy + media + processing only: this runs inside data-loader worker processes. Bad rows raise
-`SampleError`; the pipeline counts and skips them.
+Numpy + media + processing + agent only (no JAX): this runs inside data-loader worker processes.
+Bad rows raise `SampleError`; the pipeline counts and skips them.
 """
 
 from __future__ import annotations
@@ -17,24 +18,21 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from omniagent_jax.agent.messages import MEDIA_PART_TYPES, PART_TYPE_OF_KIND, has_media
+from omniagent_jax.agent.prompts import MediaHeader, parse_media_header
 from omniagent_jax.media import MediaError, open_video
 from omniagent_jax.processing import tokens
+from omniagent_jax.train.labels import IGNORE
 
-IGNORE = -1  # same value as train.loss.IGNORE (that module imports JAX; workers must not)
-
-_NUM = r"(-?\d+(?:\.\d+)?)"
-FRAMES_HEADER = re.compile(rf"^Frames {_NUM}s-{_NUM}s \(num=(\d+)\)\.")
-SINGLE_FRAME_HEADER = re.compile(rf"^Frame at {_NUM}s \(num=1\)\.")
-FRAME_LABEL = re.compile(rf"^Frame {_NUM}s:\s*$")
-AUDIO_HEADER = re.compile(rf"^Audio {_NUM}s-{_NUM}s\s*$")
-CLIP_HEADER = re.compile(rf"^Clip {_NUM}s-{_NUM}s\s*$")
-MEDIA_PARTS = ("image", "audio", "video")
+_PART_TYPE_OF_HEADER = {**PART_TYPE_OF_KIND, "frame": "image"}  # the media part type a header locates
+_MISSING = {"image": "an image part without a `Frame t s:` label before it",
+            "audio": "an audio part without an `Audio s-e` header before it",
+            "video": "a video part without a `Clip s-e` header before it"}
 
 
 class SampleError(ValueError):
@@ -63,12 +61,34 @@ def read_lines(path: str | os.PathLike) -> list[str]:
 
 
 def _needs_media(messages: Sequence[Mapping[str, Any]]) -> bool:
-    return any(isinstance(m.get("content"), list) and any(p.get("type") in MEDIA_PARTS for p in m["content"]) for m in messages)
+    return any(has_media(m) for m in messages)
+
+
+def media_sources(content: Sequence[Mapping[str, Any]], where: str = "message") -> list[MediaHeader]:
+    """For each media part of a message's content, in order, the header that says what to cut: an
+    image's `Frame t s:` label (or a one-frame `Frame at t s (num=1).` header), an audio part's
+    `Audio s-e`, a video part's `Clip s-e`. Each header locates the next part of its type only."""
+    pending: dict[str, MediaHeader | None] = dict.fromkeys(MEDIA_PART_TYPES)
+    sources = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text":
+            header = parse_media_header(part.get("text", ""))
+            if header is None:
+                continue
+            # a frames header of several frames only announces the labels that locate its images
+            pending[_PART_TYPE_OF_HEADER[header.kind]] = None if header.kind == "frames" and header.num != 1 else header
+        elif kind in MEDIA_PART_TYPES:
+            if (header := pending[kind]) is None:
+                raise SampleError(f"{where}: {_MISSING[kind]}")
+            sources.append(header)
+            pending[kind] = None
+    return sources
 
 
 def recut_media(messages: Sequence[Mapping[str, Any]], video_path: str, where: str) -> list[dict[str, Any]]:
     """A copy of `messages` whose media parts hold media decoded from `video_path`, located by the
-    text header (and frame label) that precedes each part."""
+    text header (and frame label) that precedes each part (`media_sources`)."""
     out = copy.deepcopy(list(messages))
     if not _needs_media(out):
         return out
@@ -81,36 +101,16 @@ def recut_media(messages: Sequence[Mapping[str, Any]], video_path: str, where: s
             content = m.get("content")
             if not isinstance(content, list):
                 continue
-            frame_t: float | None = None
-            audio_range = clip_range = None
-            for part in content:
-                kind = part.get("type")
+            parts = [p for p in content if p.get("type") in MEDIA_PART_TYPES]
+            for part, src in zip(parts, media_sources(content, where)):
+                kind = part["type"]
                 try:
-                    if kind == "text":
-                        text = part.get("text", "").strip()
-                        if (g := FRAMES_HEADER.match(text)) or (g := SINGLE_FRAME_HEADER.match(text)):
-                            frame_t = float(g.group(1)) if SINGLE_FRAME_HEADER.match(text) else None
-                        elif g := FRAME_LABEL.match(text):
-                            frame_t = float(g.group(1))
-                        elif g := AUDIO_HEADER.match(text):
-                            audio_range = (float(g.group(1)), float(g.group(2)))
-                        elif g := CLIP_HEADER.match(text):
-                            clip_range = (float(g.group(1)), float(g.group(2)))
-                    elif kind == "image":
-                        if frame_t is None:
-                            raise SampleError(f"{where}: an image part without a `Frame t s:` label before it")
-                        part["image"] = reader.frames([frame_t])[0]
-                        frame_t = None
+                    if kind == "image":
+                        part["image"] = reader.frames([src.start])[0]
                     elif kind == "audio":
-                        if audio_range is None:
-                            raise SampleError(f"{where}: an audio part without an `Audio s-e` header before it")
-                        part["audio"] = reader.audio(*audio_range)
-                        audio_range = None
-                    elif kind == "video":
-                        if clip_range is None:
-                            raise SampleError(f"{where}: a video part without a `Clip s-e` header before it")
-                        part["video"] = reader.clip(*clip_range)
-                        clip_range = None
+                        part["audio"] = reader.audio(src.start, src.end)
+                    else:
+                        part["video"] = reader.clip(src.start, src.end)
                 except MediaError as e:
                     raise SampleError(f"{where}: {kind} re-cut failed: {e}") from None
     return out
