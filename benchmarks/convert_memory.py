@@ -35,8 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from omniagent_jax.model.config import qwen2_5_omni_7b  # noqa: E402
-from omniagent_jax.model.params import INDEX_FILE, nnx_to_hf, param_shapes  # noqa: E402
+from omniagent_jax.model.convert import param_shapes  # noqa: E402
+from omniagent_jax.model.hf_checkpoint import INDEX_FILE  # noqa: E402
 from omniagent_jax.model.safetensors_io import SafetensorsFile, TensorSource, write_safetensors  # noqa: E402
+from omniagent_jax.model.weight_keys import nnx_to_hf  # noqa: E402
 
 GIB = 1 << 30
 CHUNK = 32 << 20  # elements per generated chunk: 64 MB of bf16

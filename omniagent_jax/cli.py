@@ -34,15 +34,13 @@ def enable_compilation_cache() -> None:
 
 def tiny_checkpoint() -> pathlib.Path:
     """The tiny random model as a JAX checkpoint, created on first use under the cache directory."""
-    from omniagent_jax.model.params import load_thinker  # noqa: F401  (fail early if the loader is missing)
-
     path = cache_root() / f"tiny-random-seed{TINY_SEED}"
     if not (path / "config.json").exists():
         import jax.numpy as jnp
         from flax import nnx
 
         from omniagent_jax.model import Thinker, config
-        from omniagent_jax.model.params import save_jax_checkpoint
+        from omniagent_jax.model.jax_checkpoint import save_jax_checkpoint
 
         print(f"creating the tiny random model at {path} (first use)", file=sys.stderr)
         save_jax_checkpoint(Thinker(config.tiny(), dtype=jnp.float32, rngs=nnx.Rngs(TINY_SEED)), path)

@@ -127,11 +127,11 @@ def test_kill_and_resume_on_a_sharded_mesh_matches_uninterrupted(tmp_path):
         assert abs(r["resumed"][s] - r["full"][s]) <= 1e-6, (s, r["resumed"][s], r["full"][s])
     assert len({round(v, 6) for v in r["full"].values()}) == 4  # the match is not trivial: the loss moves
     assert r["pending"] > 0  # samples were waiting in a bucket queue at the checkpoint, and came back
-    assert r["resume_calls"] == {}  # no build_model / create_sharded / load_sharded / init_state
+    assert r["resume_calls"] == {}  # no build_model / create_sharded / load_thinker / init_state
     assert r["live_bytes_at_restore"] < 0.01 * r["state_bytes"]
     assert r["restored_vs_saved_mismatch"] == 0 and r["moment_mismatch"] == 0
     assert r["lm_head"] == "P('fsdp', 'tensor')" and r["sharded_params"] >= r["num_params"] - 5  # only the 1-D norms replicate
-    assert r["init_calls"] == {"build_model": 1, "load_sharded": 1}
+    assert r["init_calls"] == {"build_model": 1, "load_thinker": 1}
     assert r["init_params"] == r["restored_params"] and r["init_vs_restored_mismatch"] == 0 and r["init_max_abs_diff"] == 0.0
 
 

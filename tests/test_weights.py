@@ -24,10 +24,11 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from omniagent_jax.model import Thinker
-from omniagent_jax.model import convert, params
+from omniagent_jax.model import Thinker, convert, jax_checkpoint
 from omniagent_jax.model.config import load_config, qwen2_5_omni_7b
-from omniagent_jax.model.params import CheckpointError, hf_to_nnx, nnx_to_hf, param_shapes
+from omniagent_jax.model.convert import param_shapes
+from omniagent_jax.model.safetensors_io import CheckpointError
+from omniagent_jax.model.weight_keys import hf_to_nnx, nnx_to_hf
 
 REPO = Path(__file__).resolve().parents[1]
 SIDE_FILES = {"tokenizer.json": b'{"fake": true}', "spk_dict.pt": b"\x80\x02speakers", "generation_config.json": b"{}"}
@@ -254,23 +255,23 @@ def test_parameters_keep_their_logical_axes(model32):
 
 
 def test_jax_checkpoint_layout_and_load(jax32, model32):
-    marker = json.loads((jax32 / params.MARKER_FILE).read_text())
-    assert marker["format"] == params.MARKER_FORMAT and marker["version"] == params.MARKER_VERSION
+    marker = json.loads((jax32 / jax_checkpoint.MARKER_FILE).read_text())
+    assert marker["format"] == jax_checkpoint.MARKER_FORMAT and marker["version"] == jax_checkpoint.MARKER_VERSION
     assert marker["dtype"] == "float32" and marker["num_tensors"] == len(flat_params(model32))
     assert (jax32 / "tokenizer.json").read_bytes() == SIDE_FILES["tokenizer.json"]  # side files travel along
     assert_same_params(Thinker.from_pretrained(jax32), model32)
 
 
 def test_save_jax_checkpoint_round_trips(model32, tmp_path):
-    out = params.save_jax_checkpoint(model32, tmp_path / "saved")
+    out = jax_checkpoint.save_jax_checkpoint(model32, tmp_path / "saved")
     assert_same_params(Thinker.from_pretrained(out), model32)
     with pytest.raises(FileExistsError, match="already exists"):
-        params.save_jax_checkpoint(model32, out)
+        jax_checkpoint.save_jax_checkpoint(model32, out)
 
 
 def test_hf_to_jax_casts_with_dtype(release32, tmp_path):
     dst = convert.hf_to_jax(release32[0], tmp_path / "bf16", dtype="bfloat16", progress=False)
-    assert json.loads((dst / params.MARKER_FILE).read_text())["dtype"] == "bfloat16"
+    assert json.loads((dst / jax_checkpoint.MARKER_FILE).read_text())["dtype"] == "bfloat16"
     model = Thinker.from_pretrained(dst)
     got = np.asarray(model.model.layers[0].mlp.up_proj.kernel.get_value())
     want = release32[1]["thinker.model.layers.0.mlp.up_proj.weight"].to(torch.bfloat16).float().numpy().T
@@ -474,23 +475,23 @@ def test_mixed_dtypes_need_an_explicit_dtype(ref32, tmp_path):
 def test_jax_checkpoint_errors(jax32, model32, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(jax32, bad)
-    marker = json.loads((bad / params.MARKER_FILE).read_text())
-    (bad / params.MARKER_FILE).write_text("{")
+    marker = json.loads((bad / jax_checkpoint.MARKER_FILE).read_text())
+    (bad / jax_checkpoint.MARKER_FILE).write_text("{")
     with pytest.raises(CheckpointError, match="omniagent_checkpoint.json: not valid JSON"):
         Thinker.from_pretrained(bad)
-    (bad / params.MARKER_FILE).write_text(json.dumps({**marker, "format": "something-else"}))
+    (bad / jax_checkpoint.MARKER_FILE).write_text(json.dumps({**marker, "format": "something-else"}))
     with pytest.raises(CheckpointError, match="not an omniagent-jax-thinker checkpoint marker"):
         Thinker.from_pretrained(bad)
-    (bad / params.MARKER_FILE).write_text(json.dumps({**marker, "version": 99}))
+    (bad / jax_checkpoint.MARKER_FILE).write_text(json.dumps({**marker, "version": 99}))
     with pytest.raises(CheckpointError, match="unsupported checkpoint version 99"):
         Thinker.from_pretrained(bad)
-    (bad / params.MARKER_FILE).write_text(json.dumps(marker))
-    shutil.rmtree(bad / params.PARAMS_DIR)
+    (bad / jax_checkpoint.MARKER_FILE).write_text(json.dumps(marker))
+    shutil.rmtree(bad / jax_checkpoint.PARAMS_DIR)
     with pytest.raises(CheckpointError, match="cannot read the orbax checkpoint"):
         Thinker.from_pretrained(bad)
     # A checkpoint of another config: every difference is named.
     other = Thinker(load_config(REPO / "configs" / "model" / "tiny_gqa3.yaml"), rngs=nnx.Rngs(0))
-    other_dir = params.save_jax_checkpoint(other, tmp_path / "other")
+    other_dir = jax_checkpoint.save_jax_checkpoint(other, tmp_path / "other")
     shutil.copy(jax32 / "config.json", other_dir / "config.json")
     with pytest.raises(CheckpointError, match=r"unknown parameter 'model\.layers\.2\..*shape mismatch for 'lm_head\.kernel'"):
         Thinker.from_pretrained(other_dir)
@@ -529,7 +530,7 @@ def test_existing_destination_needs_overwrite(release32, tmp_path):
         convert.hf_to_jax(release32[0], dst, progress=False)
     assert convert.main(["hf-to-jax", str(release32[0]), str(dst), "--no-progress"]) == 1
     assert convert.main(["hf-to-jax", str(release32[0]), str(dst), "--no-progress", "--overwrite"]) == 0
-    assert not (dst / "old.txt").exists() and (dst / params.MARKER_FILE).is_file()
+    assert not (dst / "old.txt").exists() and (dst / jax_checkpoint.MARKER_FILE).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]  # no temporary or old directories left
 
 
@@ -541,7 +542,7 @@ def test_failed_conversion_leaves_nothing(release32, tmp_path, monkeypatch):
         if len(calls) == 5:
             raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(params.JaxCheckpointWriter, "add", failing_add)
+    monkeypatch.setattr(jax_checkpoint.JaxCheckpointWriter, "add", failing_add)
     with pytest.raises(OSError, match="disk full"):
         convert.hf_to_jax(release32[0], tmp_path / "dst", progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -33,7 +33,7 @@ from omniagent_jax.train import mesh as mesh_lib  # noqa: E402
 from omniagent_jax.train import step as step_lib  # noqa: E402
 from omniagent_jax.train.config import load_config  # noqa: E402
 
-INITIALISERS = [(setup, "build_model"), (setup, "load_sharded"), (mesh_lib, "create_sharded"), (step_lib, "init_state")]
+INITIALISERS = [(setup, "build_model"), (setup, "load_thinker"), (mesh_lib, "create_sharded"), (step_lib, "init_state")]
 
 
 def count_calls(calls: collections.Counter) -> None:

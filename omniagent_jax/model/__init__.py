@@ -3,7 +3,7 @@
 from omniagent_jax.model import config
 from omniagent_jax.model.config import AudioConfig, TextConfig, ThinkerConfig, VisionConfig
 from omniagent_jax.model.kv_cache import ContiguousKVCache, KVCache, NoCache
-from omniagent_jax.model.thinker import Thinker, abstract_thinker
+from omniagent_jax.model.thinker import Thinker, abstract_thinker, load_thinker
 
 __all__ = [
     "AudioConfig",
@@ -16,4 +16,5 @@ __all__ = [
     "VisionConfig",
     "abstract_thinker",
     "config",
+    "load_thinker",
 ]

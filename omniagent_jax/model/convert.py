@@ -3,7 +3,7 @@
 `tools/convert_weights.py` is the command line over `main`; tests call the functions.
 
 * `hf_to_jax(SRC, DST)`: reads an HF directory one tensor at a time and writes the JAX checkpoint
-  layout described in `omniagent_jax.model.params` (plus SRC's tokenizer/processor files).
+  layout described in `omniagent_jax.model.jax_checkpoint` (plus SRC's tokenizer/processor files).
 * `jax_to_hf(SRC, DST, base=None)`: writes size-bounded safetensors shards tensor by tensor, the
   index and `config.json`. With `base` (an HF directory, e.g. the full Omni release) the export
   takes the base's key prefix and tensor order, carries every base tensor the JAX checkpoint does
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -31,21 +32,11 @@ import numpy as np
 from tqdm import tqdm
 
 from omniagent_jax.model.config import ThinkerConfig
-from omniagent_jax.model.params import (
-    INDEX_FILE,
-    MARKER_FILE,
-    PARAMS_DIR,
-    CheckpointError,
-    HFCheckpoint,
-    HFParamReader,
-    JaxCheckpointWriter,
-    JaxParamReader,
-    natural_key,
-    read_config,
-    atomic_output_dir,
-    nnx_to_hf,
-)
-from omniagent_jax.model.safetensors_io import TensorSource, dtype_name, write_safetensors
+from omniagent_jax.model.hf_checkpoint import INDEX_FILE, HFCheckpoint, HFParamReader
+from omniagent_jax.model.jax_checkpoint import MARKER_FILE, PARAMS_DIR, JaxCheckpointWriter, JaxParamReader, atomic_output_dir
+from omniagent_jax.model.safetensors_io import CheckpointError, TensorSource, dtype_name, write_safetensors
+from omniagent_jax.model.thinker import abstract_thinker
+from omniagent_jax.model.weight_keys import Shape, natural_key, nnx_to_hf, read_config, shapes_of
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i)?)?b?\s*$", re.IGNORECASE)
@@ -63,6 +54,17 @@ def parse_size(size: int | str) -> int:
     if value < 1:
         raise ValueError(f"size {size!r} must be at least one byte")
     return int(value)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_shapes(config: ThinkerConfig) -> tuple[tuple[str, Shape], ...]:
+    return tuple(shapes_of(abstract_thinker(config, np.float32)).items())
+
+
+def param_shapes(config: ThinkerConfig) -> dict[str, Shape]:
+    """Every parameter of the thinker: module path → NNX shape (`nnx.eval_shape`, nothing allocated;
+    cached per config because tracing the 7B model takes seconds)."""
+    return dict(_cached_shapes(config))
 
 
 def _is_weight_file(name: str) -> bool:
@@ -98,7 +100,8 @@ def hf_to_jax(
     src = Path(src)
     if (src / MARKER_FILE).exists():
         raise CheckpointError(f"{src} is already a converted JAX checkpoint (use jax-to-hf to export it)")
-    reader = HFParamReader(src).validate()
+    reader = HFParamReader(src)
+    reader.validate(param_shapes(reader.config))
     target = None if dtype is None else np.dtype(dtype)
     names = list(reader.specs)
     total = sum(int(np.prod(reader.specs[n].shape)) * (target or reader.specs[n].dtype).itemsize for n in names)
@@ -177,7 +180,8 @@ def jax_to_hf(
     progress: bool = True,
 ) -> Path:
     """Exports a JAX checkpoint directory as safetensors shards + index + config.json."""
-    reader = JaxParamReader(src).validate()
+    reader = JaxParamReader(src)
+    reader.validate(param_shapes(reader.config))
     cfg = reader.config
     max_bytes = parse_size(max_shard_size)
     ours = {}  # full on-disk key → module path

@@ -19,6 +19,7 @@ from omniagent_jax.model.config import ThinkerConfig
 from omniagent_jax.model.decoder import TextDecoder, text_positions
 from omniagent_jax.model.kv_cache import KVCache, NoCache
 from omniagent_jax.model.layers import linear
+from omniagent_jax.model.loading import load_params
 from omniagent_jax.model.segments import bucket
 from omniagent_jax.model.tmrope import get_rope_index
 from omniagent_jax.model.vision import VisionTower, vision_layout
@@ -203,8 +204,6 @@ class Thinker(nnx.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype=None) -> Thinker:
         """Loads an HF checkpoint directory (safetensors) or a converted JAX (orbax) checkpoint directory."""
-        from omniagent_jax.model.params import load_thinker
-
         return load_thinker(path, dtype=dtype)
 
     def num_params(self) -> int:
@@ -258,3 +257,9 @@ def _expected_media_tokens(cfg: ThinkerConfig, image_grid_thw, video_grid_thw, f
 def abstract_thinker(config: ThinkerConfig, dtype=jnp.bfloat16) -> Thinker:
     """A Thinker whose parameters are `ShapeDtypeStruct`s: no memory is allocated."""
     return nnx.eval_shape(lambda: Thinker(config, dtype=dtype, rngs=nnx.Rngs(0)))
+
+
+def load_thinker(path: str | os.PathLike, dtype=None, mesh: jax.sharding.Mesh | None = None) -> Thinker:
+    """A `Thinker` with the weights of an HF directory or a converted JAX checkpoint, each tensor read
+    once and placed on the default device, or with `mesh` straight onto its shards (`loading.load_params`)."""
+    return load_params(path, abstract_thinker, dtype=dtype, mesh=mesh)

@@ -1,11 +1,9 @@
-"""Device mesh and logical-axis sharding rules (the MaxText / NNX GSPMD pattern).
+"""Device mesh and the training-side shardings built on the logical-axis rules of
+`omniagent_jax.model.sharding` (`LOGICAL_RULES`, `logical_to_spec` and `state_shardings` live there,
+where the loader places checkpoint tensors; they are part of this module's interface too).
 
-Parameters carry logical axis names in their `out_sharding` metadata (`embed`, `heads`, `mlp`,
-`vocab`, …). `LOGICAL_RULES` maps each name to mesh axes; a dimension that the mapped axes do not
-divide evenly, or a mesh axis already used by an earlier dimension of the same array, stays
-replicated (small tower weights, the vision merger's `('mlp', 'mlp')`). Models are materialised
-directly in their shardings: `nnx.eval_shape` gives the abstract state, a jit with
-`out_shardings` creates each parameter on its own shards — never a replicated copy per device.
+Models are materialised directly in their shardings: `nnx.eval_shape` gives the abstract state, a
+jit with `out_shardings` creates each parameter on its own shards — never a replicated copy per device.
 """
 
 from __future__ import annotations
@@ -19,24 +17,24 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from omniagent_jax.model.sharding import AXES, BATCH_AXES, LOGICAL_RULES, logical_to_spec, state_shardings
 from omniagent_jax.train.config import MeshConfig
 
-AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every data-parallel axis
-
-# logical name -> mesh axes (None = replicated). FSDP shards the model width; tensor parallelism
-# the head / MLP / vocabulary dimensions (Megatron-style column/row split).
-LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
-    "batch": BATCH_AXES,
-    "embed": ("fsdp",),
-    "heads": ("tensor",),
-    "kv_heads": ("tensor",),
-    "mlp": ("tensor",),
-    "vocab": ("tensor",),
-    "vocab_embed": None,
-    "norm": None,
-    "length": None,
-}
+__all__ = [
+    "AXES",
+    "BATCH_AXES",
+    "LOGICAL_RULES",
+    "abstract_with_shardings",
+    "batch_sharding",
+    "create_sharded",
+    "dtype_of",
+    "is_sharded",
+    "logical_to_spec",
+    "make_mesh",
+    "replicated",
+    "resolve_mesh_shape",
+    "state_shardings",
+]
 
 
 def resolve_mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
@@ -61,39 +59,6 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     if devices == list(jax.devices()):
         return jax.make_mesh(shape, AXES, axis_types=auto)
     return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=auto)
-
-
-def logical_to_spec(
-    names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh, rules: dict[str, tuple[str, ...] | None] = LOGICAL_RULES
-) -> PartitionSpec:
-    """PartitionSpec for an array of `shape` with logical dimension `names`."""
-    if names is None:
-        return PartitionSpec()
-    if len(names) != len(shape):
-        raise ValueError(f"logical names {tuple(names)} do not match shape {tuple(shape)}")
-    used: set[str] = set()
-    spec: list[tuple[str, ...] | None] = []
-    for name, dim in zip(names, shape):
-        if name is not None and name not in rules:
-            raise KeyError(f"no sharding rule for logical axis {name!r}; known: {sorted(rules)}")
-        axes = tuple(a for a in (rules.get(name) or ()) if mesh.shape[a] > 1) if name is not None else ()
-        size = math.prod(mesh.shape[a] for a in axes)
-        if not axes or used & set(axes) or dim % size:
-            spec.append(None)
-        else:
-            used |= set(axes)
-            spec.append(axes if len(axes) > 1 else axes[0])
-    return PartitionSpec(*spec)
-
-
-def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.State:
-    """The NamedSharding of every variable of an (abstract) NNX state, from its logical names."""
-
-    def one(var):
-        names = var.get_metadata().get("out_sharding")
-        return NamedSharding(mesh, logical_to_spec(names, var.get_value().shape, mesh, rules))
-
-    return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_dim: int = 0) -> NamedSharding:

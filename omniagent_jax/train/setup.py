@@ -5,21 +5,19 @@ model a resume restores into, and the split into trainable / frozen parameters."
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from omniagent_jax.model import Thinker
-from omniagent_jax.model import params as params_lib
 from omniagent_jax.model.config import ThinkerConfig, load_config
-from omniagent_jax.model.thinker import abstract_thinker
-from omniagent_jax.processing import tokens
+from omniagent_jax.model.thinker import Thinker, abstract_thinker, load_thinker
+from omniagent_jax.model.weight_keys import read_config
 from omniagent_jax.train import mesh as mesh_lib
 from omniagent_jax.train import optim
 from omniagent_jax.train.config import SFTConfig
-from omniagent_jax.train.sft_data import remap_ids  # noqa: F401  (numpy; re-exported)
+from omniagent_jax.train.sft_data import remap_ids
 
 _SPECIAL_FIELDS = (
     "audio_token_id",
@@ -48,36 +46,18 @@ def model_config(cfg: SFTConfig) -> ThinkerConfig:
 
 def build_model(cfg: SFTConfig, mesh: Mesh) -> Thinker:
     """Random init (each parameter created in its sharding) or `cfg.init` weights, each tensor read
-    to host and placed straight onto its shards (`load_sharded`)."""
+    to host and placed straight onto its shards (`load_thinker` with the mesh). An `init` checkpoint
+    must have the run's model config: a mismatch is a ValueError naming the differing fields, raised
+    before any tensor is read."""
     dtype = mesh_lib.dtype_of(cfg.dtype)
     mcfg = model_config(cfg)
     if not cfg.init:
         return mesh_lib.create_sharded(lambda: Thinker(mcfg, dtype=dtype, rngs=nnx.Rngs(cfg.seed)), mesh)
-    return load_sharded(cfg.init, mcfg, dtype, mesh)
-
-
-def load_sharded(path: str, mcfg: ThinkerConfig, dtype, mesh: Mesh) -> Thinker:
-    """An HF or converted JAX checkpoint read one tensor at a time; each tensor goes from host memory
-    to its own shards with one `device_put`. Unlike `load_thinker`, no tensor is first placed whole
-    on the default device, so device memory never holds more than the shards (a 7B bf16 thinker
-    whole on one 16 GB accelerator would not fit)."""
-    reader = params_lib.open_params(path, validate=False)
-    if reader.config != mcfg:
-        differ = [f.name for f in dataclasses.fields(mcfg) if getattr(reader.config, f.name) != getattr(mcfg, f.name)]
-        raise ValueError(f"init checkpoint {path} does not match the run's model config (differs in {differ})")
-    abstract = abstract_thinker(mcfg, dtype)  # shapes and logical axes only: no parameter is created
-    reader.validate(params_lib.shapes_of(abstract))
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    if jax.tree.leaves(rest):  # they would stay abstract: only parameters come from the checkpoint
-        raise TypeError("Thinker holds non-parameter state; load_sharded only knows how to fill parameters")
-    shardings = dict(nnx.to_flat_state(mesh_lib.state_shardings(params, mesh)))
-    flat = nnx.to_flat_state(params)
-    variables = {".".join(map(str, p)): (var, shardings[p]) for p, var in flat}
-    for name, value in reader.iter_arrays(list(variables)):
-        var, sharding = variables[name]
-        var.set_value(jax.device_put(np.asarray(value, dtype=dtype), sharding))
-        del value
-    return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
+    found = read_config(Path(cfg.init))
+    if found != mcfg:
+        differ = [f.name for f in dataclasses.fields(mcfg) if getattr(found, f.name) != getattr(mcfg, f.name)]
+        raise ValueError(f"init checkpoint {cfg.init} does not match the run's model config (differs in {differ})")
+    return load_thinker(cfg.init, dtype, mesh=mesh)
 
 
 def abstract_model(cfg: SFTConfig, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:

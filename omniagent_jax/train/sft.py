@@ -138,7 +138,7 @@ def train(cfg: SFTConfig, *, stop_after: int | None = None, processor: Any = Non
 def export_hf(graphdef, state: step_lib.TrainState, frozen, other, out: str) -> str:
     """The trained thinker as a converted JAX checkpoint and as HF safetensors (through the converter)."""
     from omniagent_jax.model.convert import jax_to_hf
-    from omniagent_jax.model.params import save_jax_checkpoint
+    from omniagent_jax.model.jax_checkpoint import save_jax_checkpoint
 
     model = nnx.merge(graphdef, state.params, frozen, other)
     jax_dir = save_jax_checkpoint(model, os.path.join(out, "export_jax"), overwrite=True)
