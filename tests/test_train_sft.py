@@ -24,6 +24,7 @@ from omniagent_jax.train import optim, setup, sft, sft_data
 from omniagent_jax.train import step as step_lib
 from omniagent_jax.train.checkpoint import Checkpointer
 from omniagent_jax.train.config import MeshConfig, load_config
+from omniagent_jax.train.labels import IGNORE
 from omniagent_jax.train.metrics import read_records
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -49,10 +50,10 @@ def test_encoder_targets_are_output_plus_im_end(processor):
     context = processor(row["raw_input"], add_generation_prompt=True)["input_ids"][0]
     target = processor.tokenizer.encode(row["output"], add_special_tokens=False) + [tokens.IM_END_ID]
     assert list(ids) == list(context) + target
-    sel = labels != sft_data.IGNORE
+    sel = labels != IGNORE
     assert sel.sum() == len(target)
     assert list(labels[sel]) == target and list(ids[len(context):]) == target
-    assert np.all(labels[: len(context) - 1] == sft_data.IGNORE)
+    assert np.all(labels[: len(context) - 1] == IGNORE)
 
 
 def test_trajectory_mode_labels_every_assistant_turn(processor):
@@ -62,7 +63,7 @@ def test_trajectory_mode_labels_every_assistant_turn(processor):
     step_s = sft_data.SampleEncoder(processor, data_root=".", max_length=1000).encode(row)
     traj_s = sft_data.SampleEncoder(processor, data_root=".", max_length=1000, mode="trajectory").encode(row)
     first = processor.tokenizer.encode("first turn", add_special_tokens=False) + [tokens.IM_END_ID]
-    extra = (traj_s["labels"] != -1).sum() - (step_s["labels"] != -1).sum()
+    extra = (traj_s["labels"] != IGNORE).sum() - (step_s["labels"] != IGNORE).sum()
     assert extra == len(first)
     rows = [dict(text_row(0), step=s, traj_id="a") for s in (1, 2, 3)] + [dict(text_row(1), traj_id="b")]
     picked = sft_data.trajectory_rows(rows)
