@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from omniagent_jax.model.config import ThinkerConfig
+from omniagent_jax.model.config import ThinkerConfig, save_hf_config
 from omniagent_jax.model.hf_checkpoint import INDEX_FILE, HFCheckpoint, HFParamReader
 from omniagent_jax.model.jax_checkpoint import MARKER_FILE, PARAMS_DIR, JaxCheckpointWriter, JaxParamReader, atomic_output_dir
 from omniagent_jax.model.safetensors_io import CheckpointError, TensorSource, dtype_name, write_safetensors
@@ -225,12 +225,11 @@ def jax_to_hf(
         if base_ckpt is not None:
             _copy_side_files(base_ckpt.path, tmp, skip=set())
         else:
-            hf_cfg = cfg.to_hf_dict()
             dtypes = {str(s.dtype) for s in reader.specs.values()}
-            if len(dtypes) == 1:
-                hf_cfg["dtype"] = dtypes.pop()  # transformers 5.x reads `dtype` for dtype="auto"
-            (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n", encoding="utf-8")
+            # transformers 5.x reads `dtype` for dtype="auto"
+            extra = {"dtype": dtypes.pop()} if len(dtypes) == 1 else {}
             _copy_side_files(reader.path, tmp, skip={"config.json", MARKER_FILE, PARAMS_DIR})
+            save_hf_config(cfg, tmp, **extra)  # after the copy: a generation_config.json there is kept
     return Path(dst)
 
 

@@ -5,6 +5,7 @@ Written by `save_jax_checkpoint` and `tools/convert_weights.py hf-to-jax`; read 
 
     DST/omniagent_checkpoint.json   marker: format, version, dtype
     DST/config.json                 the thinker config (`ThinkerConfig.to_hf_dict`)
+    DST/generation_config.json      its stop and pad ids (`save_hf_config`), unless copied from the source
     DST/params/                     orbax checkpoint of the parameter tree, nested dicts keyed by
                                     module path (`{"model": {"layers": {"0": {...}}}}`), arrays in
                                     the NNX layout (Linear kernels `[in, out]`)
@@ -27,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from omniagent_jax.model.config import ThinkerConfig
+from omniagent_jax.model.config import ThinkerConfig, save_hf_config
 from omniagent_jax.model.safetensors_io import CheckpointError
 from omniagent_jax.model.weight_keys import ParamSpec, Shape, read_config, summarise
 
@@ -207,7 +208,7 @@ class JaxCheckpointWriter:
     def __init__(self, path: str | os.PathLike, config: ThinkerConfig):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
+        save_hf_config(config, self.path)
         self._dtypes: set[str] = set()
         self._count = 0
         self._pending: dict = {}
