@@ -6,14 +6,10 @@ Each function edits a message list in place and returns the index of the first m
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from omniagent_jax.agent import prompts
 from omniagent_jax.agent.messages import MEDIA_KEY, MediaRecord, Message, has_media, text_part
-
-_TIMESTAMP = re.compile(r"(\d+(?:\.\d+)?)s")
-
 
 def _min(a: int | None, b: int | None) -> int | None:
     if a is None:
@@ -26,7 +22,7 @@ def _min(a: int | None, b: int | None) -> int | None:
 def placeholder_for(message: Message) -> str:
     """The placeholder text of a media message: from its :class:`MediaRecord`, or, for a message
     built elsewhere (no record), from its text parts as the reference does (first text part is the
-    header; frame times are the ``<t>s`` labels of the other text parts)."""
+    header; frame times are read from the frame labels of the other text parts)."""
     record = message.get(MEDIA_KEY)
     if isinstance(record, MediaRecord):
         return record.placeholder()
@@ -35,12 +31,8 @@ def placeholder_for(message: Message) -> str:
     if parts and parts[0].get("type") == "text":
         header = parts[0]["text"]
     if any(p.get("type") == "image" for p in parts):
-        stamps = [
-            float(t)
-            for p in parts[1:]
-            if p.get("type") == "text" and not prompts.is_notice(p.get("text", ""))
-            for t in _TIMESTAMP.findall(p.get("text", ""))
-        ]
+        labels = [prompts.parse_media_header(p.get("text", "")) for p in parts[1:] if p.get("type") == "text"]
+        stamps = [label.start for label in labels if label is not None and label.kind == "frame"]
         return prompts.frames_placeholder(header, stamps)
     return prompts.media_placeholder(header)
 
