@@ -9,9 +9,10 @@ import torch
 
 from omniagent_jax.engine import Engine, PagePool, Request, SamplingParams
 from omniagent_jax.engine.pages import page_hashes
+from omniagent_jax.processing.media_inputs import MediaInputs
 
 torch_ref = pytest.importorskip("torch_ref")
-from test_thinker_media import build_case  # noqa: E402
+from test_thinker_media import build_case
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=10, stop_token_ids=(), logprobs=True)
 
@@ -64,7 +65,7 @@ def test_greedy_with_media_matches_transformers_generate(pair, case):
     ids, mask, inputs, aiv = build_case(case, ref)
     ids = ids[0][mask[0] == 1]
     engine = Engine(model, page_size=8, num_pages=64)
-    out = engine.generate([Request(ids, GREEDY, media=inputs, use_audio_in_video=aiv)])[0]
+    out = engine.generate([Request(ids, GREEDY, media=MediaInputs.from_processor_output(inputs, use_audio_in_video=aiv))])[0]
     want, logits = reference_generate(ref, ids, GREEDY.max_new_tokens, use_audio_in_video=aiv, **inputs)
     assert_same_or_near_tie(out.tokens, want, logits)
     assert engine.stats.tower_items == sum(k in inputs for k in ("pixel_values", "pixel_values_videos", "input_features"))
@@ -214,7 +215,7 @@ def test_sampling_truncation_and_reproducibility():
 
 def test_towers_do_not_rerun_for_media_in_the_cached_prefix(pair):
     ref, model = pair
-    ids, mask, inputs, aiv = build_case("image+text", ref)  # the prompt ends with 7 text tokens
+    ids, mask, inputs, _ = build_case("image+text", ref)  # the prompt ends with 7 text tokens
     ids = ids[0][mask[0] == 1]
     engine = Engine(model, page_size=4, num_pages=128)
     params = SamplingParams(temperature=0.0, max_new_tokens=3, stop_token_ids=())
@@ -260,25 +261,64 @@ def test_multi_step_decode_equals_one_step_per_dispatch(pair):
         Engine(model, decode_steps=0)
 
 
-def test_sync_weights_takes_a_new_snapshot(pair):
+def test_update_weights_drops_the_prefix_cache_and_matches_a_fresh_engine(pair):
+    """One decoder layer changes: the repeated prompt is recomputed (no cached tokens) and scores as a
+    fresh engine on the new weights does; the engine owns copies of the weights it was given."""
+    _, model = pair
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    prompt = np.arange(5, 30)
+    params = SamplingParams(temperature=0, max_new_tokens=5, stop_token_ids=(), logprobs=True)
+    graphdef, state = nnx.split(model)
+    own = nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+    engine = Engine(own, page_size=4, num_pages=64)
+    jax.tree.map(lambda x: x.delete(), nnx.state(own))  # the engine copied them at construction
+    before = engine.generate([Request(prompt, params)])[0]
+    assert engine.generate([Request(prompt, params)])[0].cached_tokens > 0  # the cache is live
+
+    new = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+    q = new["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"]
+    q[...] = q[...] + jax.random.normal(jax.random.key(0), q.shape, q.dtype)
+    engine.update_weights(new)
+    assert not engine.pool.prefix.by_hash and len(engine.pool.free) == engine.pool.num_pages - 1  # every page is free again
+    after = engine.generate([Request(prompt, params)])[0]
+    fresh = Engine(nnx.merge(graphdef, new), page_size=4, num_pages=64).generate([Request(prompt, params)])[0]
+    assert after.cached_tokens == 0
+    assert after.tokens == fresh.tokens
+    np.testing.assert_allclose(after.logprobs, fresh.logprobs, atol=1e-5)
+    assert not np.allclose(after.logprobs, before.logprobs, atol=1e-3)  # the change is visible
+
+    jax.tree.map(lambda x: x.delete(), new)  # the caller donates / frees its arrays: the engine keeps its copy
+    again = engine.generate([Request(prompt, params)])[0]
+    assert again.tokens == after.tokens and again.cached_tokens > 0
+    np.testing.assert_allclose(again.logprobs, after.logprobs, atol=1e-5)
+    engine.pool.check_no_leak()
+
+
+def test_update_weights_rejects_a_mismatched_tree_and_a_busy_engine(pair):
     _, model = pair
     import jax.numpy as jnp
+    from flax import nnx
 
-    prompt = np.arange(5, 17)
-    params = SamplingParams(temperature=0, max_new_tokens=4, stop_token_ids=())
-    engine = Engine(model, page_size=4, num_pages=64)
-    before = engine.generate([Request(prompt, params)])[0].tokens
-    head = model.lm_head.kernel
-    original = head[...]
-    try:
-        head[...] = original.at[:, before[0]].set(-1e3)  # the first greedy token can no longer win
-        assert Engine(model, page_size=4, num_pages=64).generate([Request(prompt, params)])[0].tokens[0] != before[0]
-        assert engine.generate([Request(prompt, params)])[0].tokens == before  # still the old snapshot
-        engine.sync_weights()
-        assert engine.generate([Request(prompt, params)])[0].tokens[0] != before[0]
-    finally:
-        head[...] = original
-    assert jnp.array_equal(model.lm_head.kernel[...], original)
+    engine = Engine(model, page_size=4, num_pages=16)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    kernel = params["lm_head"]["kernel"]
+    with pytest.raises(ValueError, match=r"parameter \['lm_head'\]\['kernel'\] is missing"):
+        engine.update_weights({k: v for k, v in params.items() if k != "lm_head"})
+    with pytest.raises(ValueError, match=r"\['lm_head'\]\['kernel'\] is float32\(3, 4\), the engine's is float32"):
+        engine.update_weights({**params, "lm_head": {"kernel": jnp.zeros((3, 4))}})
+    with pytest.raises(ValueError, match=r"\['lm_head'\]\['kernel'\] is bfloat16"):
+        engine.update_weights({**params, "lm_head": {"kernel": kernel.astype(jnp.bfloat16)}})
+    with pytest.raises(ValueError, match=r"unknown parameter \['extra'\]"):
+        engine.update_weights({**params, "extra": kernel})
+    rid = engine.submit(Request(np.arange(5), SamplingParams(max_new_tokens=2)))
+    with pytest.raises(RuntimeError, match="idle engine: 0 running and 1 waiting"):
+        engine.update_weights(nnx.state(model, nnx.Param))
+    engine.cancel(rid)
+    engine.update_weights(nnx.state(model, nnx.Param))  # idle again: accepted
+    assert engine.generate([Request(np.arange(5), SamplingParams(temperature=0, max_new_tokens=2))])[0].finish_reason == "length"
 
 
 def test_greedy_tokens_is_numpy_argmax_with_ties_and_nan():

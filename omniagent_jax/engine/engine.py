@@ -1,6 +1,6 @@
 """The inference engine: continuous batching over a paged KV cache with prefix reuse.
 
-A request is a prompt (token ids + the processor's media inputs for it) and sampling parameters.
+A request is a prompt (token ids + its `MediaInputs`) and sampling parameters.
 Admission matches the longest cached prefix (full pages, chained hashes of tokens + media content +
 rope positions) and allocates pages for the rest; prefill runs in chunks over the uncached suffix
 only, and the towers encode only media with a placeholder in that suffix; decoding runs up to
@@ -8,270 +8,32 @@ only, and the towers encode only media with a placeholder in that suffix; decodi
 buckets (stop ids and token limits are applied on device; the host trims after the block). When
 pages run out, the most recently admitted sequence is preempted (its pages released; it is
 recomputed later from its tokens so far).
+
+The engine owns its weights: it copies the model's at construction, and `update_weights` is the
+only way new ones come in (the copy survives the caller donating or deleting its arrays). Host state
+per sequence lives in `sequence.py`, the jitted steps in `steps.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omniagent_jax.engine import steps
 from omniagent_jax.engine.paged_cache import PagedKVCache
-from omniagent_jax.engine.pages import NULL_PAGE, OutOfPages, PagePool, page_hashes
-from omniagent_jax.engine.sampling import SamplingParams, choose_tokens, greedy_tokens, sample_tokens, sampling_arrays
+from omniagent_jax.engine.pages import OutOfPages, PagePool
+from omniagent_jax.engine.requests import Completion, EngineStats, Request
+from omniagent_jax.engine.sampling import sample_tokens
+from omniagent_jax.engine.sequence import SequenceState
 from omniagent_jax.model import Thinker
-from omniagent_jax.processing.layout import audio_token_count, vision_token_count
 
-MEDIA_INPUT_KEYS = (
-    "pixel_values",
-    "image_grid_thw",
-    "pixel_values_videos",
-    "video_grid_thw",
-    "video_second_per_grid",
-    "input_features",
-    "feature_attention_mask",
-)
-
-
-@dataclasses.dataclass
-class Request:
-    """One prompt. `media` holds the processor's outputs for this prompt alone (HF names)."""
-
-    input_ids: np.ndarray
-    sampling: SamplingParams = SamplingParams()
-    media: dict | None = None
-    use_audio_in_video: bool = False
-    request_id: str | None = None
-
-
-@dataclasses.dataclass
-class Completion:
-    request_id: str
-    tokens: list[int]
-    finish_reason: str  # "stop" | "length" | "cancelled"
-    prompt_tokens: int
-    cached_tokens: int  # prompt tokens whose KV came from the prefix cache
-    logprobs: list[float] | None = None
-    entropies: list[float] | None = None
-
-
-@dataclasses.dataclass
-class EngineStats:
-    prefilled_tokens: int = 0  # tokens run through prefill (incl. recomputation after preemption)
-    cached_tokens: int = 0  # prompt tokens served from the prefix cache
-    decode_steps: int = 0
-    preemptions: int = 0
-    tower_items: int = 0  # media items encoded by the towers
-    peak_pages: int = 0  # most pages referenced at once
-
-
-def _bucket(n: int, minimum: int = 1) -> int:
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
-
-
-class _Sequence:
-    """Host state of one request in flight."""
-
-    def __init__(self, request: Request, model: Thinker, page_size: int):
-        self.request = request
-        self.id = request.request_id
-        self.params = request.sampling
-        self.prompt = np.asarray(request.input_ids, np.int64).reshape(-1)
-        media = request.media or {}
-        positions, delta = model.rope_index(
-            self.prompt[None],
-            image_grid_thw=media.get("image_grid_thw"),
-            video_grid_thw=media.get("video_grid_thw"),
-            video_second_per_grid=media.get("video_second_per_grid"),
-            feature_attention_mask=media.get("feature_attention_mask"),
-            use_audio_in_video=request.use_audio_in_video,
-        )
-        self.prompt_positions = positions[:, 0]
-        self.rope_delta = int(delta[0])
-        self.media = _MediaIndex(self.prompt, media, model)
-        self.page_size = page_size
-        self.output: list[int] = []
-        self.logprobs: list[float] = []
-        self.entropies: list[float] = []
-        self.pages: list[int] = []
-        self.hashes: list[bytes] = []  # chained hashes of the full pages registered so far
-        self._hashes: list[bytes] = []  # memo of `prefix_hashes`
-        self.num_cached = 0  # tokens whose KV sits in `pages`
-        self.cached_from_prefix = 0
-        self.finish_reason: str | None = None
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return np.concatenate([self.prompt, np.asarray(self.output, np.int64)])
-
-    def positions(self, start: int, end: int) -> np.ndarray:
-        """Rope positions `[3, end − start]`: TMRoPE for the prompt, `index + delta` for generated tokens."""
-        n = len(self.prompt)
-        head = self.prompt_positions[:, start:min(end, n)]
-        tail = np.arange(max(start, n), end) + self.rope_delta
-        return np.concatenate([head, np.broadcast_to(tail, (3, len(tail)))], axis=1)
-
-    def media_keys(self, start: int, end: int) -> np.ndarray:
-        keys = np.zeros(end - start, np.uint64)
-        n = min(end, len(self.prompt))
-        if start < n:
-            keys[: n - start] = self.media.keys[start:n]
-        return keys
-
-    @property
-    def needs_prefill(self) -> bool:
-        # Every token but the one the next decode step feeds must be cached before decoding.
-        return self.num_cached < len(self.prompt) + len(self.output) - (1 if self.output else 0) or not self.output
-
-    def prefix_hashes(self, num_tokens: int | None = None) -> list[bytes]:
-        """Chained hashes of the full pages of the first `num_tokens` tokens (default: all), memoised:
-        tokens are only ever appended, so each page is hashed once."""
-        tokens = self.tokens if num_tokens is None else self.tokens[:num_tokens]
-        full = len(tokens) // self.page_size
-        if len(self._hashes) < full:
-            self._hashes = page_hashes(tokens, self.media_keys(0, len(tokens)), self.positions(0, len(tokens)), self.page_size, self._hashes)
-        return self._hashes[:full]
-
-
-class _MediaIndex:
-    """Which media item and feature row fills each placeholder token of a prompt, plus content keys."""
-
-    def __init__(self, prompt: np.ndarray, media: dict, model: Thinker):
-        cfg = model.config
-        self.model = model
-        self.media = media
-        self.keys = np.zeros(len(prompt), np.uint64)
-        self.slots: list[tuple[str, int, np.ndarray]] = []  # (kind, item, token positions)
-        merge = cfg.vision.spatial_merge_size
-        for kind, token_id, counts in (
-            ("audio", cfg.audio_token_id, _audio_counts(media)),
-            ("image", cfg.image_token_id, _grid_counts(media.get("image_grid_thw"), merge)),
-            ("video", cfg.video_token_id, _grid_counts(media.get("video_grid_thw"), merge)),
-        ):
-            where = np.flatnonzero(prompt == token_id)
-            if len(where) != sum(counts):
-                raise ValueError(f"{kind} placeholder/feature mismatch: {len(where)} placeholder tokens, media gives {sum(counts)}")
-            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
-            for item in range(len(counts)):
-                positions = where[offsets[item] : offsets[item + 1]]
-                digest = int.from_bytes(hashlib.blake2b(self._content(kind, item), digest_size=8).digest(), "little")
-                self.keys[positions] = (np.uint64(digest) + np.arange(len(positions), dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
-                self.slots.append((kind, item, positions))
-
-    def _rows(self, kind: str, item: int):
-        m = self.media
-        if kind == "audio":
-            fmask = np.asarray(m["feature_attention_mask"])
-            return np.asarray(m["input_features"])[item : item + 1], fmask[item : item + 1]
-        rows_key, grid_key = ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
-        grid = np.asarray(m[grid_key]).reshape(-1, 3)
-        sizes = np.concatenate([[0], np.cumsum(grid.prod(axis=1))]).astype(int)
-        return np.asarray(m[rows_key])[sizes[item] : sizes[item + 1]], grid[item : item + 1]
-
-    def _content(self, kind: str, item: int) -> bytes:
-        a, b = self._rows(kind, item)
-        return kind.encode() + np.ascontiguousarray(a).tobytes() + np.ascontiguousarray(b).tobytes()
-
-    def embeddings(self, start: int, end: int) -> tuple[list[np.ndarray], list[jax.Array]]:
-        """Media embeddings for the placeholder tokens in `[start, end)`; only items that have one there are encoded."""
-        where, rows = [], []
-        for kind, item, positions in self.slots:
-            inside = (positions >= start) & (positions < end)
-            if not inside.any():
-                continue
-            a, b = self._rows(kind, item)
-            feats = self.model.encode_audios(a, b) if kind == "audio" else self.model.encode_images(a, b)
-            where.append(positions[inside] - start)
-            rows.append(feats[np.flatnonzero(inside)])
-        return where, rows
-
-
-def _grid_counts(grid, merge: int) -> list[int]:
-    return [] if grid is None else [vision_token_count(g, merge) for g in np.asarray(grid).reshape(-1, 3)]
-
-
-def _audio_counts(media: dict) -> list[int]:
-    if media.get("input_features") is None:
-        return []
-    return [audio_token_count(int(n)) for n in np.asarray(media["feature_attention_mask"]).sum(axis=-1)]
-
-
-def _page_table(seqs: list[_Sequence], rows: int) -> np.ndarray:
-    """`[rows, M]` page tables (M bucketed; unused entries and padding rows point at the null page)."""
-    table = np.full((rows, _bucket(max(len(s.pages) for s in seqs))), NULL_PAGE, np.int32)
-    for i, seq in enumerate(seqs):
-        table[i, : len(seq.pages)] = seq.pages
-    return table
-
-
-def _sampling_rows(seqs: list[_Sequence], rows: int) -> tuple[np.ndarray, ...]:
-    """The sampling arrays of `seqs` (next step = tokens generated so far), padded to `rows` rows."""
-    pad = rows - len(seqs)
-    return sampling_arrays([s.params for s in seqs] + [seqs[0].params] * pad, [len(s.output) for s in seqs] + [0] * pad)
-
-
-def _merge(graphdef, treedef, leaves) -> Thinker:
-    return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
-
-
-def _forward(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions):
-    """One step over `[B, T]` new tokens → logits at each row's last real token, their argmax (so greedy
-    rows need no second dispatch), and the updated pages."""
-    model = _merge(graphdef, treedef, leaves)
-    embeds = model.embed_tokens(ids)
-    embeds = jnp.where(media_mask[..., None], media_rows.astype(embeds.dtype), embeds)
-    cache = PagedKVCache(k_pages, v_pages, page_table, context_len, num_new)
-    hidden, cache = model.decode(embeds, positions, cache)
-    last = hidden[jnp.arange(ids.shape[0]), jnp.maximum(num_new - 1, 0)]
-    logits = model.logits(last)
-    return logits, greedy_tokens(logits), cache.k_pages, cache.v_pages
-
-
-def _decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, limit, ids, rope_delta, stop_ids, temperature,
-                 top_k, top_p, seeds, steps, *, num_steps: int, sample: bool, with_stats: bool):
-    """`num_steps` decode steps in one dispatch. Row b feeds `ids[b]` at position `context_len[b]`, then
-    its own sampled tokens; it runs while `i < limit[b]` and it has not sampled a stop id (later steps
-    write to the null page and their tokens are dropped by the host). Returns `[num_steps, B]` tokens,
-    log-probs, entropies and the updated pages."""
-    model = _merge(graphdef, treedef, leaves)
-    batch = ids.shape[0]
-
-    def step(carry, i):
-        k_pages, v_pages, ids, live = carry
-        active = live & (i < limit)
-        position = context_len + i
-        rope = jnp.broadcast_to((position + rope_delta)[None, :, None], (3, batch, 1))
-        cache = PagedKVCache(k_pages, v_pages, page_table, position, active.astype(jnp.int32))
-        hidden, cache = model.decode(model.embed_tokens(ids[:, None]), rope, cache)
-        logits = model.logits(hidden[:, 0])
-        if sample or with_stats:
-            token, logp, entropy = choose_tokens(logits, temperature, top_k, top_p, seeds, steps + i, with_stats=with_stats)
-        else:
-            token = greedy_tokens(logits)
-            logp = entropy = jnp.full((batch,), jnp.nan, jnp.float32)
-        stopped = jnp.any(token[:, None] == stop_ids, axis=1)
-        return (cache.k_pages, cache.v_pages, token, active & ~stopped), (token, logp, entropy)
-
-    (k_pages, v_pages, _, _), (tokens, logps, entropies) = jax.lax.scan(
-        step, (k_pages, v_pages, ids, jnp.ones(batch, bool)), jnp.arange(num_steps)
-    )
-    return tokens, logps, entropies, k_pages, v_pages
-
-
-@functools.lru_cache(maxsize=8)
-def _compiled(graphdef, treedef):
-    """The jitted model steps for one model structure (shared by every engine on an equal structure)."""
-    forward = jax.jit(functools.partial(_forward, graphdef, treedef), donate_argnums=(1, 2))
-    decode = jax.jit(functools.partial(_decode_loop, graphdef, treedef), donate_argnums=(1, 2),
-                     static_argnames=("num_steps", "sample", "with_stats"))
-    return forward, decode
+__all__ = ["Completion", "Engine", "EngineStats", "Request"]
 
 
 class Engine:
@@ -286,9 +48,12 @@ class Engine:
         if decode_steps < 1:
             raise ValueError("decode_steps must be >= 1")
         text = model.config.text
-        self.model = model
+        graphdef, state = nnx.split(model)
+        # Own buffers from the start: the caller may donate or delete the model's arrays (a train step does).
+        self.model: Thinker = nnx.merge(graphdef, jax.tree.map(lambda x: jnp.array(x, copy=True), state))
+        self._graphdef = graphdef
+        self._take_snapshot()
         self.decode_steps = decode_steps  # decode steps per dispatch: host work once per this many tokens
-        self.sync_weights()
         self.pool = PagePool(num_pages, page_size)
         self.page_size = page_size
         self.max_batch = max_batch
@@ -297,28 +62,58 @@ class Engine:
             num_layers=text.num_hidden_layers, num_pages=num_pages, page_size=page_size,
             num_kv_heads=text.num_key_value_heads, head_dim=text.head_dim, dtype=model.dtype,
         )
-        self.waiting: list[_Sequence] = []
-        self.running: list[_Sequence] = []
+        self.waiting: list[SequenceState] = []
+        self.running: list[SequenceState] = []
         self.finished: dict[str, Completion] = {}
         self.stats = EngineStats()
         self._ids = itertools.count()
 
     # ------------------------------------------------------------------ public API
 
-    def sync_weights(self) -> None:
-        """Takes a fresh snapshot of `self.model`'s weights (call after updating them in place).
+    def update_weights(self, params: nnx.State | Mapping) -> None:
+        """Takes new weights: `params` is `nnx.state(model, nnx.Param)` of a model with this engine's
+        structure (or the same as a pure dict, `nnx.to_pure_dict(state)`), every parameter with the same
+        shape and dtype. They are copied into the engine's own buffers (the caller's arrays stay
+        theirs: donating or deleting them afterwards is safe), and every prefix-cache entry is dropped,
+        since pages computed with the old weights must never be reused. Requests in flight would mix
+        old and new weights, so the engine must be idle (finish or cancel them first)."""
+        if self.has_work():
+            raise RuntimeError(
+                f"update_weights needs an idle engine: {len(self.running)} running and {len(self.waiting)} waiting requests"
+            )
+        current = nnx.state(self.model, nnx.Param)
+        old_leaves, treedef = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(current))
+        given = dict(_named_leaves(params))
+        new_leaves = []
+        for path, old in old_leaves:
+            name = jax.tree_util.keystr(path)
+            if name not in given:
+                raise ValueError(f"update_weights: parameter {name} is missing")
+            new = given.pop(name)
+            if getattr(new, "shape", None) != old.shape or getattr(new, "dtype", None) != old.dtype:
+                raise ValueError(
+                    f"update_weights: parameter {name} is {getattr(new, 'dtype', type(new).__name__)}{getattr(new, 'shape', '')}, "
+                    f"the engine's is {old.dtype}{old.shape}"
+                )
+            new_leaves.append(new)
+        if given:
+            raise ValueError(f"update_weights: unknown parameter {next(iter(given))}")
+        copies = steps.copy_into([x for _, x in old_leaves], new_leaves)
+        nnx.replace_by_pure_dict(current, jax.tree_util.tree_unflatten(treedef, copies))
+        nnx.update(self.model, current)
+        self._take_snapshot()
+        self.pool.drop_prefix_cache()
 
-        The engine passes the weights to its jitted steps as a flat list: flattening the NNX module
-        on every step costs more host time than a small model's whole decode step.
-        """
-        graphdef, state = nnx.split(self.model)
+    def _take_snapshot(self) -> None:
+        # The steps take the weights as a flat list: flattening the module on every step costs host time.
+        _, state = nnx.split(self.model)
         self._leaves, treedef = jax.tree_util.tree_flatten(state)
-        self._forward, self._decode_loop = _compiled(graphdef, treedef)
+        self._forward, self._decode_loop = steps.compiled(self._graphdef, treedef)
 
     def submit(self, request: Request) -> str:
         if request.request_id is None:
             request = dataclasses.replace(request, request_id=f"req-{next(self._ids)}")
-        seq = _Sequence(request, self.model, self.page_size)
+        seq = SequenceState(request, self.model, self.page_size)
         need = self.pool.pages_for(len(seq.prompt) + seq.params.max_new_tokens)
         if need > self.pool.num_pages - 1:
             raise ValueError(
@@ -396,7 +191,7 @@ class Engine:
         """Pages kept back so running sequences can grow by one page each before preemption kicks in."""
         return min(len(self.running), self.pool.num_free)
 
-    def _preempt_for(self, seq: _Sequence) -> bool:
+    def _preempt_for(self, seq: SequenceState) -> bool:
         """Frees pages by preempting the most recently admitted other sequence; False if none."""
         victims = [s for s in self.running if s is not seq]
         if not victims:
@@ -409,7 +204,7 @@ class Engine:
         self.stats.preemptions += 1
         return True
 
-    def _ensure_pages(self, seq: _Sequence, num_tokens: int) -> bool:
+    def _ensure_pages(self, seq: SequenceState, num_tokens: int) -> bool:
         need = self.pool.pages_for(num_tokens) - len(seq.pages)
         while need > 0:
             try:
@@ -423,13 +218,13 @@ class Engine:
 
     # ------------------------------------------------------------------ model steps
 
-    def _run(self, seqs: list[_Sequence], starts: list[int], ends: list[int]) -> tuple[jax.Array, jax.Array]:
-        b = _bucket(len(seqs))
-        t = _bucket(max(e - s for s, e in zip(starts, ends)))
+    def _run(self, seqs: list[SequenceState], starts: list[int], ends: list[int]) -> tuple[jax.Array, jax.Array]:
+        b = steps.bucket(len(seqs))
+        t = steps.bucket(max(e - s for s, e in zip(starts, ends)))
         d = self.model.config.text.hidden_size
         ids = np.zeros((b, t), np.int32)
         positions = np.zeros((3, b, t), np.int32)
-        page_table = _page_table(seqs, b)
+        page_table = steps.page_table([s.pages for s in seqs], b)
         context_len = np.zeros(b, np.int32)
         num_new = np.zeros(b, np.int32)
         media_mask = np.zeros((b, t), bool)
@@ -439,14 +234,15 @@ class Engine:
             ids[i, :n] = seq.tokens[start:end]
             positions[:, i, :n] = seq.positions(start, end)
             context_len[i], num_new[i] = start, n
-            if start < len(seq.prompt):
-                where, rows = seq.media.embeddings(start, min(end, len(seq.prompt)))
-                self.stats.tower_items += len(rows)
-                for w, r in zip(where, rows):
+            if seq.placed and start < len(seq.prompt):
+                stop = min(end, len(seq.prompt))
+                slots, rows = self.model.media_embeddings(seq.prompt, seq.media, start, stop)
+                if len(slots):
+                    self.stats.tower_items += seq.items_in(start, stop)
                     if media_rows is None:
                         media_rows = jnp.zeros((b, t, d), self.model.dtype)
-                    media_rows = media_rows.at[i, w].set(r.astype(self.model.dtype))
-                    media_mask[i, w] = True
+                    media_rows = media_rows.at[i, slots - start].set(rows.astype(self.model.dtype))
+                    media_mask[i, slots - start] = True
         if media_rows is None:
             media_rows = jnp.zeros((1, 1, d), self.model.dtype)
         logits, greedy, self.k_pages, self.v_pages = self._forward(
@@ -454,7 +250,7 @@ class Engine:
         )
         return logits[: len(seqs)], greedy[: len(seqs)]
 
-    def _prefill(self, seqs: list[_Sequence]) -> None:
+    def _prefill(self, seqs: list[SequenceState]) -> None:
         starts, ends = [], []
         for seq in seqs:
             target = len(seq.tokens)
@@ -473,7 +269,7 @@ class Engine:
         if done:
             self._sample([s for s, _, _ in done], jnp.stack([r for _, r, _ in done]), jnp.stack([b for _, _, b in done]))
 
-    def _decode(self, seqs: list[_Sequence]) -> None:
+    def _decode(self, seqs: list[SequenceState]) -> None:
         """Up to `decode_steps` tokens for every decoding sequence in one dispatch."""
         for seq in list(seqs):
             if seq in self.running:
@@ -482,19 +278,19 @@ class Engine:
         if not seqs:
             return
         limits = [self._limit(s) for s in seqs]
-        num_steps = min(self.decode_steps, _bucket(max(limits)))  # one compile per power of two up to decode_steps
-        b = _bucket(len(seqs))
-        stop_ids = np.full((b, _bucket(max(len(s.params.stop_token_ids) for s in seqs), minimum=4)), -1, np.int32)
+        num_steps = min(self.decode_steps, steps.bucket(max(limits)))  # one compile per power of two up to decode_steps
+        b = steps.bucket(len(seqs))
+        stop_ids = np.full((b, steps.bucket(max(len(s.params.stop_token_ids) for s in seqs), minimum=4)), -1, np.int32)
         for i, seq in enumerate(seqs):
             stop_ids[i, : len(seq.params.stop_token_ids)] = seq.params.stop_token_ids
         pad = b - len(seqs)
         tokens, logps, entropies, self.k_pages, self.v_pages = self._decode_loop(
-            self._leaves, self.k_pages, self.v_pages, _page_table(seqs, b),
+            self._leaves, self.k_pages, self.v_pages, steps.page_table([s.pages for s in seqs], b),
             np.array([s.num_cached for s in seqs] + [0] * pad, np.int32),
             np.array(limits + [0] * pad, np.int32),
             np.array([s.output[-1] for s in seqs] + [0] * pad, np.int32),
             np.array([s.rope_delta for s in seqs] + [0] * pad, np.int32),
-            stop_ids, *_sampling_rows(seqs, b),
+            stop_ids, *steps.sampling_rows([s.params for s in seqs], [len(s.output) for s in seqs], b),
             num_steps=num_steps, sample=any(s.params.temperature > 0 for s in seqs), with_stats=any(s.params.logprobs for s in seqs),
         )
         self.stats.decode_steps += num_steps
@@ -507,11 +303,11 @@ class Engine:
             if seq.finish_reason is None:
                 self._register_full_pages(seq)
 
-    def _limit(self, seq: _Sequence) -> int:
+    def _limit(self, seq: SequenceState) -> int:
         """Tokens this sequence may still produce in the next decode dispatch."""
         return min(self.decode_steps, seq.params.max_new_tokens - len(seq.output))
 
-    def _append(self, seq: _Sequence, token: int, logp: float, entropy: float) -> bool:
+    def _append(self, seq: SequenceState, token: int, logp: float, entropy: float) -> bool:
         """Records one sampled token; retires the sequence (True) on a stop id or its token limit."""
         seq.output.append(token)
         seq.logprobs.append(logp)
@@ -526,21 +322,21 @@ class Engine:
         self._retire(seq, reason)
         return True
 
-    def _sample(self, seqs: list[_Sequence], logits: jax.Array, greedy: jax.Array) -> None:
+    def _sample(self, seqs: list[SequenceState], logits: jax.Array, greedy: jax.Array) -> None:
         stats = any(s.params.logprobs for s in seqs)
         if not stats and all(s.params.temperature == 0 for s in seqs):
             token = np.asarray(greedy)  # computed inside the forward: no second dispatch over the vocabulary
             logp = entropy = np.full(len(seqs), np.nan, np.float32)
         else:
-            rows = _bucket(len(seqs))  # bucketed rows: one compile per batch-size bucket
+            rows = steps.bucket(len(seqs))  # bucketed rows: one compile per batch-size bucket
             if rows > len(seqs):
                 logits = jnp.concatenate([logits, jnp.zeros((rows - len(seqs), logits.shape[1]), logits.dtype)])
-            drawn = sample_tokens(logits, *_sampling_rows(seqs, rows), with_stats=stats)
+            drawn = sample_tokens(logits, *steps.sampling_rows([s.params for s in seqs], [len(s.output) for s in seqs], rows), with_stats=stats)
             token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in drawn)
         for seq, tok, lp, ent in zip(seqs, token.tolist(), logp.tolist(), entropy.tolist()):
             self._append(seq, tok, lp, ent)
 
-    def _register_full_pages(self, seq: _Sequence) -> None:
+    def _register_full_pages(self, seq: SequenceState) -> None:
         full = seq.num_cached // self.page_size
         if full <= len(seq.hashes):
             return
@@ -549,11 +345,11 @@ class Engine:
             self.pool.prefix.insert(hashes[i], seq.pages[i])
         seq.hashes = hashes
 
-    def _retire(self, seq: _Sequence, reason: str) -> None:
+    def _retire(self, seq: SequenceState, reason: str) -> None:
         self.running.remove(seq)
         self._finish(seq, reason)
 
-    def _finish(self, seq: _Sequence, reason: str) -> None:
+    def _finish(self, seq: SequenceState, reason: str) -> None:
         if seq.pages:
             self.pool.release(seq.pages)
             seq.pages = []
@@ -568,3 +364,9 @@ class Engine:
             logprobs=list(seq.logprobs) if want else None,
             entropies=list(seq.entropies) if want else None,
         )
+
+
+def _named_leaves(params) -> list[tuple[str, object]]:
+    """(name, array) of every parameter, named as in `nnx.to_pure_dict` (`['model']['layers'][0]...`)."""
+    tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
+    return [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_leaves_with_path(tree)]

@@ -72,6 +72,11 @@ class PagePool:
                 else:
                     self.free.append(page)
 
+    def drop_prefix_cache(self) -> None:
+        """Forgets every cached page (after a weight update their KV is stale): unreferenced cached
+        pages go back to the free list, referenced ones lose their hash and are freed on release."""
+        self.free.extend(self.prefix.clear())
+
     def check_no_leak(self) -> None:
         """Every page is free or cached-unreferenced: raises if anything is still held."""
         held = np.flatnonzero(self.refcount)
@@ -88,8 +93,6 @@ class PrefixCache:
         self.by_hash: dict[bytes, int] = {}
         self.hash_of: dict[int, bytes] = {}
         self.evictable: collections.OrderedDict[int, None] = collections.OrderedDict()
-        self.hits = 0  # tokens served from the cache
-        self.misses = 0  # tokens that had to be prefilled
 
     def has_page(self, page: int) -> bool:
         return page in self.hash_of
@@ -109,6 +112,14 @@ class PrefixCache:
             return  # an identical page is already cached, or this page already carries a hash
         self.by_hash[h] = page
         self.hash_of[page] = h
+
+    def clear(self) -> list[int]:
+        """Drops every entry; returns the pages that were evictable (unreferenced), now owned by no one."""
+        pages = list(self.evictable)
+        self.by_hash.clear()
+        self.hash_of.clear()
+        self.evictable.clear()
+        return pages
 
     def evict(self) -> int:
         page, _ = self.evictable.popitem(last=False)

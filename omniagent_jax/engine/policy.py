@@ -16,10 +16,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from omniagent_jax.engine.engine import MEDIA_INPUT_KEYS, Engine, Request
+from omniagent_jax.engine.engine import Engine, Request
 from omniagent_jax.engine.sampling import DEFAULT_SAMPLING, SamplingParams
 from omniagent_jax.processing import tokens
 from omniagent_jax.processing.content_codec import uses_audio_in_video
+from omniagent_jax.processing.media_inputs import MediaInputs
 from omniagent_jax.processing.policy_contract import PolicyMetrics, PolicyOutput
 
 
@@ -44,8 +45,8 @@ class JaxPolicy:
         aiv = uses_audio_in_video(messages)
         inputs = self.processor(list(messages), add_generation_prompt=True, use_audio_in_video=aiv)
         ids = np.asarray(inputs["input_ids"])[0]
-        media = {k: np.asarray(inputs[k]) for k in MEDIA_INPUT_KEYS if inputs.get(k) is not None}
-        return Request(ids, sampling or self.sampling, media=media or None, use_audio_in_video=aiv)
+        media = MediaInputs.from_processor_output(inputs, use_audio_in_video=aiv)
+        return Request(ids, sampling or self.sampling, media=None if media.empty else media)
 
     def generate(self, messages: Sequence[dict], *, unchanged_prefix: int = 0, seed: int | None = None) -> PolicyOutput:
         """One turn for `messages`, sampled with `seed` (None: `self.sampling.seed`)."""

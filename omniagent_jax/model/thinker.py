@@ -2,7 +2,10 @@
 
 The full forward takes the HF processor's inputs. Media bookkeeping (window order, audio chunks,
 placeholder positions, TMRoPE) is numpy on the host from concrete ids and grids; the towers and the
-decoder run jitted. The engine uses the seams instead: `embed_media`, `rope_index`, `decode`, `logits`.
+decoder run jitted. Media arrive as a `processing.media_inputs.MediaInputs` (or its HF-named fields);
+`media_embeddings` is the one path from ids + media to placeholder slots and embedding rows, and
+`rope_index` the one path to positions: the full forward, the engine and training all use them. The
+engine drives the other seams itself: `embed_inputs`, `decode`, `logits`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from omniagent_jax.model.loading import load_params
 from omniagent_jax.model.segments import bucket
 from omniagent_jax.model.tmrope import get_rope_index
 from omniagent_jax.model.vision import VisionTower, vision_layout
-from omniagent_jax.processing.layout import audio_token_count, vision_token_count
+from omniagent_jax.processing.layout import audio_token_count
+from omniagent_jax.processing.media_inputs import KINDS, MediaInputs, MediaItem
 
 
 class Thinker(nnx.Module):
@@ -72,69 +76,68 @@ class Thinker(nnx.Module):
         n_tokens = sum(audio_token_count(int(n)) for n in np.asarray(feature_attention_mask).sum(axis=-1))
         return _run_audio(self.audio_tower, layout)[:n_tokens]
 
-    def embed_media(
-        self,
-        input_ids: np.ndarray,
-        *,
-        pixel_values: np.ndarray | None = None,
-        image_grid_thw: np.ndarray | None = None,
-        pixel_values_videos: np.ndarray | None = None,
-        video_grid_thw: np.ndarray | None = None,
-        input_features: np.ndarray | None = None,
-        feature_attention_mask: np.ndarray | None = None,
-    ) -> jax.Array:
-        """Token embeddings with every placeholder replaced by its media token, in sequence order."""
+    def placeholder_slots(self, input_ids: np.ndarray, media: MediaInputs) -> list[tuple[MediaItem, np.ndarray]]:
+        """Each media item with the indices (into the flattened, concrete `input_ids`) of the placeholders it fills;
+        raises on a placeholder/feature count mismatch of any kind."""
+        cfg = self.config
+        ids = {"audio": cfg.audio_token_id, "image": cfg.image_token_id, "video": cfg.video_token_id}
+        return media.placeholder_slots(_concrete(input_ids, "input_ids"), ids, cfg.vision.spatial_merge_size)
+
+    def media_embeddings(self, input_ids: np.ndarray, media: MediaInputs, start: int = 0, end: int | None = None) -> tuple[np.ndarray, jax.Array]:
+        """Placeholder slots (indices into the flattened `input_ids`) in `[start, end)` and their media
+        embeddings `[len(slots), D]`, row k filling slot k. Only items with a placeholder in the range
+        are encoded, all items of a kind in one tower call. The one place ids + media become embeddings:
+        the full forward, the engine (per prefill chunk) and training's batch preparation use it."""
+        placed = self.placeholder_slots(input_ids, media)
+        end = np.asarray(input_ids).size if end is None else end
+        slots, rows = [], []
+        for kind in KINDS:
+            chosen = [(item, pos, (pos >= start) & (pos < end)) for item, pos in placed if item.kind == kind]
+            chosen = [(item, pos, inside) for item, pos, inside in chosen if inside.any()]
+            if not chosen:
+                continue
+            encode = self.encode_audios if kind == "audio" else self.encode_images
+            feats = encode(*media.select(kind, [item.index for item, _, _ in chosen]))
+            taken = np.concatenate([inside for _, _, inside in chosen])  # over the encoded items' tokens, in order
+            rows.append(feats if taken.all() else feats[np.flatnonzero(taken)])
+            slots += [pos[inside] for _, pos, inside in chosen]
+        if not slots:
+            return np.zeros(0, np.int64), jnp.zeros((0, self.config.text.hidden_size), self.dtype)
+        return np.concatenate(slots), jnp.concatenate(rows).astype(self.dtype)
+
+    def embed_media(self, input_ids: np.ndarray, media: MediaInputs | None = None, **fields) -> jax.Array:
+        """Token embeddings with every placeholder replaced by its media token. Media come as a
+        `MediaInputs` or as its HF-named fields (`pixel_values=...`, ...)."""
+        media = _media(media, fields)
         ids = _concrete(input_ids, "input_ids")
+        slots, rows = self.media_embeddings(ids, media)
         embeds = self.embed_tokens(jnp.asarray(ids))
         flat = embeds.reshape(-1, embeds.shape[-1])
-        media = []
-        if input_features is not None:
-            fmask = _required(feature_attention_mask, "feature_attention_mask", "input_features")
-            media.append(("audio", self.config.audio_token_id, lambda: self.encode_audios(input_features, fmask)))
-        if pixel_values is not None:
-            igrid = _required(image_grid_thw, "image_grid_thw", "pixel_values")
-            media.append(("image", self.config.image_token_id, lambda: self.encode_images(pixel_values, igrid)))
-        if pixel_values_videos is not None:
-            vgrid = _required(video_grid_thw, "video_grid_thw", "pixel_values_videos")
-            media.append(("video", self.config.video_token_id, lambda: self.encode_videos(pixel_values_videos, vgrid)))
-        expected = _expected_media_tokens(
-            self.config,
-            image_grid_thw if pixel_values is not None else None,
-            video_grid_thw if pixel_values_videos is not None else None,
-            feature_attention_mask if input_features is not None else None,
-        )
-        for kind, token_id, encode in media:
-            slots = np.flatnonzero(ids.reshape(-1) == token_id)
-            if len(slots) != expected[kind]:
-                raise ValueError(
-                    f"{kind} placeholder/feature mismatch: input_ids hold {len(slots)} {kind} placeholder tokens "
-                    f"but the {kind} inputs produce {expected[kind]} tokens"
-                )
-            flat = flat.at[jnp.asarray(slots)].set(encode().astype(flat.dtype))
+        if len(slots):
+            flat = flat.at[jnp.asarray(slots)].set(rows.astype(flat.dtype))
         return flat.reshape(embeds.shape)
 
-    def rope_index(
-        self,
-        input_ids: np.ndarray,
-        attention_mask: np.ndarray | None = None,
-        *,
-        image_grid_thw: np.ndarray | None = None,
-        video_grid_thw: np.ndarray | None = None,
-        video_second_per_grid: np.ndarray | None = None,
-        feature_attention_mask: np.ndarray | None = None,
-        use_audio_in_video: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def embed_inputs(self, input_ids: jax.Array, media_rows: jax.Array | None = None, media_mask: jax.Array | None = None) -> jax.Array:
+        """Traceable: token embeddings with `media_rows[..., t, :]` wherever `media_mask[..., t]` (dense
+        `media_embeddings` output, laid out on the host). The engine's and the train step's input layer."""
+        embeds = self.embed_tokens(input_ids)
+        if media_rows is None:
+            return embeds
+        return jnp.where(media_mask[..., None], media_rows.astype(embeds.dtype), embeds)
+
+    def rope_index(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+                   media: MediaInputs | None = None) -> tuple[np.ndarray, np.ndarray]:
         """TMRoPE positions `[3, B, S]` and rope deltas `[B]`; decode positions are `cumsum(mask) − 1 + delta`."""
-        audio_seqlens = None if feature_attention_mask is None else np.asarray(feature_attention_mask).sum(axis=-1)
+        media = MediaInputs() if media is None else media
         return get_rope_index(
             _concrete(input_ids, "input_ids"),
             None if attention_mask is None else _concrete(attention_mask, "attention_mask"),
             self.config,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            video_second_per_grid=video_second_per_grid,
-            audio_seqlens=audio_seqlens,
-            use_audio_in_video=use_audio_in_video,
+            image_grid_thw=media.image_grid_thw,
+            video_grid_thw=media.video_grid_thw,
+            video_second_per_grid=media.video_second_per_grid,
+            audio_seqlens=media.audio_lengths(),
+            use_audio_in_video=media.use_audio_in_video,
         )
 
     def decode(self, inputs_embeds: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
@@ -166,7 +169,17 @@ class Thinker(nnx.Module):
         Text-only calls are traceable (wrap them in `jax.jit`); calls with media need concrete ids and
         grids because the media layout is computed on the host.
         """
-        has_media = any(x is not None for x in (pixel_values, pixel_values_videos, input_features))
+        media = MediaInputs(
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
+            video_second_per_grid=video_second_per_grid,
+            input_features=input_features,
+            feature_attention_mask=feature_attention_mask,
+            use_audio_in_video=use_audio_in_video,
+        )
+        has_media = not media.empty
         if attention_mask is None:
             attention_mask = jnp.ones_like(jnp.asarray(input_ids))
         if not has_media:
@@ -174,25 +187,9 @@ class Thinker(nnx.Module):
                 positions = text_positions(jnp.asarray(attention_mask))
             embeds = self.embed_tokens(jnp.asarray(input_ids))
         else:
-            embeds = self.embed_media(
-                input_ids,
-                pixel_values=pixel_values,
-                image_grid_thw=image_grid_thw,
-                pixel_values_videos=pixel_values_videos,
-                video_grid_thw=video_grid_thw,
-                input_features=input_features,
-                feature_attention_mask=feature_attention_mask,
-            )
+            embeds = self.embed_media(input_ids, media)
         if positions is None:
-            positions, _ = self.rope_index(
-                input_ids,
-                attention_mask,
-                image_grid_thw=image_grid_thw if pixel_values is not None else None,
-                video_grid_thw=video_grid_thw if pixel_values_videos is not None else None,
-                video_second_per_grid=video_second_per_grid,
-                feature_attention_mask=feature_attention_mask if input_features is not None else None,
-                use_audio_in_video=use_audio_in_video,
-            )
+            positions, _ = self.rope_index(input_ids, attention_mask, media)
         mask = jnp.asarray(attention_mask)
         if has_media:
             return _run_decoder(self, embeds, jnp.asarray(positions), mask)
@@ -236,22 +233,10 @@ def _concrete(x, name: str) -> np.ndarray:
         ) from None
 
 
-def _required(x, name: str, given: str):
-    if x is None:
-        raise ValueError(f"{name} is required with {given}")
-    return x
-
-
-def _expected_media_tokens(cfg: ThinkerConfig, image_grid_thw, video_grid_thw, feature_attention_mask) -> dict[str, int]:
-    merge = cfg.vision.spatial_merge_size
-
-    def visual(grid) -> int:
-        return 0 if grid is None else sum(vision_token_count(g, merge) for g in np.asarray(grid).reshape(-1, 3))
-
-    audio = 0
-    if feature_attention_mask is not None:
-        audio = sum(audio_token_count(int(n)) for n in np.asarray(feature_attention_mask).sum(axis=-1))
-    return {"image": visual(image_grid_thw), "video": visual(video_grid_thw), "audio": audio}
+def _media(media: MediaInputs | None, fields: dict) -> MediaInputs:
+    if media is not None and fields:
+        raise TypeError(f"pass media as a MediaInputs or as fields, not both (got fields {sorted(fields)})")
+    return MediaInputs(**fields) if media is None else media
 
 
 def abstract_thinker(config: ThinkerConfig, dtype=jnp.bfloat16) -> Thinker:

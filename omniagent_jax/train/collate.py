@@ -13,49 +13,28 @@ from typing import Any
 import numpy as np
 
 from omniagent_jax.model import Thinker
+from omniagent_jax.processing.media_inputs import MediaInputs
 from omniagent_jax.train.loss import IGNORE
-
-MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "video_second_per_grid",
-              "input_features", "feature_attention_mask")
 
 
 def has_media(sample: dict[str, Any]) -> bool:
-    return any(k in sample for k in ("pixel_values", "pixel_values_videos", "input_features"))
+    return not MediaInputs.from_processor_output(sample).empty
 
 
 def prepare(model: Thinker, sample: dict[str, Any]) -> dict[str, np.ndarray]:
     """One encoded sample → input_ids, labels, positions `[3, T]` and (with media) media embeddings
-    `[T, D]` plus their mask. Uses only the model's config and its (frozen) towers."""
+    `[T, D]` plus their mask. Uses only the model's config and its (frozen) towers, through the same
+    `rope_index` and `media_embeddings` as the full forward and the engine."""
     ids = np.asarray(sample["input_ids"])[None]
-    media = {k: sample[k] for k in MEDIA_KEYS if k in sample}
-    positions, _ = model.rope_index(
-        ids,
-        None,
-        image_grid_thw=media.get("image_grid_thw"),
-        video_grid_thw=media.get("video_grid_thw"),
-        video_second_per_grid=media.get("video_second_per_grid"),
-        feature_attention_mask=media.get("feature_attention_mask"),
-        use_audio_in_video=bool(sample.get("use_audio_in_video", False)),
-    )
+    media = MediaInputs.from_processor_output(sample)
+    positions, _ = model.rope_index(ids, None, media)
     out = {"input_ids": ids[0], "labels": np.asarray(sample["labels"]), "positions": np.asarray(positions)[:, 0]}
-    if has_media(sample):
-        cfg = model.config
-        embeds = np.zeros((ids.shape[1], cfg.text.hidden_size), np.float32)
+    if not media.empty:
+        slots, rows = model.media_embeddings(ids, media)
+        embeds = np.zeros((ids.shape[1], model.config.text.hidden_size), np.float32)
         mask = np.zeros(ids.shape[1], bool)
-        parts = []
-        if "input_features" in media:
-            parts.append((cfg.audio_token_id, lambda: model.encode_audios(media["input_features"], media["feature_attention_mask"])))
-        if "pixel_values" in media:
-            parts.append((cfg.image_token_id, lambda: model.encode_images(media["pixel_values"], media["image_grid_thw"])))
-        if "pixel_values_videos" in media:
-            parts.append((cfg.video_token_id, lambda: model.encode_videos(media["pixel_values_videos"], media["video_grid_thw"])))
-        for token_id, encode in parts:
-            slots = np.flatnonzero(ids[0] == token_id)
-            values = np.asarray(encode(), np.float32)
-            if len(slots) != len(values):
-                raise ValueError(f"{len(slots)} placeholders of token {token_id} but {len(values)} media tokens")
-            embeds[slots] = values
-            mask[slots] = True
+        embeds[slots] = np.asarray(rows, np.float32)
+        mask[slots] = True
         out["media_embeds"], out["media_mask"] = embeds, mask
     return out
 

@@ -9,7 +9,6 @@ run outside the differentiated step, see `media.py`) and replace the placeholder
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from omniagent_jax.model.kv_cache import NoCache
@@ -22,10 +21,8 @@ REMAT_POLICIES = {
 
 
 def input_embeddings(model, input_ids: jax.Array, media_embeds: jax.Array | None, media_mask: jax.Array | None) -> jax.Array:
-    embeds = model.embed_tokens(input_ids)
-    if media_embeds is None:
-        return embeds
-    return jnp.where(media_mask[..., None], media_embeds.astype(embeds.dtype), embeds)
+    """Token embeddings with the precomputed media rows over the placeholders (`Thinker.embed_inputs`, as the engine)."""
+    return model.embed_inputs(input_ids, media_embeds, media_mask)
 
 
 def hidden_states(model, embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array, remat: str = "none") -> jax.Array:

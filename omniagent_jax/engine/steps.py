@@ -1,0 +1,109 @@
+"""The engine's jitted model steps and the padded device arrays they take.
+
+The weights travel as a flat list of leaves (flattening an NNX module on every step costs more host
+time than a small model's whole decode step); `compiled` jits the steps once per model structure.
+Shapes are bucketed to powers of two so each step compiles once per bucket.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from omniagent_jax.engine.paged_cache import PagedKVCache
+from omniagent_jax.engine.pages import NULL_PAGE
+from omniagent_jax.engine.sampling import SamplingParams, choose_tokens, greedy_tokens, sampling_arrays
+from omniagent_jax.model import Thinker
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """`n` rounded up to a power of two (at least `minimum`)."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def page_table(pages: Sequence[Sequence[int]], rows: int) -> np.ndarray:
+    """`[rows, M]` page tables of sequences' pages (M bucketed; unused entries and padding rows point at the null page)."""
+    table = np.full((rows, bucket(max(len(p) for p in pages))), NULL_PAGE, np.int32)
+    for i, p in enumerate(pages):
+        table[i, : len(p)] = p
+    return table
+
+
+def sampling_rows(params: Sequence[SamplingParams], steps: Sequence[int], rows: int) -> tuple[np.ndarray, ...]:
+    """The sampling arrays of sequences (`steps`: tokens generated so far), padded to `rows` rows."""
+    pad = rows - len(params)
+    return sampling_arrays(list(params) + [params[0]] * pad, list(steps) + [0] * pad)
+
+
+def _merge(graphdef, treedef, leaves) -> Thinker:
+    return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
+
+
+def forward(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions):
+    """One step over `[B, T]` new tokens → logits at each row's last real token, their argmax (so greedy
+    rows need no second dispatch), and the updated pages."""
+    model = _merge(graphdef, treedef, leaves)
+    embeds = model.embed_inputs(ids, media_rows, media_mask)
+    cache = PagedKVCache(k_pages, v_pages, page_table, context_len, num_new)
+    hidden, cache = model.decode(embeds, positions, cache)
+    last = hidden[jnp.arange(ids.shape[0]), jnp.maximum(num_new - 1, 0)]
+    logits = model.logits(last)
+    return logits, greedy_tokens(logits), cache.k_pages, cache.v_pages
+
+
+def decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, limit, ids, rope_delta, stop_ids, temperature,
+                top_k, top_p, seeds, steps, *, num_steps: int, sample: bool, with_stats: bool):
+    """`num_steps` decode steps in one dispatch. Row b feeds `ids[b]` at position `context_len[b]`, then
+    its own sampled tokens; it runs while `i < limit[b]` and it has not sampled a stop id (later steps
+    write to the null page and their tokens are dropped by the host). Returns `[num_steps, B]` tokens,
+    log-probs, entropies and the updated pages."""
+    model = _merge(graphdef, treedef, leaves)
+    batch = ids.shape[0]
+
+    def step(carry, i):
+        k_pages, v_pages, ids, live = carry
+        active = live & (i < limit)
+        position = context_len + i
+        rope = jnp.broadcast_to((position + rope_delta)[None, :, None], (3, batch, 1))
+        cache = PagedKVCache(k_pages, v_pages, page_table, position, active.astype(jnp.int32))
+        hidden, cache = model.decode(model.embed_tokens(ids[:, None]), rope, cache)
+        logits = model.logits(hidden[:, 0])
+        if sample or with_stats:
+            token, logp, entropy = choose_tokens(logits, temperature, top_k, top_p, seeds, steps + i, with_stats=with_stats)
+        else:
+            token = greedy_tokens(logits)
+            logp = entropy = jnp.full((batch,), jnp.nan, jnp.float32)
+        stopped = jnp.any(token[:, None] == stop_ids, axis=1)
+        return (cache.k_pages, cache.v_pages, token, active & ~stopped), (token, logp, entropy)
+
+    (k_pages, v_pages, _, _), (tokens, logps, entropies) = jax.lax.scan(
+        step, (k_pages, v_pages, ids, jnp.ones(batch, bool)), jnp.arange(num_steps)
+    )
+    return tokens, logps, entropies, k_pages, v_pages
+
+
+@functools.lru_cache(maxsize=8)
+def compiled(graphdef, treedef):
+    """The jitted model steps for one model structure (shared by every engine on an equal structure)."""
+    fwd = jax.jit(functools.partial(forward, graphdef, treedef), donate_argnums=(1, 2))
+    dec = jax.jit(functools.partial(decode_loop, graphdef, treedef), donate_argnums=(1, 2),
+                  static_argnames=("num_steps", "sample", "with_stats"))
+    return fwd, dec
+
+
+@functools.lru_cache(maxsize=4)
+def _copier(shardings: tuple, donate: bool):
+    # One compile per weight layout: `update_weights` is called every RL iteration.
+    return jax.jit(lambda old, new: [jnp.copy(x) for x in new], donate_argnums=(0,) if donate else (), out_shardings=list(shardings))
+
+
+def copy_into(old: list[jax.Array], new: list[jax.Array]) -> list[jax.Array]:
+    """Fresh copies of `new` in `old`'s shardings, written into `old`'s (donated) buffers: the result
+    aliases neither, and no third copy of the weights is ever alive."""
+    donate = not any(a is b for a, b in zip(old, new))  # the same array cannot be donated and read
+    return _copier(tuple(x.sharding for x in old), donate)(old, new)
