@@ -129,3 +129,14 @@ def test_hf_export_keeps_the_ids(checkpoint, tmp_path):
     assert ThinkerConfig.from_hf(out) == small_config()
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [302, 300]
     assert tokens.SpecialIds.from_tokenizer(load_tokenizer(out)) == SMALL
+
+
+def test_sft_targets_end_with_the_checkpoints_im_end(loaded):
+    from omniagent_jax.train.sft_data import SampleEncoder
+
+    _, processor = loaded
+    row = {"raw_input": [{"role": "user", "content": "Describe the sound."}], "output": "the dog", "extra_info": {}}
+    sample = SampleEncoder(processor, data_root=".", max_length=512).encode(row)
+    assert sample["input_ids"][-1] == SMALL.im_end and sample["labels"][-2] == SMALL.im_end
+    with pytest.raises(ValueError, match="vocab_remap shrinks the Qwen vocabulary"):
+        SampleEncoder(processor, data_root=".", max_length=512, vocab_remap=512)

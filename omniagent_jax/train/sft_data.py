@@ -121,6 +121,8 @@ class SampleEncoder:
 
     def __init__(self, processor: Any, *, data_root: str, max_length: int, mode: str = "step",
                  use_audio_in_video: bool = True, vocab_remap: int = 0):
+        if vocab_remap and processor.special_ids != tokens.QWEN_SPECIAL_IDS:
+            raise ValueError("vocab_remap shrinks the Qwen vocabulary; this tokenizer has its own special ids (use it without)")
         self.processor = processor
         self.data_root = data_root
         self.max_length = max_length
@@ -147,7 +149,7 @@ class SampleEncoder:
             raise SampleError(f"{where}: the processor rejected the messages: {e}") from None
         context = inputs.pop("input_ids")[0]
         inputs.pop("attention_mask")
-        target = self._encode_text(row["output"]) + [tokens.IM_END_ID]
+        target = self._encode_text(row["output"]) + [self.processor.special_ids.im_end]
         ids = np.concatenate([context, np.asarray(target, context.dtype)])
         labels = np.full(ids.shape, IGNORE, np.int64)
         labels[len(context) - 1 : len(ids) - 1] = ids[len(context) :]
@@ -168,7 +170,7 @@ class SampleEncoder:
             if m.get("role") != "assistant":
                 continue
             start = len(self.processor(list(messages[:i]), add_generation_prompt=True)["input_ids"][0])
-            ends = np.flatnonzero(ids[start:] == tokens.IM_END_ID)
+            ends = np.flatnonzero(ids[start:] == self.processor.special_ids.im_end)
             if not len(ends):
                 continue
             end = start + int(ends[0])
