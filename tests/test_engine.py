@@ -179,6 +179,16 @@ def test_page_pool_accounting_and_errors():
         pool.release([again[0]])
     with pytest.raises(ValueError, match="at least 2 pages"):
         PagePool(1, 4)
+    # dropping the prefix cache: evictable pages are free at once, held ones lose their hash and free on release
+    held, idle = pool.allocate(1), pool.allocate(1)
+    pool.prefix.insert(b"held", held[0])
+    pool.prefix.insert(b"idle", idle[0])
+    pool.release(idle)
+    pool.drop_prefix_cache()
+    assert pool.prefix.match([b"held"]) == [] and pool.prefix.match([b"idle"]) == [] and idle[0] in pool.free
+    pool.release(held)
+    assert held[0] in pool.free and not pool.prefix.evictable
+    pool.check_no_leak()
 
 
 def test_sampling_truncation_and_reproducibility():
