@@ -23,7 +23,8 @@ from omniagent_jax.train import step as step_lib
 from omniagent_jax.train.checkpoint import Checkpointer
 from omniagent_jax.train.config import CheckpointConfig, ConfigError, MeshConfig, load_config
 from omniagent_jax.train.forward import hidden_states
-from omniagent_jax.train.loss import IGNORE, chunked_cross_entropy
+from omniagent_jax.train.labels import IGNORE
+from omniagent_jax.train.loss import chunked_cross_entropy
 
 HERE = pathlib.Path(__file__).resolve().parent
 VOCAB = 512

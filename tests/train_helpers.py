@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from omniagent_jax.train.loss import IGNORE
+from omniagent_jax.train.labels import IGNORE
 
 
 def synthetic_batch(k: int, b: int, t: int, vocab: int, seed: int = 0, prompt_lens=None) -> dict[str, np.ndarray]:

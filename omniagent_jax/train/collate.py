@@ -14,7 +14,7 @@ import numpy as np
 
 from omniagent_jax.model import Thinker
 from omniagent_jax.processing.media_inputs import MediaInputs
-from omniagent_jax.train.loss import IGNORE
+from omniagent_jax.train.labels import IGNORE
 
 
 def has_media(sample: dict[str, Any]) -> bool:
