@@ -66,7 +66,7 @@ def test_openai_policy_through_the_server_matches_the_engine(server, policy):
     over_http = client.generate(msgs)
     # The server sees what the wire carries (PNG frames and clip frames, 16-bit WAV): decode the same body here.
     body = client.request_body(msgs)
-    request = policy.request(messages_from_openai(body), sampling_from_openai(body, policy.sampling))
+    request = policy.request(messages_from_openai(body), sampling_from_openai(body, policy.sampling, policy.processor.tokenizer))
     assert request.use_audio_in_video  # the clip's own audio travelled with it
     # The served engine belongs to the server's worker thread: compute the expectation on another one.
     direct = Engine(policy.engine.model, page_size=16, num_pages=256).generate([request])[0]

@@ -140,3 +140,38 @@ def test_sft_targets_end_with_the_checkpoints_im_end(loaded):
     assert sample["input_ids"][-1] == SMALL.im_end and sample["labels"][-2] == SMALL.im_end
     with pytest.raises(ValueError, match="vocab_remap shrinks the Qwen vocabulary"):
         SampleEncoder(processor, data_root=".", max_length=512, vocab_remap=512)
+
+
+def test_engine_end_to_end_with_the_checkpoints_stop_ids(loaded):
+    from omniagent_jax.engine import Engine, SamplingParams
+    from omniagent_jax.engine.policy import JaxPolicy
+    from omniagent_jax.engine.server import BadRequest, sampling_from_openai
+
+    model, processor = loaded
+    engine = Engine(model, page_size=16, num_pages=64, max_batch=2, decode_steps=4)
+    assert engine.stop_token_ids == (SMALL.im_end, SMALL.pad)  # from generation_config.json
+    policy = JaxPolicy(engine, processor, SamplingParams(temperature=0.0, max_new_tokens=4))
+    with pytest.raises(ValueError, match="disagree on special token ids"):
+        JaxPolicy(engine, OmniProcessor(processor.tokenizer, special_ids=tokens.QWEN_SPECIAL_IDS))
+
+    # Requests that name no stops get the checkpoint's; the image and audio go through the towers.
+    request = policy.request(MESSAGES)
+    assert request.sampling.stop_token_ids is None and request.media.items
+    free = engine.generate([request])[0]
+    assert engine.stats.tower_items == 2 and len(free.tokens) <= 4 and max(free.tokens) < VOCAB
+    assert free.finish_reason == ("stop" if free.tokens[-1] in (SMALL.im_end, SMALL.pad) else "length")
+
+    # A forced stop ends the turn there; the server maps `stop: <|im_end|>` to this vocabulary's id.
+    greedy = engine.generate([policy.request(MESSAGES, SamplingParams(temperature=0.0, max_new_tokens=4, stop_token_ids=()))])[0]
+    stopped = engine.generate([policy.request(MESSAGES, SamplingParams(temperature=0.0, max_new_tokens=4, stop_token_ids=(greedy.tokens[1],)))])[0]
+    assert stopped.tokens == greedy.tokens[: greedy.tokens.index(greedy.tokens[1]) + 1] and stopped.finish_reason == "stop"
+    assert sampling_from_openai({"stop": tokens.IM_END}, policy.sampling, processor.tokenizer).stop_token_ids == (SMALL.im_end,)
+    with pytest.raises(BadRequest, match=r"`stop` tokens \['<\|im_end\|>'\] are not in the served model's vocabulary"):
+        sampling_from_openai({"stop": [tokens.IM_END]}, policy.sampling)  # no tokenizer to look it up in
+
+    # Decoding drops this checkpoint's stop ids, not Qwen's.
+    body = [t for t in greedy.tokens if t not in (SMALL.im_end, SMALL.pad)] or [65]
+    assert policy.decode([*body, SMALL.im_end]) == policy.decode([*body, SMALL.pad]) == processor.tokenizer.decode(body)
+
+    out = policy.generate(MESSAGES, seed=0)
+    assert out.token_ids == free.tokens and out.metrics.cached_prompt_tokens > 0

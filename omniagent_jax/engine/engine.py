@@ -110,9 +110,16 @@ class Engine:
         self._leaves, treedef = jax.tree_util.tree_flatten(state)
         self._forward, self._decode_loop = steps.compiled(self._graphdef, treedef)
 
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """The stops of requests that name none: the model's, read from its checkpoint's generation config."""
+        return self.model.config.stop_token_ids
+
     def submit(self, request: Request) -> str:
         if request.request_id is None:
             request = dataclasses.replace(request, request_id=f"req-{next(self._ids)}")
+        if request.sampling.stop_token_ids is None:
+            request = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, stop_token_ids=self.stop_token_ids))
         seq = SequenceState(request, self.model, self.page_size)
         need = self.pool.pages_for(len(seq.prompt) + seq.params.max_new_tokens)
         if need > self.pool.num_pages - 1:

@@ -18,16 +18,19 @@ import numpy as np
 
 from omniagent_jax.engine.engine import Engine, Request
 from omniagent_jax.engine.sampling import DEFAULT_SAMPLING, SamplingParams
-from omniagent_jax.processing import tokens
 from omniagent_jax.processing.content_codec import uses_audio_in_video
 from omniagent_jax.processing.media_inputs import MediaInputs
 from omniagent_jax.processing.policy_contract import PolicyMetrics, PolicyOutput
 
 
 class JaxPolicy:
-    """Processor + engine as a policy; `sampling` holds the defaults, its `seed` used by calls without one."""
+    """Processor + engine as a policy; `sampling` holds the defaults, its `seed` used by calls without one.
+
+    The processor's special ids (from its tokenizer) must be the ones the model reads: ValueError otherwise.
+    """
 
     def __init__(self, engine: Engine, processor, sampling: SamplingParams = DEFAULT_SAMPLING, *, logprobs: bool = False):
+        engine.model.config.check_special_ids(processor.special_ids)
         self.engine = engine
         self.processor = processor
         self.sampling = dataclasses.replace(sampling, logprobs=logprobs or sampling.logprobs)
@@ -78,5 +81,6 @@ class JaxPolicy:
         return len(self.request(messages).input_ids)
 
     def decode(self, token_ids: list[int]) -> str:
-        body = [t for t in token_ids if t not in tokens.STOP_TOKEN_IDS]
+        """The text of generated tokens, without the model's stop ids."""
+        body = [t for t in token_ids if t not in self.engine.stop_token_ids]
         return self.processor.tokenizer.decode(body, skip_special_tokens=False)

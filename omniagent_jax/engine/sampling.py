@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omniagent_jax.processing import tokens
 from omniagent_jax.processing.policy_contract import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
 
@@ -23,7 +22,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 256
-    stop_token_ids: tuple[int, ...] = tokens.STOP_TOKEN_IDS
+    stop_token_ids: tuple[int, ...] | None = None  # None: the model's (`Engine.stop_token_ids`, from its checkpoint)
     seed: int = 0
     logprobs: bool = False  # also return per-token log-probs and entropies
 

@@ -39,17 +39,23 @@ def messages_from_openai(body: dict[str, Any]) -> list[dict[str, Any]]:
         raise BadRequest(str(e)) from e
 
 
-def stop_token_ids(stop: Any, default: tuple[int, ...]) -> tuple[int, ...]:
-    """OpenAI `stop` strings → token ids; only special tokens (e.g. `<|im_end|>`) can be stops here."""
+def stop_token_ids(stop: Any, default: tuple[int, ...] | None, tokenizer: Any = None) -> tuple[int, ...] | None:
+    """OpenAI `stop` strings → their ids in the served `tokenizer`'s vocabulary; only the Omni special
+    tokens (e.g. `<|im_end|>`) can be stops here."""
     if stop is None:
         return default
     names = [stop] if isinstance(stop, str) else stop
-    if not isinstance(names, list) or any(n not in tokens.SPECIAL_TOKEN_IDS for n in names):
+    if not isinstance(names, list) or any(n not in tokens.SPECIAL_TOKENS for n in names):
         raise BadRequest(f"`stop` supports special tokens only (e.g. {tokens.IM_END!r}), got {stop!r}")
-    return tuple(tokens.SPECIAL_TOKEN_IDS[n] for n in names)
+    ids = {n: None if tokenizer is None else tokenizer.convert_tokens_to_ids(n) for n in names}
+    missing = [n for n, i in ids.items() if i is None or (i == tokenizer.unk_token_id and n != tokenizer.unk_token)]
+    if missing:
+        raise BadRequest(f"`stop` tokens {missing} are not in the served model's vocabulary")
+    return tuple(ids[n] for n in names)
 
 
-def sampling_from_openai(body: dict[str, Any], default: SamplingParams) -> SamplingParams:
+def sampling_from_openai(body: dict[str, Any], default: SamplingParams, tokenizer: Any = None) -> SamplingParams:
+    """The request's sampling parameters over `default`; `stop` strings are looked up in `tokenizer`."""
     try:
         return dataclasses.replace(
             default,
@@ -60,7 +66,7 @@ def sampling_from_openai(body: dict[str, Any], default: SamplingParams) -> Sampl
             # OpenAI seeds are any int64; the engine keys its streams by a uint32.
             seed=int(body["seed"]) % 2**32 if body.get("seed") is not None else default.seed,
             logprobs=bool(body.get("logprobs", False)),
-            stop_token_ids=stop_token_ids(body.get("stop"), default.stop_token_ids),
+            stop_token_ids=stop_token_ids(body.get("stop"), default.stop_token_ids, tokenizer),
         )
     except (TypeError, ValueError) as e:
         raise BadRequest(f"invalid sampling parameter: {e}") from e
@@ -119,7 +125,7 @@ class EngineWorker(threading.Thread):
 
 
 def completion_body(policy: JaxPolicy, completion, model_name: str) -> dict[str, Any]:
-    text_tokens = [t for t in completion.tokens if t not in tokens.STOP_TOKEN_IDS]
+    text_tokens = [t for t in completion.tokens if t not in policy.engine.stop_token_ids]
     body: dict[str, Any] = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -185,7 +191,7 @@ def make_server(policy: JaxPolicy, host: str = "127.0.0.1", port: int = 8000,
                 if body.get("stream"):
                     raise BadRequest("streaming is not supported")
                 messages = messages_from_openai(body)
-                request = policy.request(messages, sampling_from_openai(body, policy.sampling))
+                request = policy.request(messages, sampling_from_openai(body, policy.sampling, policy.processor.tokenizer))
             except (BadRequest, json.JSONDecodeError, ValueError) as e:
                 return self._error(HTTPStatus.BAD_REQUEST, str(e))
             job = _Job(request)
