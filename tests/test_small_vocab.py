@@ -162,8 +162,12 @@ def test_engine_end_to_end_with_the_checkpoints_stop_ids(loaded):
     assert free.finish_reason == ("stop" if free.tokens[-1] in (SMALL.im_end, SMALL.pad) else "length")
 
     # A forced stop ends the turn there; the server maps `stop: <|im_end|>` to this vocabulary's id.
-    greedy = engine.generate([policy.request(MESSAGES, SamplingParams(temperature=0.0, max_new_tokens=4, stop_token_ids=()))])[0]
-    stopped = engine.generate([policy.request(MESSAGES, SamplingParams(temperature=0.0, max_new_tokens=4, stop_token_ids=(greedy.tokens[1],)))])[0]
+    def run(stops: tuple[int, ...]):
+        sampling = SamplingParams(temperature=0.0, max_new_tokens=4, stop_token_ids=stops)
+        return engine.generate([policy.request(MESSAGES, sampling)])[0]
+
+    greedy = run(())
+    stopped = run((greedy.tokens[1],))
     assert stopped.tokens == greedy.tokens[: greedy.tokens.index(greedy.tokens[1]) + 1] and stopped.finish_reason == "stop"
     assert sampling_from_openai({"stop": tokens.IM_END}, policy.sampling, processor.tokenizer).stop_token_ids == (SMALL.im_end,)
     with pytest.raises(BadRequest, match=r"`stop` tokens \['<\|im_end\|>'\] are not in the served model's vocabulary"):

@@ -119,7 +119,8 @@ class Engine:
         if request.request_id is None:
             request = dataclasses.replace(request, request_id=f"req-{next(self._ids)}")
         if request.sampling.stop_token_ids is None:
-            request = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, stop_token_ids=self.stop_token_ids))
+            sampling = dataclasses.replace(request.sampling, stop_token_ids=self.stop_token_ids)
+            request = dataclasses.replace(request, sampling=sampling)
         seq = SequenceState(request, self.model, self.page_size)
         need = self.pool.pages_for(len(seq.prompt) + seq.params.max_new_tokens)
         if need > self.pool.num_pages - 1:

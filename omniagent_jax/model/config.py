@@ -45,7 +45,8 @@ class TextConfig:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
-                f"num_attention_heads {self.num_attention_heads} is not divisible by num_key_value_heads {self.num_key_value_heads}"
+                f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                f"num_key_value_heads {self.num_key_value_heads}"
             )
         if 2 * sum(self.mrope_section) != self.head_dim:
             raise ValueError(f"sum(mrope_section) {sum(self.mrope_section)} must equal head_dim/2 = {self.head_dim // 2}")
@@ -141,7 +142,8 @@ class ThinkerConfig:
             raise ValueError(f"stop_token_ids must be a non-empty tuple of token ids, got {self.stop_token_ids!r}")
         ids = {name: getattr(self, name) for name in _SPECIAL_FIELDS}
         ids.update({f"stop_token_ids[{i}]": t for i, t in enumerate(self.stop_token_ids)})
-        outside = {name: t for name, t in ids.items() if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.text.vocab_size}
+        vocab = self.text.vocab_size
+        outside = {name: t for name, t in ids.items() if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab}
         if outside:
             raise ValueError(
                 f"special token ids must be token ids of the vocabulary, 0 <= id < vocab_size {self.text.vocab_size}; "
@@ -195,10 +197,10 @@ class ThinkerConfig:
             raise ValueError("config has neither `thinker_config` nor `text_config`: not a Qwen2.5-Omni config")
         return cls(
             text=_text_from_hf(thinker["text_config"]),
-            vision=_pick(VisionConfig, thinker.get("vision_config", {}), renames={"embed_dim": "hidden_size"}, drop={"rope_theta"})
+            vision=_pick(VisionConfig, thinker["vision_config"], renames={"embed_dim": "hidden_size"}, drop={"rope_theta"})
             if thinker.get("vision_config") is not None
             else VisionConfig(),
-            audio=_pick(AudioConfig, thinker.get("audio_config", {})) if thinker.get("audio_config") is not None else AudioConfig(),
+            audio=_pick(AudioConfig, thinker["audio_config"]) if thinker.get("audio_config") is not None else AudioConfig(),
             **{
                 **_QWEN_IDS,
                 **{ours: thinker[theirs] for ours, theirs in _TOP_LEVEL_IDS.items() if thinker.get(theirs) is not None},
@@ -378,7 +380,9 @@ def tiny() -> ThinkerConfig:
             num_key_value_heads=2,
             mrope_section=(2, 3, 3),
         ),
-        vision=VisionConfig(depth=4, hidden_size=32, num_heads=4, intermediate_size=48, fullatt_block_indexes=(1, 3), out_hidden_size=64),
+        vision=VisionConfig(
+            depth=4, hidden_size=32, num_heads=4, intermediate_size=48, fullatt_block_indexes=(1, 3), out_hidden_size=64
+        ),
         audio=AudioConfig(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, output_dim=64),
     )
 
