@@ -35,6 +35,7 @@ run: $(VENV)/.core $(EXAMPLE_VIDEO)
 		$(RUN_ARGS) $(if $(MODEL),--model $(MODEL),)
 
 test: $(VENV)/.test
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Benchmarks run outside the test suite; each prints its baseline, ours and the ratio.

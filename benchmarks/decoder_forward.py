@@ -15,7 +15,6 @@ import time
 import jax
 import numpy as np
 import torch
-
 from common import median_seconds, reference_and_ours, text_config
 
 CONFIG = text_config(layers=4)

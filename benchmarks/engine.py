@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-
 from common import median_seconds, reference_and_ours, text_config
+
 from omniagent_jax.engine import Engine, Request, SamplingParams
 
 CONFIG = text_config(layers=8)
@@ -41,9 +41,14 @@ def throughput(ref, model, new_tokens: int) -> None:
     ours = time.perf_counter() - t0
     with torch.no_grad():
         ids = torch.as_tensor(prompts)
-        ref.generate(input_ids=ids[:, :8], attention_mask=torch.ones(BATCH, 8, dtype=torch.long), max_new_tokens=2, do_sample=False)
+        ref.generate(
+            input_ids=ids[:, :8], attention_mask=torch.ones(BATCH, 8, dtype=torch.long), max_new_tokens=2, do_sample=False
+        )
         t0 = time.perf_counter()
-        want = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        want = ref.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            do_sample=False,
+        )
         theirs = time.perf_counter() - t0
     same = np.mean([o.tokens == w[PROMPT:].tolist() for o, w in zip(outs, want)])
     n = BATCH * new_tokens
@@ -55,7 +60,8 @@ def throughput(ref, model, new_tokens: int) -> None:
     kernel, x = model.lm_head.kernel[...], jnp.ones((BATCH, CONFIG.text.hidden_size), jnp.float32)
     jax.block_until_ready(head(kernel, x))
     head_s = median_seconds(lambda: jax.block_until_ready(head(kernel, x)), 20)
-    print(f"    the [{BATCH}, {CONFIG.text.hidden_size}] x [{CONFIG.text.hidden_size}, {CONFIG.text.vocab_size}] head GEMM alone: "
+    print(f"    the [{BATCH}, {CONFIG.text.hidden_size}] x [{CONFIG.text.hidden_size}, {CONFIG.text.vocab_size}] "
+          "head GEMM alone: "
           f"{head_s * 1e3:.1f} ms ({kernel.nbytes / head_s / 1e9:.1f} GB/s of weights); ours {ours / new_tokens * 1e3:.1f} ms "
           f"per token step (prefill included), the reference {theirs / new_tokens * 1e3:.1f} ms: a zero-cost decoder "
           f"and prefill would reach at most {theirs / new_tokens / head_s:.2f}x")
@@ -93,7 +99,8 @@ def kv_memory(model) -> None:
     rng = np.random.default_rng(3)
     lengths = [200] * 12 + [2000] * 4  # short and long sequences in one batch
     engine = Engine(model, page_size=16, num_pages=1024, max_batch=16)
-    engine.generate([Request(rng.integers(0, 150_000, n), SamplingParams(temperature=0.0, max_new_tokens=16, stop_token_ids=())) for n in lengths])
+    engine.generate([Request(rng.integers(0, 150_000, n), SamplingParams(temperature=0.0, max_new_tokens=16, stop_token_ids=()))
+                     for n in lengths])
     paged = engine.stats.peak_pages * engine.page_size * per_token
     dense = len(lengths) * (max(lengths) + 16) * per_token
     print(f"(d) KV for {len(lengths)} sequences ({lengths.count(200)}x200 + {lengths.count(2000)}x2000 tokens, +16 new): "
@@ -104,7 +111,9 @@ def sampling_cost() -> None:
     from omniagent_jax.engine import sampling
 
     logits = jnp.asarray(np.random.default_rng(4).standard_normal((BATCH, CONFIG.text.vocab_size)), jnp.float32)
-    arrays = sampling.sampling_arrays([SamplingParams(temperature=1.0, top_k=20, top_p=0.95, seed=i) for i in range(BATCH)], [0] * BATCH)
+    arrays = sampling.sampling_arrays(
+        [SamplingParams(temperature=1.0, top_k=20, top_p=0.95, seed=i) for i in range(BATCH)], [0] * BATCH
+    )
     times = {}
     for name, cap in (("full sort", 1), ("lax.top_k", sampling.TOP_K_CAP)):
         sampling.TOP_K_CAP = cap  # read at trace time: a fresh jit per setting
@@ -112,7 +121,8 @@ def sampling_cost() -> None:
         jax.block_until_ready(draw(logits, *arrays))
         times[name] = median_seconds(lambda: jax.block_until_ready(draw(logits, *arrays)), 10)
     print(f"(e) one sampling step, batch {BATCH}, top_k 20 + top_p 0.95 over {CONFIG.text.vocab_size} logits: full sort "
-          f"{times['full sort'] * 1e3:.1f} ms vs lax.top_k {times['lax.top_k'] * 1e3:.1f} ms = {times['full sort'] / times['lax.top_k']:.1f}x")
+          f"{times['full sort'] * 1e3:.1f} ms vs lax.top_k {times['lax.top_k'] * 1e3:.1f} ms "
+          f"= {times['full sort'] / times['lax.top_k']:.1f}x")
 
 
 def main() -> None:

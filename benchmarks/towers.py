@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 import torch
-
 from common import median_seconds, reference_and_ours
+
 from omniagent_jax.model.config import tiny, with_overrides
 
 CONFIG = with_overrides(
@@ -56,7 +56,8 @@ def main() -> None:
 
     def torch_audio():
         with torch.no_grad():
-            return ref.get_audio_features(torch.as_tensor(feats), feature_attention_mask=torch.as_tensor(fmask)).pooler_output.numpy()
+            out = ref.get_audio_features(torch.as_tensor(feats), feature_attention_mask=torch.as_tensor(fmask))
+            return out.pooler_output.numpy()
 
     print(f"CPU threads: {os.cpu_count()}; fp32; median of {args.repeats}")
     for name, ours_fn, ref_fn in (("vision tower", jax_vision, torch_vision), ("audio tower", jax_audio, torch_audio)):

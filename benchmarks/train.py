@@ -67,19 +67,25 @@ def main(argv: list[str] | None = None) -> int:
               f"{b * t / dt:,.0f} tokens/s ({n / 1e6:.1f}M trainable params)")
         return 0
     b, t = a.batch or 1, a.seq or 4096
-    over = ["model=qwen2_5_omni_7b", "dtype=bfloat16", "remat=full", "loss_chunk=1024", "optim.frozen=[^audio_tower\\.,^visual\\.]"]
+    over = [
+        "model=qwen2_5_omni_7b", "dtype=bfloat16", "remat=full", "loss_chunk=1024", "optim.frozen=[^audio_tower\\.,^visual\\.]"
+    ]
     # 2 layers at full width: pass through the model YAML preset mechanism.
     import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write("preset: qwen2_5_omni_7b\ntext: {num_hidden_layers: 2}\nvision: {depth: 4, fullatt_block_indexes: [3]}\naudio: {encoder_layers: 2}\n")
+        f.write(
+            "preset: qwen2_5_omni_7b\ntext: {num_hidden_layers: 2}\n"
+            "vision: {depth: 4, fullatt_block_indexes: [3]}\naudio: {encoder_layers: 2}\n"
+        )
     over[0] = f"model={f.name}"
     dt, n = run(over, b, t, a.steps)
     cfg = load_config(None, over)
     tc = setup.model_config(cfg).text
     flops = 6 * n * b * t + 12 * tc.num_hidden_layers * tc.hidden_size * t * t * b / 2  # causal attention
     mfu = flops / dt / (a.peak_tflops * 1e12)
-    print(f"7B-shaped 2-layer slice, bf16, remat: batch {b} x {t}: {dt * 1e3:.1f} ms/step, {b * t / dt:,.0f} tokens/s, MFU {mfu:.1%}")
+    print(f"7B-shaped 2-layer slice, bf16, remat: batch {b} x {t}: {dt * 1e3:.1f} ms/step, {b * t / dt:,.0f} tokens/s, "
+          f"MFU {mfu:.1%}")
     return 0
 
 

@@ -84,7 +84,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.policy is not None:
         return run_command(args)
-    policy = _jax_policy(args, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens)
+    policy = _jax_policy(
+        args, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens
+    )
     # The real prompt length (placeholders expanded) enforces --max-prompt-tokens as the reference does.
     return run_command(args, policy, token_counter=policy.count_tokens)
 
@@ -117,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--served-model-name", default="omniagent")
     serve.add_argument("--seed", type=int, default=0, help="sampling seed of requests that carry none")
-    serve.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="default per request (max_tokens overrides)")
+    serve.add_argument(
+        "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="default per request (max_tokens overrides)"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     from omniagent_jax.train.cli import add_train_arguments

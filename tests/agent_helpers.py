@@ -15,6 +15,7 @@ import numpy as np
 from omniagent_jax.media.constants import AUDIO_SAMPLE_RATE as AUDIO_RATE
 from omniagent_jax.media.constants import CLIP_FPS
 
+
 class JsonHandler(BaseHTTPRequestHandler):
     """Base of the stub HTTP endpoints: JSON replies, no request logging."""
 
@@ -203,8 +204,9 @@ def write_test_video(
     duration. The replay needs this: META prints the duration floored to 0.01 s, and
     ``media_factory.make_video`` writes audio as long as the video, whose AAC padding lengthens the
     container (30.0698 s recorded → 30.07 probed instead of 30.06). ``fps`` may be a ``Fraction``."""
-    import av
     from fractions import Fraction
+
+    import av
 
     rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
     n_frames = int(round(duration * rate))

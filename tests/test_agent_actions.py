@@ -53,7 +53,8 @@ PARSER_TABLE = [
      "missing keys: ['confidence']"),
     (json.dumps({"think": "t", "action": FRAMES}), False, ErrorCode.INVALID_JSON, "missing keys: ['observation']"),
     (j(FRAMES, extra=1), False, ErrorCode.INVALID_JSON, "unknown keys: ['extra']"),
-    (json.dumps({"observation": 1, "think": "t", "action": FRAMES}), False, ErrorCode.INVALID_JSON, "'observation' must be string"),
+    (json.dumps({"observation": 1, "think": "t", "action": FRAMES}), False, ErrorCode.INVALID_JSON,
+     "'observation' must be string"),
     (json.dumps({"observation": "o", "think": None, "action": FRAMES}), False, ErrorCode.INVALID_JSON, "'think' must be string"),
     (j(FRAMES, confidence="high"), False, ErrorCode.INVALID_JSON, "'confidence' must be a numeric value"),
     (j(FRAMES, confidence=True), False, ErrorCode.INVALID_JSON, "'confidence' must be a numeric value"),
@@ -123,7 +124,8 @@ def test_non_string_input():
 
 def test_pathological_inputs_raise_action_error_only():
     deep = '{"a":' + "[" * 100_000 + "]" * 100_000 + "}"
-    huge_int = '{"observation": "o", "think": "t", "action": {"type": "get_frames", "start": 0, "end": 1, "num": ' + "9" * 5000 + "}}"
+    huge_int = ('{"observation": "o", "think": "t", "action": {"type": "get_frames", "start": 0, "end": 1, "num": '
+                + "9" * 5000 + "}}")
     for text in (deep, huge_int, "{" * 50_000, "{\x00}", '{"observation": "\ud800", "think": "t", "action": 1}'):
         with pytest.raises(ActionError):
             parse_action(text)
@@ -149,7 +151,8 @@ _valid_turns = st.builds(
 
 def _mutate(text: str, data) -> str:
     ops = data.draw(st.lists(st.tuples(st.sampled_from(["ins", "del", "swap", "dup", "cut"]),
-                                        st.integers(0, max(0, len(text))), st.text(string.printable + "{}[]\":,\\é✓\x00", min_size=1, max_size=3)),
+                                        st.integers(0, max(0, len(text))),
+                                        st.text(string.printable + "{}[]\":,\\é✓\x00", min_size=1, max_size=3)),
                              min_size=1, max_size=4))
     for op, i, s in ops:
         i = min(i, len(text))

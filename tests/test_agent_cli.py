@@ -9,10 +9,10 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import agent_helpers as h
 import media_factory
+import pytest
+
 from omniagent_jax.agent import prompts
 from omniagent_jax.agent.cli import add_run_arguments, run_command
 from omniagent_jax.agent.policy import ScriptedPolicy

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
+import agent_helpers as h
 import numpy as np
 import pytest
+from test_agent_actions import PARSER_TABLE
 
-import agent_helpers as h
 from omniagent_jax.agent import prompts
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import Sample
@@ -16,7 +17,6 @@ from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
 from omniagent_jax.agent.errors import ErrorCode
 from omniagent_jax.agent.limits import EpisodeLimits
 from omniagent_jax.agent.messages import MEDIA_KEY, message_text
-from test_agent_actions import PARSER_TABLE
 
 RETRY = prompts.SYSTEM_RETRY
 MCQ = dict(question_type="MCQ", options=("A. red", "B. blue"), answer="A")
@@ -56,7 +56,8 @@ ENV_TABLE = [
     ({}, [], h.audio(5, 5), ErrorCode.CLIP_NEG_LEN, "[ERROR] CLIP_NEG_LEN"),
     ({}, [], h.audio(5, 5.05), ErrorCode.AUDIO_TOO_SHORT, "[ERROR] AUDIO_TOO_SHORT: 0.050s < 0.1s"),
     ({"limits": EpisodeLimits(8, 30, 60)}, [], h.audio(0, 31), ErrorCode.AUDIO_TOO_LONG, "[ERROR] AUDIO_TOO_LONG: 31.000s > 30s"),
-    ({"limits": EpisodeLimits(8, 30.0, 60)}, [], h.audio(0, 31), ErrorCode.AUDIO_TOO_LONG, "[ERROR] AUDIO_TOO_LONG: 31.000s > 30.0s"),
+    ({"limits": EpisodeLimits(8, 30.0, 60)}, [], h.audio(0, 31), ErrorCode.AUDIO_TOO_LONG,
+     "[ERROR] AUDIO_TOO_LONG: 31.000s > 30.0s"),
     ({}, [], h.clip(-1, 5), ErrorCode.CLIP_RANGE, "[ERROR] CLIP_RANGE: start -1.000s < 0"),
     ({}, [], h.clip(0, 61), ErrorCode.CLIP_RANGE, "[ERROR] CLIP_RANGE: end 61.000s > video duration 60.000s"),
     ({}, [], h.clip(5, 5), ErrorCode.CLIP_NEG_LEN, "[ERROR] CLIP_NEG_LEN"),
@@ -76,7 +77,8 @@ ENV_TABLE = [
     ({}, [], h.turn({"type": "zoom"}), ErrorCode.UNKNOWN_ACTION_TYPE, "[ERROR] INVALID_JSON: unknown action.type: zoom."),
     ({}, [], h.turn({"type": "get_audio", "start": "0", "end": 1}), ErrorCode.AUDIO_ARG_TYPE,
      "[ERROR] INVALID_JSON: 'start' missing or not number."),
-    ({}, [], h.turn({"type": "get_clip", "start": 0}), ErrorCode.CLIP_ARG_TYPE, "[ERROR] INVALID_JSON: 'end' missing or not number."),
+    ({}, [], h.turn({"type": "get_clip", "start": 0}), ErrorCode.CLIP_ARG_TYPE,
+     "[ERROR] INVALID_JSON: 'end' missing or not number."),
     ({}, [], h.turn({"type": "answer", "content": 1}), ErrorCode.ANSWER_NOT_STRING,
      "[ERROR] INVALID_JSON: 'content' missing or not string."),
 ]

@@ -10,11 +10,11 @@ import threading
 import wave
 from http.server import ThreadingHTTPServer
 
+import agent_helpers as h
 import numpy as np
 import pytest
 from PIL import Image
 
-import agent_helpers as h
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import Sample
 from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment

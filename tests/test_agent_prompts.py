@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+import agent_helpers as h
 import pytest
 
-import agent_helpers as h
 from omniagent_jax.agent import prompts
 from omniagent_jax.agent.limits import EpisodeLimits
 

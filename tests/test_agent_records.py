@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 import json
 
+import agent_helpers as h
 import pytest
 
-import agent_helpers as h
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import DataError, Sample, load_samples, sample_from_row
 from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
@@ -41,7 +41,7 @@ def test_step_log_format(reference_dir):
     result, env = episode([h.frames(0, 10, 3), "oops", h.clip(0, 5), h.answer("A")])
     lines = step_log_lines(result, env, question_id="v_1_0_1", traj_id="t1")
     ref = json.loads((reference_dir / "example_train_sft.jsonl").read_text().splitlines()[0])
-    assert [l["step"] for l in lines] == [1, 2, 3, 4]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
     for line in lines:
         assert set(line) == REFERENCE_STEP_KEYS
         assert set(ref["extra_info"]) - {"token_stats"} <= set(line["extra_info"])
@@ -49,7 +49,7 @@ def test_step_log_format(reference_dir):
         assert line["done"] in ("True", "False") and line["extra_info"]["is_action_valid"] in ("True", "False")
         assert line["episode_reward"] == 1.0
         json.dumps(line)  # JSON-serializable: no arrays left
-    assert [l["done"] for l in lines] == ["False", "False", "False", "True"]
+    assert [line["done"] for line in lines] == ["False", "False", "False", "True"]
     assert lines[1]["extra_info"]["error_code"] == "INVALID_JSON" and lines[1]["extra_info"]["is_action_valid"] == "False"
     assert lines[0]["extra_info"]["action"] == {"type": "get_frames", "start": 0.0, "end": 10.0, "num": 3}
     # media parts name the video; the message's record says what to cut from it
@@ -88,8 +88,8 @@ def test_sft_export_filter():
     for i, line in enumerate(lines[-4:]):
         line["step"] = i + 1
     kept, stats = export_sft(lines, base_path="/data/root", max_steps=3)
-    assert {l["traj_id"] for l in kept} == {"t3"}
-    assert [l["step"] for l in kept] == [1, 3]
+    assert {line["traj_id"] for line in kept} == {"t3"}
+    assert [line["step"] for line in kept] == [1, 3]
     assert stats == {"samples": 3, "trajectories": 5, "kept_trajectories": 1, "kept_steps": 2, "dropped_not_won": 2,
                      "dropped_superseded": 1, "dropped_too_long": 1, "dropped_error_steps": 1}
     assert kept[0]["extra_info"]["video"] == "/data/root/videos/set/a.mp4"

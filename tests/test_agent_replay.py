@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import agent_helpers as h
 import pytest
 
-import agent_helpers as h
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import Sample
 from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
-from omniagent_jax.agent.limits import EpisodeLimits, RL_MAX_STEPS
+from omniagent_jax.agent.limits import RL_MAX_STEPS, EpisodeLimits
 from omniagent_jax.agent.messages import MEDIA_KEY, MediaRecord
 from omniagent_jax.agent.policy import ScriptedPolicy
 from omniagent_jax.agent.records import step_log_lines

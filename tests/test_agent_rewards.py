@@ -12,9 +12,8 @@ import threading
 from contextlib import redirect_stderr, redirect_stdout
 from http.server import HTTPServer
 
-import pytest
-
 import agent_helpers
+import pytest
 
 from omniagent_jax.agent import envfile
 from omniagent_jax.agent.errors import ActionError, ErrorCode

@@ -4,6 +4,7 @@ cost on a 1-minute video, while a keep-all-media history grows with every fetch.
 from __future__ import annotations
 
 import agent_helpers as h
+
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import Sample
 from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment

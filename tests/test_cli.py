@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import json
 
+import media_factory
 import pytest
 
-import media_factory
 from omniagent_jax import cli
-from omniagent_jax.model.config import REPO_CONFIGS
+from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import Sample
 from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
-from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.policy import ScriptedPolicy
 from omniagent_jax.agent.runner import run_episode
 from omniagent_jax.engine import Engine, SamplingParams
 from omniagent_jax.engine.policy import JaxPolicy
+from omniagent_jax.model.config import REPO_CONFIGS
 from omniagent_jax.processing import OmniProcessor
 from omniagent_jax.processing.policy_contract import turn_seed
 
@@ -37,7 +37,9 @@ def restore_compilation_cache():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
 
 
-def test_omniagent_run_defaults_to_the_jax_policy_on_a_tiny_random_model(video, tmp_path, monkeypatch, capsys, restore_compilation_cache):
+def test_omniagent_run_defaults_to_the_jax_policy_on_a_tiny_random_model(
+    video, tmp_path, monkeypatch, capsys, restore_compilation_cache
+):
     import jax
 
     monkeypatch.setenv("OMNIAGENT_CACHE", str(tmp_path / "cache"))
@@ -66,8 +68,10 @@ def test_episode_turns_reuse_the_kv_of_the_unchanged_history(video, reference_pa
     policy = JaxPolicy(Engine(model, page_size=16, num_pages=512), OmniProcessor.from_pretrained(),
                        SamplingParams(temperature=0.0, max_new_tokens=4, stop_token_ids=()))
     turns = [
-        '{"observation": "", "think": "look", "confidence": 0.1, "action": {"type": "get_frames", "start": 0.0, "end": 3.0, "num": 2}}',
-        '{"observation": "two frames", "think": "listen", "confidence": 0.2, "action": {"type": "get_audio", "start": 1.0, "end": 2.0}}',
+        '{"observation": "", "think": "look", "confidence": 0.1, '
+        '"action": {"type": "get_frames", "start": 0.0, "end": 3.0, "num": 2}}',
+        '{"observation": "two frames", "think": "listen", "confidence": 0.2, '
+        '"action": {"type": "get_audio", "start": 1.0, "end": 2.0}}',
         '{"observation": "a chirp", "think": "done", "confidence": 0.95, "action": {"type": "answer", "content": "A"}}',
     ]
     scripted = ScriptedPolicy(turns)
@@ -83,8 +87,10 @@ def test_episode_turns_reuse_the_kv_of_the_unchanged_history(video, reference_pa
             return scripted.generate(messages, unchanged_prefix=unchanged_prefix, seed=seed)
 
     both = Both()
-    env = VideoEnvironment(Sample(video=str(video), question_type="MCQ", question="Which colour?", options=("A. Red", "B. Blue"), answer="A"),
-                           EnvConfig(budget=StepBudget(dynamic=False, max_steps=5)))
+    env = VideoEnvironment(
+        Sample(video=str(video), question_type="MCQ", question="Which colour?", options=("A. Red", "B. Blue"), answer="A"),
+        EnvConfig(budget=StepBudget(dynamic=False, max_steps=5)),
+    )
     with env:
         result = run_episode(env, both)
     assert result.final_answer == "A" and result.total_reward == 1.0

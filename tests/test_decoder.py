@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from omniagent_jax.model import ContiguousKVCache, NoCache, Thinker, abstract_thinker
+from omniagent_jax.model import ContiguousKVCache, Thinker, abstract_thinker
 from omniagent_jax.model.config import load_config, qwen2_5_omni_7b
 from omniagent_jax.model.decoder import text_positions
 from omniagent_jax.processing import tokens

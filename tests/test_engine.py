@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_thinker_media import build_case  # skips this module too when torch_ref cannot be imported
 
 from omniagent_jax.engine import Engine, PagePool, Request, SamplingParams
 from omniagent_jax.engine.pages import page_hashes
 from omniagent_jax.processing.media_inputs import MediaInputs
 
 torch_ref = pytest.importorskip("torch_ref")
-from test_thinker_media import build_case
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=10, stop_token_ids=(), logprobs=True)
 
@@ -40,7 +40,9 @@ def assert_same_or_near_tie(ours: list[int], theirs: list[int], their_logits: np
         return
     step = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
     top2 = np.sort(their_logits[step])[-2:]
-    assert top2[1] - top2[0] < 1e-4, f"diverged at step {step}: ours {ours[step]} vs reference {theirs[step]}, gap {top2[1] - top2[0]:.3g}"
+    assert top2[1] - top2[0] < 1e-4, (
+        f"diverged at step {step}: ours {ours[step]} vs reference {theirs[step]}, gap {top2[1] - top2[0]:.3g}"
+    )
 
 
 def test_greedy_text_batch_matches_transformers_generate(pair):
@@ -112,9 +114,12 @@ def test_no_page_leaks_after_finished_stopped_and_cancelled(pair):
     _, model = pair
     rng = np.random.default_rng(3)
     engine = Engine(model, page_size=4, num_pages=64, max_batch=4)
-    first_greedy = engine.generate([Request(rng.integers(0, 150_000, 9), SamplingParams(temperature=0, max_new_tokens=1))])[0].tokens[0]
+    first = engine.generate([Request(rng.integers(0, 150_000, 9), SamplingParams(temperature=0, max_new_tokens=1))])[0]
+    first_greedy = first.tokens[0]
     ids = [
-        engine.submit(Request(rng.integers(0, 150_000, 9), SamplingParams(temperature=0, max_new_tokens=50, stop_token_ids=(first_greedy,)))),
+        engine.submit(Request(
+            rng.integers(0, 150_000, 9), SamplingParams(temperature=0, max_new_tokens=50, stop_token_ids=(first_greedy,))
+        )),
         engine.submit(Request(rng.integers(0, 150_000, 13), SamplingParams(max_new_tokens=3, stop_token_ids=()))),
         engine.submit(Request(rng.integers(0, 150_000, 21), SamplingParams(max_new_tokens=40, stop_token_ids=()))),
         engine.submit(Request(rng.integers(0, 150_000, 5), SamplingParams(max_new_tokens=40, stop_token_ids=()))),
@@ -133,7 +138,10 @@ def test_no_page_leaks_after_finished_stopped_and_cancelled(pair):
 def test_running_out_of_pages_preempts_and_still_returns_correct_outputs(pair):
     _, model = pair
     rng = np.random.default_rng(4)
-    requests = [Request(rng.integers(0, 150_000, n), SamplingParams(temperature=0, max_new_tokens=20, stop_token_ids=())) for n in (10, 14, 12, 9)]
+    requests = [
+        Request(rng.integers(0, 150_000, n), SamplingParams(temperature=0, max_new_tokens=20, stop_token_ids=()))
+        for n in (10, 14, 12, 9)
+    ]
     roomy = Engine(model, page_size=4, num_pages=128).generate(requests)
     tight = Engine(model, page_size=4, num_pages=16, max_batch=4)  # 15 usable pages for 4 × ~8 needed
     outs = tight.generate(requests)
@@ -382,7 +390,8 @@ def test_each_sampling_path_is_independent_of_batch_mates():
 
     logits = jnp.asarray(np.random.default_rng(1).standard_normal((1, 300)), jnp.float32)
     rows = [SamplingParams(temperature=1.0, top_k=20, seed=1), SamplingParams(temperature=1.0, top_p=0.9, seed=2),
-            SamplingParams(temperature=0.7, seed=3), SamplingParams(temperature=1.0, top_k=200, seed=4), SamplingParams(temperature=0)]
+            SamplingParams(temperature=0.7, seed=3), SamplingParams(temperature=1.0, top_k=200, seed=4),
+            SamplingParams(temperature=0)]
     for step in range(20):
         together = np.asarray(sample_tokens(jnp.tile(logits, (5, 1)), *sampling_arrays(rows, [step] * 5))[0])
         alone = [int(np.asarray(sample_tokens(logits, *sampling_arrays([r], [step]))[0])[0]) for r in rows]

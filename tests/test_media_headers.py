@@ -10,16 +10,16 @@ import re
 import subprocess
 import sys
 
+import agent_helpers as h
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_agent_environment import make_env
 
-import agent_helpers as h
 from omniagent_jax.agent import prompts
 from omniagent_jax.agent.prompts import MediaHeader, parse_media_header
 from omniagent_jax.train import labels
 from omniagent_jax.train.sft_data import SampleError, media_sources
-from test_agent_environment import make_env
 
 # Times the text holds exactly: 2-decimal values (k / 100 is the double nearest to the printed text).
 exact_times = st.integers(-10**5, 10**7).map(lambda k: k / 100)

@@ -77,7 +77,8 @@ def test_mapping_behaviour_and_from_processor_output():
     parsed = MediaInputs.from_processor_output(output)
     assert list(parsed) == ["pixel_values", "image_grid_thw", "use_audio_in_video"] and not parsed.use_audio_in_video
     assert MediaInputs.from_processor_output({**output, "use_audio_in_video": np.asarray(True)}).use_audio_in_video
-    assert not MediaInputs.from_processor_output({**output, "use_audio_in_video": True}, use_audio_in_video=False).use_audio_in_video
+    overridden = MediaInputs.from_processor_output({**output, "use_audio_in_video": True}, use_audio_in_video=False)
+    assert not overridden.use_audio_in_video
     assert parsed == MediaInputs(pixel_values=media.pixel_values.copy(), image_grid_thw=[[1, 2, 2], [1, 4, 2]])
     assert parsed != MediaInputs(pixel_values=media.pixel_values + 1, image_grid_thw=media.image_grid_thw)
     assert has_media(output) and not has_media({"input_ids": np.zeros(3), "labels": np.zeros(3)})
@@ -91,7 +92,8 @@ def test_placeholder_slots_in_order_and_count_mismatch():
     assert [(i.kind, i.index) for i, _ in placed] == [("audio", 0), ("audio", 1), ("image", 0), ("image", 1), ("video", 0)]
     assert placed[0][1].tolist() == list(range(1, 26)) and placed[1][1].tolist() == list(range(34, 49))
     assert placed[2][1].tolist() == [26] and placed[3][1].tolist() == [32, 33] and placed[4][1].tolist() == [28, 29, 30, 31]
-    with pytest.raises(ValueError, match="video placeholder/feature mismatch: input_ids hold 3 video placeholder tokens but the video inputs produce 4"):
+    with pytest.raises(ValueError, match="video placeholder/feature mismatch: "
+                       "input_ids hold 3 video placeholder tokens but the video inputs produce 4"):
         media.placeholder_slots(np.delete(ids, 28), PLACEHOLDERS)
     with pytest.raises(ValueError, match="image placeholder/feature mismatch: input_ids hold 1 .* produce 0"):
         MediaInputs().placeholder_slots(np.array([tokens.IMAGE_ID]), PLACEHOLDERS)
@@ -196,7 +198,9 @@ def test_forward_engine_and_training_see_the_same_slots_embeddings_and_positions
 
     logits = np.asarray(model(inputs["input_ids"], inputs["attention_mask"], **media))
     raw = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-    np.testing.assert_array_equal(logits, np.asarray(model(inputs["input_ids"], inputs["attention_mask"], use_audio_in_video=True, **raw)))
+    np.testing.assert_array_equal(
+        logits, np.asarray(model(inputs["input_ids"], inputs["attention_mask"], use_audio_in_video=True, **raw))
+    )
 
 
 def test_a_missing_placeholder_is_the_same_error_on_every_path(model, prompt):

@@ -110,7 +110,9 @@ def test_concurrent_requests_are_batched_and_all_answered(server):
     results = [None] * 4
 
     def ask(i):
-        results[i] = _post(server, {"messages": [{"role": "user", "content": f"question {i}"}], "temperature": 0, "max_tokens": 3})
+        results[i] = _post(
+            server, {"messages": [{"role": "user", "content": f"question {i}"}], "temperature": 0, "max_tokens": 3}
+        )
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
     for t in threads:
@@ -124,8 +126,10 @@ def test_concurrent_requests_are_batched_and_all_answered(server):
     "body, message",
     [
         ({"messages": []}, "non-empty list"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, "data URLs"),
-        ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "bm90IGEgd2F2"}}]}]}, "not a WAV"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+         "data URLs"),
+        ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "bm90IGEgd2F2"}}]}]},
+         "not a WAV"),
         ({"messages": [{"role": "user", "content": [{"type": "hologram"}]}]}, "unsupported content part"),
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "invalid sampling parameter"),
         ({"messages": [{"role": "user", "content": "hi"}], "stop": ["\n\n"]}, "special tokens only"),
@@ -144,6 +148,8 @@ def test_messages_from_openai_rejects_bad_roles():
 
 
 def _post(server: str, body: dict) -> dict:
-    req = urllib.request.Request(f"{server}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{server}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=120) as resp:
         return json.loads(resp.read())

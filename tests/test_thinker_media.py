@@ -28,7 +28,8 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
 def patchify_video(frames: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """docs/model.md §4.4: normalise, then view(gt, 2, C, gh/2, 2, 14, gw/2, 2, 14) permuted to (t, bh, bw, ih, iw, C, T, ph, pw)."""
+    """docs/model.md §4.4: normalise, then view(gt, 2, C, gh/2, 2, 14, gw/2, 2, 14) permuted to
+    (t, bh, bw, ih, iw, C, T, ph, pw)."""
     t, h, w, _ = frames.shape
     x = ((frames.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD).transpose(0, 3, 1, 2)  # T, C, H, W
     gt, gh, gw = t // 2, h // 14, w // 14
@@ -98,7 +99,8 @@ def build_case(name: str, ref):
         samples = [[("text", 3), m.video(6, 56, 56, audio_seconds=2.6), ("text", 4)]]
         use_audio_in_video = True
     elif name == "batch_of_2_left_padded":
-        samples = [[("text", 9), m.image(56, 56), ("text", 2)], [("text", 2), m.audio(1.0), ("text", 3), m.image(84, 56), ("text", 1)]]
+        samples = [[("text", 9), m.image(56, 56), ("text", 2)],
+                   [("text", 2), m.audio(1.0), ("text", 3), m.image(84, 56), ("text", 1)]]
     else:
         raise KeyError(name)
     ids, mask, *_ = layouts.batch(samples, ref, use_audio_in_video)
@@ -117,7 +119,9 @@ def reference_logits(ref, ids, mask, inputs, use_audio_in_video, dtype=torch.flo
         if k in tensors:
             tensors[k] = tensors[k].to(dtype)
     with torch.no_grad():
-        out = ref(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), use_audio_in_video=use_audio_in_video, **tensors)
+        out = ref(
+            input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), use_audio_in_video=use_audio_in_video, **tensors
+        )
     return out.logits.float().numpy()
 
 

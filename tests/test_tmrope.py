@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from omniagent_jax.model.config import tiny
 from omniagent_jax.model.tmrope import get_rope_index
-from omniagent_jax.processing import tokens
 
 torch_ref = pytest.importorskip("torch_ref")
 import layouts  # noqa: E402

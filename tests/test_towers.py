@@ -74,7 +74,9 @@ def test_audio_tower_parity(pair, seconds):
     feats = extractor(wave, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="np")
     features, mask = feats["input_features"], feats["attention_mask"]
     with torch.no_grad():
-        want = ref.get_audio_features(torch.as_tensor(features), feature_attention_mask=torch.as_tensor(mask)).pooler_output.numpy()
+        want = ref.get_audio_features(
+            torch.as_tensor(features), feature_attention_mask=torch.as_tensor(mask)
+        ).pooler_output.numpy()
     got = np.asarray(ours.encode_audios(features, mask))
     assert got.shape == want.shape == (round(seconds * 25), ours.config.text.hidden_size)
     assert np.abs(got - want).max() <= TOL

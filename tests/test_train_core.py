@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from train_helpers import synthetic_batch
 
 from omniagent_jax.model.kv_cache import NoCache
@@ -32,7 +31,9 @@ VOCAB = 512
 
 @pytest.fixture(scope="module")
 def tiny_run():
-    cfg = load_config(None, ["model=tiny", f"data.vocab_remap={VOCAB}", "loss_chunk=24", "optim.lr=1e-2", "optim.warmup_ratio=0.0"])
+    cfg = load_config(
+        None, ["model=tiny", f"data.vocab_remap={VOCAB}", "loss_chunk=24", "optim.lr=1e-2", "optim.warmup_ratio=0.0"]
+    )
     mesh = mesh_lib.make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
     model = setup.build_model(cfg, mesh)
     return cfg, model
@@ -46,7 +47,7 @@ def test_multi_device_meshes_match_single_device():
         [sys.executable, str(HERE / "train_mesh_check.py")], env=env, capture_output=True, text=True, timeout=400
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {tuple(r["mesh"]): r for r in map(json.loads, (l for l in proc.stdout.splitlines() if l.startswith("{")))}
+    rows = {tuple(r["mesh"]): r for r in map(json.loads, (line for line in proc.stdout.splitlines() if line.startswith("{")))}
     assert set(rows) == {(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2)}
     for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2)]:
         r = rows[shape]
@@ -84,7 +85,9 @@ def test_loss_equals_numpy_cross_entropy_on_targets_only(tiny_run):
     cfg, model = tiny_run
     batch = synthetic_batch(1, 3, 20, VOCAB, seed=3)
     mb = {k: v[0] for k, v in batch.items()}
-    hidden, _ = model.decode(model.embed_tokens(jnp.asarray(mb["input_ids"])), jnp.asarray(mb["positions"]), NoCache(jnp.asarray(mb["attention_mask"])))
+    hidden, _ = model.decode(
+        model.embed_tokens(jnp.asarray(mb["input_ids"])), jnp.asarray(mb["positions"]), NoCache(jnp.asarray(mb["attention_mask"]))
+    )
     logits = np.asarray(model.logits(hidden), np.float64)
     # numpy: log-softmax over the vocabulary, pick the next token at target positions only.
     logp = logits - logits.max(-1, keepdims=True)
@@ -156,7 +159,9 @@ def test_remat_forward_equals_decode(tiny_run):
     ids, pos, mask = (jnp.asarray(batch[k][0]) for k in ("input_ids", "positions", "attention_mask"))
     ref, _ = model.decode(model.embed_tokens(ids), pos, NoCache(mask))
     for remat in ("none", "full", "dots"):
-        np.testing.assert_array_equal(np.asarray(hidden_states(model, model.embed_tokens(ids), pos, mask, remat)), np.asarray(ref))
+        np.testing.assert_array_equal(
+            np.asarray(hidden_states(model, model.embed_tokens(ids), pos, mask, remat)), np.asarray(ref)
+        )
 
 
 def test_schedule_warmup_then_linear_decay():
@@ -198,7 +203,8 @@ def test_checkpoint_restore_errors_name_the_mismatch(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         ckpt.restore({"a": jnp.zeros(2)})
     ckpt.save(1, {"a": jnp.arange(3.0), "b": {"c": jnp.ones((2, 2))}}, {"pos": 7})
-    tree, data = ckpt.restore({"a": jax.ShapeDtypeStruct((3,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), "b": {"c": jnp.zeros((2, 2))}})
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    tree, data = ckpt.restore({"a": jax.ShapeDtypeStruct((3,), jnp.float32, sharding=one_device), "b": {"c": jnp.zeros((2, 2))}})
     assert data == {"pos": 7} and np.array_equal(np.asarray(tree["a"]), [0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match=r"missing \['b.d'\], unexpected \['b.c'\]"):
         ckpt.restore({"a": jnp.zeros(3), "b": {"d": jnp.zeros((2, 2))}})
@@ -210,7 +216,8 @@ def test_checkpoint_restore_errors_name_the_mismatch(tmp_path):
 def test_cli_dry_run_and_bad_keys(capsys):
     from omniagent_jax.train.cli import main
 
-    assert main(["train", "sft", "--config", str(HERE.parent / "configs/sft/omniagent_7b.yaml"), "--dry-run", "optim.lr=2e-5"]) == 0
+    config = str(HERE.parent / "configs/sft/omniagent_7b.yaml")
+    assert main(["train", "sft", "--config", config, "--dry-run", "optim.lr=2e-5"]) == 0
     out = capsys.readouterr().out
     assert "lr: 2.0e-05" in out and "remat: full" in out and "bfloat16" in out
     assert main(["train", "sft", "--config", str(HERE.parent / "configs/sft/tiny.yaml"), "--dry-run", "optim.bogus=1"]) == 2

@@ -1,5 +1,6 @@
 """Two `jax.distributed` processes on localhost (CPU collectives) run the sharded step; its loss
-equals the single-process one, and they agree on every length-grouped step's bucket. Also the environment → initialize plan and the launch dry runs."""
+equals the single-process one, and they agree on every length-grouped step's bucket. Also the
+environment → initialize plan and the launch dry runs."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_two_processes_on_localhost_match_single_process():
         for p in procs:
             out, err = p.communicate(timeout=240)
             assert p.returncode == 0, err[-3000:]
-            outs.append(json.loads([l for l in out.splitlines() if l.startswith("{")][-1]))
+            outs.append(json.loads([line for line in out.splitlines() if line.startswith("{")][-1]))
     finally:
         for p in procs:
             if p.poll() is None:

@@ -10,13 +10,13 @@ import subprocess
 import sys
 
 import jax
+import media_factory
 import numpy as np
 import pytest
 import yaml
 from flax import nnx
+from train_helpers import text_row, write_jsonl
 
-import media_factory
-from train_helpers import mixed_rows, text_row, write_jsonl
 from omniagent_jax.model import Thinker
 from omniagent_jax.processing import OmniProcessor, tokens
 from omniagent_jax.train import mesh as mesh_lib
@@ -100,13 +100,13 @@ def test_loss_halves_within_200_steps_and_metrics_are_written(tmp_path, processo
     losses = [res.losses[s] for s in sorted(res.losses)]
     assert len(losses) == 200
     first = losses[0]
-    hit = next(i for i, l in enumerate(losses) if l <= 0.5 * first)
+    hit = next(i for i, loss in enumerate(losses) if loss <= 0.5 * first)
     assert hit < 200 and losses[-1] < 0.5 * first, (first, losses[-1])
     assert res.bad_rows >= 1
     out = pathlib.Path(res.output_dir)
     cfg_saved = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg_saved["optim"]["lr"] == 3e-3 and cfg_saved["data"]["batch_size"] == 8
-    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(recs) == 200 and recs[0]["step"] == 1 and recs[-1]["bad_rows"] >= 1 and recs[5]["tokens_per_second"] > 0
     ev = list((out / "tensorboard").glob("events.out.tfevents.*"))
     payloads = read_records(ev[0])  # CRC-checked TFRecord framing
@@ -160,7 +160,9 @@ def test_export_hf_loads_with_the_trained_weights(tmp_path, processor):
     init = setup.build_model(cfg, mesh)
     assert np.abs(logits(init) - logits(trained)).max() > 1e-3  # training moved the weights
     # The HF export also serves as `init` of a new run: read tensor by tensor into its shardings.
-    again = setup.build_model(load_config(None, [f"model={cfg.model}", f"data.vocab_remap={SMALL_VOCAB}", f"init={out / 'export_hf'}"]), mesh)
+    again = setup.build_model(
+        load_config(None, [f"model={cfg.model}", f"data.vocab_remap={SMALL_VOCAB}", f"init={out / 'export_hf'}"]), mesh
+    )
     np.testing.assert_array_equal(logits(again), logits(exported))
     with pytest.raises(ValueError, match="does not match the run's model config"):
         setup.build_model(load_config(None, ["model=tiny", f"init={out / 'export_hf'}"]), mesh)

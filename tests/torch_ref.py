@@ -20,7 +20,9 @@ def hf_config(cfg: ThinkerConfig) -> Qwen2_5OmniThinkerConfig:
     return Qwen2_5OmniThinkerConfig(**cfg.to_hf_dict())
 
 
-def build_reference(cfg: ThinkerConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> Qwen2_5OmniThinkerForConditionalGeneration:
+def build_reference(
+    cfg: ThinkerConfig, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Qwen2_5OmniThinkerForConditionalGeneration:
     """A random reference thinker. Norm weights are randomised too so that a swapped key cannot hide."""
     torch.manual_seed(seed)
     model = Qwen2_5OmniThinkerForConditionalGeneration(hf_config(cfg)).to(dtype).eval()

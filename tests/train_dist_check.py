@@ -17,7 +17,6 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from train_helpers import LengthEncoder, mixed_rows, synthetic_batch, write_jsonl  # noqa: E402

@@ -37,7 +37,9 @@ def text_row(i: int, traj: str = "t", step: int = 1, filler: int = 0) -> dict:
             {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
             {"role": "user", "content": [{"type": "text", "text": question}]},
         ],
-        "output": json.dumps({"observation": f"sum of {i} and {i}", "think": "add", "action": {"type": "answer", "content": str(2 * i)}}),
+        "output": json.dumps(
+            {"observation": f"sum of {i} and {i}", "think": "add", "action": {"type": "answer", "content": str(2 * i)}}
+        ),
         "step_reward": "1.0", "done": "True", "extra_info": {"video": "none.mp4", "has_audio": False},
     }
 

@@ -61,7 +61,8 @@ def main() -> None:
     # comparison of updated parameters well-conditioned without hiding a wrong gradient.
     cfg = load_config(
         None,
-        ["model=tiny", "data.vocab_remap=4096", "loss_chunk=64", "optim.lr=1e-3", "optim.eps=1e-3", "optim.warmup_ratio=0.0", "remat=full"],
+        ["model=tiny", "data.vocab_remap=4096", "loss_chunk=64", "optim.lr=1e-3", "optim.eps=1e-3", "optim.warmup_ratio=0.0",
+         "remat=full"],
     )
     devices = jax.devices()
     assert len(devices) == 8, devices

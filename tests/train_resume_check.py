@@ -63,9 +63,10 @@ def live_bytes() -> int:
 def main() -> None:
     work = pathlib.Path(sys.argv[1])
     train_file = write_jsonl(work / "train.jsonl", mixed_rows(16))
-    common = [f"data.train_file={train_file}", "model=tiny", "data.vocab_remap=512", "data.buckets=[128,256]", "data.max_length=256",
-              "data.batch_size=4", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "max_steps=4", "checkpoint.every=2",
-              "checkpoint.keep=2", "optim.lr=3e-3", "optim.warmup_ratio=0", "progress=false", "loss_chunk=256"]
+    common = [f"data.train_file={train_file}", "model=tiny", "data.vocab_remap=512", "data.buckets=[128,256]",
+              "data.max_length=256", "data.batch_size=4", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "max_steps=4",
+              "checkpoint.every=2", "checkpoint.keep=2", "optim.lr=3e-3", "optim.warmup_ratio=0", "progress=false",
+              "loss_chunk=256"]
     cfg = lambda name, *extra: load_config(None, [*common, f"output_dir={work / name}", *extra])  # noqa: E731
     processor = OmniProcessor.from_pretrained()
     full = sft.train(cfg("a", "export_hf=true"), processor=processor)
@@ -103,7 +104,8 @@ def main() -> None:
     reference = nnx.state(Thinker.from_pretrained(work / "a" / "export_jax"), nnx.Param)
     print(json.dumps({
         "full": full.losses, "resumed": resumed.losses, "resume_calls": resume_calls, "pending": seen["pending"],
-        "live_bytes_at_restore": seen["live_bytes_at_restore"], "state_bytes": sum(x.nbytes for x in jax.tree.leaves(reference)) * 3,
+        "live_bytes_at_restore": seen["live_bytes_at_restore"],
+        "state_bytes": sum(x.nbytes for x in jax.tree.leaves(reference)) * 3,
         "num_params": len(params), "sharded_params": sum(not s.is_fully_replicated for s in params),
         "restored_vs_saved_mismatch": sum(a != b for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(saved))),
         "moment_mismatch": sum(m != p for tree in (adam.mu, adam.nu) for m, p in zip(jax.tree.leaves(tree), params)),
@@ -111,7 +113,10 @@ def main() -> None:
         "init_calls": dict(calls),
         "init_vs_restored_mismatch": sum(by_path(shardings(loaded))[k] != v for k, v in restored_params.items()),
         "init_params": len(by_path(loaded)), "restored_params": len(restored_params),
-        "init_max_abs_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(reference))),
+        "init_max_abs_diff": max(
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+            for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(reference))
+        ),
     }), flush=True)
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from omniagent_jax.agent import prompts
 from omniagent_jax.agent.messages import MEDIA_KEY, MediaRecord, Message, has_media, text_part
 
+
 def _min(a: int | None, b: int | None) -> int | None:
     if a is None:
         return b

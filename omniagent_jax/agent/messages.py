@@ -3,9 +3,9 @@
 A media-bearing user message carries, next to its parts, a :class:`MediaRecord` under the
 ``"media"`` key: the action's kind and range and the frame timestamps. Consolidation builds the
 placeholder from it. Step logs write it as a record only (exact times for analysis): training
-re-cuts media from the text headers, which the released step logs carry and this record mirrors. Media payloads in live messages are decoded objects: a
-``uint8 [H, W, 3]`` array per image part, a ``float32`` 16 kHz array per audio part and an
-``omniagent_jax.media.Clip`` per video part.
+re-cuts media from the text headers, which the released step logs carry and this record mirrors.
+Media payloads in live messages are decoded objects: a ``uint8 [H, W, 3]`` array per image part,
+a ``float32`` 16 kHz array per audio part and an ``omniagent_jax.media.Clip`` per video part.
 """
 
 from __future__ import annotations

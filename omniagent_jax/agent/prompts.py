@@ -37,7 +37,8 @@ you request must lie inside [0, duration].
 - **No audio track**: when has_audio is False, never call `get_audio`; rely on frames and clips.
 - **Media becomes text**: media you receive is shown to you once. From the next turn on it is \
 replaced by a short placeholder, for example:
-  *   Frames: "Frames 10.00s-12.00s (num=5). Timestamps: [10.00s, 10.50s, 11.00s, 11.50s, 12.00s] [MEDIA OMITTED - Refer to your Observation]"
+  *   Frames: "Frames 10.00s-12.00s (num=5). Timestamps: [10.00s, 10.50s, 11.00s, 11.50s, 12.00s] \
+[MEDIA OMITTED - Refer to your Observation]"
   *   Audio or clip: "Audio 10.00s-20.00s [MEDIA OMITTED - Refer to your Observation]"
 - **Observation is your memory**: write down every relevant detail you perceive (people, objects \
 with approximate [y, x] positions on a 0-100 grid, on-screen text, speech near-verbatim, sounds, \

@@ -43,8 +43,8 @@ class Engine:
     it incrementally (a server does that).
     """
 
-    def __init__(self, model: Thinker, *, page_size: int = 16, num_pages: int = 1024, max_batch: int = 16, prefill_chunk: int = 512,
-                 decode_steps: int = 8):
+    def __init__(self, model: Thinker, *, page_size: int = 16, num_pages: int = 1024, max_batch: int = 16,
+                 prefill_chunk: int = 512, decode_steps: int = 8):
         if decode_steps < 1:
             raise ValueError("decode_steps must be >= 1")
         text = model.config.text
@@ -92,8 +92,8 @@ class Engine:
             new = given.pop(name)
             if getattr(new, "shape", None) != old.shape or getattr(new, "dtype", None) != old.dtype:
                 raise ValueError(
-                    f"update_weights: parameter {name} is {getattr(new, 'dtype', type(new).__name__)}{getattr(new, 'shape', '')}, "
-                    f"the engine's is {old.dtype}{old.shape}"
+                    f"update_weights: parameter {name} is {getattr(new, 'dtype', type(new).__name__)}{getattr(new, 'shape', '')}"
+                    f", the engine's is {old.dtype}{old.shape}"
                 )
             new_leaves.append(new)
         if given:
@@ -299,7 +299,8 @@ class Engine:
             np.array([s.output[-1] for s in seqs] + [0] * pad, np.int32),
             np.array([s.rope_delta for s in seqs] + [0] * pad, np.int32),
             stop_ids, *steps.sampling_rows([s.params for s in seqs], [len(s.output) for s in seqs], b),
-            num_steps=num_steps, sample=any(s.params.temperature > 0 for s in seqs), with_stats=any(s.params.logprobs for s in seqs),
+            num_steps=num_steps, sample=any(s.params.temperature > 0 for s in seqs),
+            with_stats=any(s.params.logprobs for s in seqs),
         )
         self.stats.decode_steps += num_steps
         tokens, logps, entropies = np.asarray(tokens), np.asarray(logps), np.asarray(entropies)
@@ -339,7 +340,9 @@ class Engine:
             rows = steps.bucket(len(seqs))  # bucketed rows: one compile per batch-size bucket
             if rows > len(seqs):
                 logits = jnp.concatenate([logits, jnp.zeros((rows - len(seqs), logits.shape[1]), logits.dtype)])
-            drawn = sample_tokens(logits, *steps.sampling_rows([s.params for s in seqs], [len(s.output) for s in seqs], rows), with_stats=stats)
+            drawn = sample_tokens(
+                logits, *steps.sampling_rows([s.params for s in seqs], [len(s.output) for s in seqs], rows), with_stats=stats
+            )
             token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in drawn)
         for seq, tok, lp, ent in zip(seqs, token.tolist(), logp.tolist(), entropy.tolist()):
             self._append(seq, tok, lp, ent)

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 from omniagent_jax.engine.pages import NULL_PAGE
 
 
-def paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, page_table: jax.Array, query_pos: jax.Array, kv_len: jax.Array) -> jax.Array:
+def paged_attention(
+    q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, page_table: jax.Array, query_pos: jax.Array, kv_len: jax.Array
+) -> jax.Array:
     """q `[B, T, H, D]`; k/v pages `[KV, P, S, D]`; page_table `[B, M]`; query_pos `[B, T]` absolute
     positions of the queries in their sequence; kv_len `[B]` tokens stored (incl. this step's).
 
@@ -51,7 +53,9 @@ class PagedKVCache:
     num_new: jax.Array  # int32 [B] real new tokens this step
 
     @classmethod
-    def allocate(cls, *, num_layers: int, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, dtype) -> tuple[jax.Array, jax.Array]:
+    def allocate(
+        cls, *, num_layers: int, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, dtype
+    ) -> tuple[jax.Array, jax.Array]:
         shape = (num_layers, num_kv_heads, num_pages, page_size, head_dim)
         return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 

@@ -67,11 +67,13 @@ def greedy_tokens(logits: jax.Array, block: int = 128) -> jax.Array:
     nan = jnp.isnan(blocks)  # XLA's max need not propagate NaN, so NaNs are tracked explicitly
     first_block = _first_best(jnp.max(blocks, axis=-1), jnp.any(nan, axis=-1))
     pick = first_block[:, None, None]
-    return first_block * block + _first_best(jnp.take_along_axis(blocks, pick, axis=1)[:, 0], jnp.take_along_axis(nan, pick, axis=1)[:, 0])
+    return first_block * block + _first_best(
+        jnp.take_along_axis(blocks, pick, axis=1)[:, 0], jnp.take_along_axis(nan, pick, axis=1)[:, 0]
+    )
 
 
-def choose_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array, steps: jax.Array,
-                  *, with_stats: bool = True):
+def choose_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seeds: jax.Array,
+                  steps: jax.Array, *, with_stats: bool = True):
     """logits `[B, V]` and per-row parameters → (token `[B]`, log-prob `[B]`, entropy `[B]`); traceable.
 
     Without `with_stats` the full-vocabulary log-softmax is skipped and log-probs/entropies are NaN.
@@ -108,7 +110,8 @@ def choose_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
         short = truncates & (top_k > 0) & (top_k <= TOP_K_CAP)
         long = truncates & ~short
         out = greedy
-        for rows, draw in (((temperature > 0) & ~truncates, plain), (short, top_k_only), (long, full_sort)):  # each only if some row needs it
+        # Each path runs only if some row needs it.
+        for rows, draw in (((temperature > 0) & ~truncates, plain), (short, top_k_only), (long, full_sort)):
             out = jax.lax.cond(jnp.any(rows), lambda o, rows=rows, draw=draw: jnp.where(rows, draw(None), o), lambda o: o, out)
         return out
 

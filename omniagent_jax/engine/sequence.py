@@ -74,5 +74,7 @@ class SequenceState:
         tokens = self.tokens if num_tokens is None else self.tokens[:num_tokens]
         full = len(tokens) // self.page_size
         if len(self._hashes) < full:
-            self._hashes = page_hashes(tokens, self.media_keys(0, len(tokens)), self.positions(0, len(tokens)), self.page_size, self._hashes)
+            self._hashes = page_hashes(
+                tokens, self.media_keys(0, len(tokens)), self.positions(0, len(tokens)), self.page_size, self._hashes
+            )
         return self._hashes[:full]

@@ -44,7 +44,8 @@ def _merge(graphdef, treedef, leaves) -> Thinker:
     return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
 
 
-def forward(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions):
+def forward(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows, media_mask,
+            positions):
     """One step over `[B, T]` new tokens → logits at each row's last real token, their argmax (so greedy
     rows need no second dispatch), and the updated pages."""
     model = _merge(graphdef, treedef, leaves)
@@ -56,8 +57,8 @@ def forward(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len
     return logits, greedy_tokens(logits), cache.k_pages, cache.v_pages
 
 
-def decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, limit, ids, rope_delta, stop_ids, temperature,
-                top_k, top_p, seeds, steps, *, num_steps: int, sample: bool, with_stats: bool):
+def decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, limit, ids, rope_delta, stop_ids,
+                temperature, top_k, top_p, seeds, steps, *, num_steps: int, sample: bool, with_stats: bool):
     """`num_steps` decode steps in one dispatch. Row b feeds `ids[b]` at position `context_len[b]`, then
     its own sampled tokens; it runs while `i < limit[b]` and it has not sampled a stop id (later steps
     write to the null page and their tokens are dropped by the host). Returns `[num_steps, B]` tokens,
@@ -99,7 +100,9 @@ def compiled(graphdef, treedef):
 @functools.lru_cache(maxsize=4)
 def _copier(shardings: tuple, donate: bool):
     # One compile per weight layout: `update_weights` is called every RL iteration.
-    return jax.jit(lambda old, new: [jnp.copy(x) for x in new], donate_argnums=(0,) if donate else (), out_shardings=list(shardings))
+    return jax.jit(
+        lambda old, new: [jnp.copy(x) for x in new], donate_argnums=(0,) if donate else (), out_shardings=list(shardings)
+    )
 
 
 def copy_into(old: list[jax.Array], new: list[jax.Array]) -> list[jax.Array]:

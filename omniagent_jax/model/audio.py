@@ -37,7 +37,9 @@ class AudioLayout:
     pool_first: jax.Array  # int32 [Σ tokens] flat post-conv row of the first element of each pooled pair
 
 
-def audio_layout(input_features: np.ndarray, feature_attention_mask: np.ndarray, cfg: AudioConfig, *, padded: bool = False) -> AudioLayout:
+def audio_layout(
+    input_features: np.ndarray, feature_attention_mask: np.ndarray, cfg: AudioConfig, *, padded: bool = False
+) -> AudioLayout:
     """input_features `[B, mel, T]` + frame mask `[B, T]` → the chunked layout of all valid frames.
 
     With `padded`, chunks are zero-padded to the full 2-s window and the chunk count and token count
@@ -119,7 +121,8 @@ class Conv1d(nnx.Module):
     def __init__(self, in_dim: int, out_dim: int, *, stride: int, dtype, rngs: nnx.Rngs, kernel_size: int = 3):
         self.stride = stride
         self.kernel = nnx.Param(
-            nnx.initializers.normal(0.02)(rngs.params(), (kernel_size, in_dim, out_dim), dtype), out_sharding=(None, None, "embed")
+            nnx.initializers.normal(0.02)(rngs.params(), (kernel_size, in_dim, out_dim), dtype),
+            out_sharding=(None, None, "embed"),
         )
         self.bias = nnx.Param(jnp.zeros((out_dim,), dtype), out_sharding=("embed",))
 

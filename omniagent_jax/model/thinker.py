@@ -83,7 +83,9 @@ class Thinker(nnx.Module):
         ids = {"audio": cfg.audio_token_id, "image": cfg.image_token_id, "video": cfg.video_token_id}
         return media.placeholder_slots(_concrete(input_ids, "input_ids"), ids, cfg.vision.spatial_merge_size)
 
-    def media_embeddings(self, input_ids: np.ndarray, media: MediaInputs, start: int = 0, end: int | None = None) -> tuple[np.ndarray, jax.Array]:
+    def media_embeddings(
+        self, input_ids: np.ndarray, media: MediaInputs, start: int = 0, end: int | None = None
+    ) -> tuple[np.ndarray, jax.Array]:
         """Placeholder slots (indices into the flattened `input_ids`) in `[start, end)` and their media
         embeddings `[len(slots), D]`, row k filling slot k. Only items with a placeholder in the range
         are encoded, all items of a kind in one tower call. The one place ids + media become embeddings:
@@ -117,7 +119,9 @@ class Thinker(nnx.Module):
             flat = flat.at[jnp.asarray(slots)].set(rows.astype(flat.dtype))
         return flat.reshape(embeds.shape)
 
-    def embed_inputs(self, input_ids: jax.Array, media_rows: jax.Array | None = None, media_mask: jax.Array | None = None) -> jax.Array:
+    def embed_inputs(
+        self, input_ids: jax.Array, media_rows: jax.Array | None = None, media_mask: jax.Array | None = None
+    ) -> jax.Array:
         """Traceable: token embeddings with `media_rows[..., t, :]` wherever `media_mask[..., t]` (dense
         `media_embeddings` output, laid out on the host). The engine's and the train step's input layer."""
         embeds = self.embed_tokens(input_ids)

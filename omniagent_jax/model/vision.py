@@ -20,7 +20,6 @@ from omniagent_jax.model.layers import RMSNorm, SwiGLU, linear
 from omniagent_jax.model.rope import rotate_half
 from omniagent_jax.model.segments import Segments, segment_attention, segments_from_cu_seqlens
 
-
 # ---------------------------------------------------------------------------------------- host side
 
 

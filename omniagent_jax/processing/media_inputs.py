@@ -87,7 +87,8 @@ class MediaInputs(Mapping):
                     raise ValueError(f"{rows} has {len(getattr(self, rows))} rows but {grid} describes {want} patches")
         if self.input_features is not None and len(self.input_features) != len(self.feature_attention_mask):
             raise ValueError(
-                f"input_features holds {len(self.input_features)} audios but feature_attention_mask {len(self.feature_attention_mask)}"
+                f"input_features holds {len(self.input_features)} audios but feature_attention_mask "
+                f"{len(self.feature_attention_mask)}"
             )
 
     @classmethod

@@ -56,12 +56,20 @@ class Checkpointer:
         stored = self.manager.item_metadata(step)["state"]
         if set(stored.keys()) != set(keys):
             missing, extra = sorted(set(keys) - set(stored.keys())), sorted(set(stored.keys()) - set(keys))
-            raise ValueError(f"checkpoint step {step} does not match this run's state: missing {missing[:5]}, unexpected {extra[:5]}")
-        wrong = [f"{k}: stored {tuple(stored[k].shape)}, expected {tuple(v.shape)}" for k, v in flat.items() if tuple(stored[k].shape) != tuple(v.shape)]
+            raise ValueError(
+                f"checkpoint step {step} does not match this run's state: missing {missing[:5]}, unexpected {extra[:5]}"
+            )
+        wrong = [
+            f"{k}: stored {tuple(stored[k].shape)}, expected {tuple(v.shape)}"
+            for k, v in flat.items()
+            if tuple(stored[k].shape) != tuple(v.shape)
+        ]
         if wrong:
             raise ValueError(f"checkpoint step {step} has other shapes than this run's state: {wrong[:5]}")
         target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in flat.items()}
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+        out = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+        )
         restored = out["state"]
         return jax.tree_util.tree_unflatten(treedef, [restored[k] for k in keys]), out["data"]
 

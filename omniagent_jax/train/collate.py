@@ -39,7 +39,9 @@ def prepare(model: Thinker, sample: dict[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def collate(prepared: Sequence[dict[str, np.ndarray]], grad_accum: int, length: int, hidden: int, dtype=np.float32) -> dict[str, np.ndarray]:
+def collate(
+    prepared: Sequence[dict[str, np.ndarray]], grad_accum: int, length: int, hidden: int, dtype=np.float32
+) -> dict[str, np.ndarray]:
     """Right-pads every sample to `length` (the group's bucket, `pipeline.Group.length`) and stacks
     them as `[K, B, L]` (positions `[K, 3, B, L]`); media arrays are present only when some sample
     has media."""

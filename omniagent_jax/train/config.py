@@ -177,7 +177,8 @@ def validate(cfg: SFTConfig) -> None:
     if cfg.loss_chunk < 1:
         raise ConfigError("loss_chunk must be >= 1")
     buckets = cfg.data.buckets
-    if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets) or len(set(buckets)) != len(buckets):
+    if (not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets)
+            or len(set(buckets)) != len(buckets)):
         raise ConfigError(f"data.buckets must be distinct positive integers, got {list(buckets)}")
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers must be >= 0, got {cfg.data.workers}")

@@ -29,7 +29,9 @@ def hidden_states(model, embeds: jax.Array, positions: jax.Array, attention_mask
     """Final-normed hidden states `[B, T, D]`, equal to `model.decode(embeds, positions, NoCache(mask))`."""
     dec = model.model
     cfg = dec.cfg
-    cos, sin = mrope_cos_sin(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta, mrope_section=cfg.mrope_section, dtype=embeds.dtype)
+    cos, sin = mrope_cos_sin(
+        positions, head_dim=cfg.head_dim, theta=cfg.rope_theta, mrope_section=cfg.mrope_section, dtype=embeds.dtype
+    )
     cache = NoCache(attention_mask)
     x = embeds
     for i, layer in enumerate(dec.layers):

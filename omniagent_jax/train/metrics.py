@@ -57,7 +57,9 @@ def _bytes_field(num: int, data: bytes) -> bytes:
     return _field(num, 2, _varint(len(data)) + data)
 
 
-def encode_event(wall_time: float, step: int, *, scalars: dict[str, float] | None = None, file_version: str | None = None) -> bytes:
+def encode_event(
+    wall_time: float, step: int, *, scalars: dict[str, float] | None = None, file_version: str | None = None
+) -> bytes:
     """`tensorflow.Event`: wall_time=1 (double), step=2 (int64), file_version=3, summary=5 with
     `Summary.Value{tag=1, simple_value=2 (float)}`."""
     msg = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
@@ -65,7 +67,8 @@ def encode_event(wall_time: float, step: int, *, scalars: dict[str, float] | Non
         msg += _bytes_field(3, file_version.encode())
     if scalars:
         values = b"".join(
-            _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", float(v)))) for tag, v in scalars.items()
+            _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", float(v))))
+            for tag, v in scalars.items()
         )
         msg += _bytes_field(5, values)
     return msg

@@ -111,7 +111,9 @@ def train(cfg: SFTConfig, *, stop_after: int | None = None, processor: Any = Non
                 m = {k: float(v) for k, v in metrics.items()}
                 tokens_done += int(host["attention_mask"].sum()) * jax.process_count()
                 rate = tokens_done / max(time.perf_counter() - t0, 1e-9)
-                m.update(step=n, lr=float(optim.schedule(cfg.optim, n_steps)(n - 1)), tokens_per_second=rate, bad_rows=batches.bad_rows)
+                m.update(
+                    step=n, lr=float(optim.schedule(cfg.optim, n_steps)(n - 1)), tokens_per_second=rate, bad_rows=batches.bad_rows
+                )
                 losses[n] = m["loss"]
                 if jsonl:
                     jsonl.write(m)

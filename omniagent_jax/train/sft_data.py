@@ -160,7 +160,9 @@ class SampleEncoder:
         if self.vocab_remap:  # placeholders move with the model config's special ids (setup.model_config)
             ids = remap_ids(ids, self.vocab_remap)
             labels = np.where(labels == IGNORE, IGNORE, remap_ids(np.maximum(labels, 0), self.vocab_remap))
-        return {"input_ids": ids.astype(np.int32), "labels": labels.astype(np.int32), "use_audio_in_video": np.asarray(aiv), **inputs}
+        return {
+            "input_ids": ids.astype(np.int32), "labels": labels.astype(np.int32), "use_audio_in_video": np.asarray(aiv), **inputs
+        }
 
     def _label_earlier_turns(self, messages: Sequence[Mapping[str, Any]], ids: np.ndarray, labels: np.ndarray) -> None:
         """Trajectory mode: also train on every earlier assistant turn of the history. Each turn's

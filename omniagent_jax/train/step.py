@@ -69,7 +69,9 @@ class StepFns:
         model = nnx.merge(self.graphdef, params, frozen, other)
         embeds = input_embeddings(model, mb["input_ids"], mb.get("media_embeds"), mb.get("media_mask"))
         hidden = hidden_states(model, embeds, mb["positions"], mb["attention_mask"], self.remat)
-        return chunked_cross_entropy(hidden, model.lm_head.kernel[...], mb["labels"], chunk=self.loss_chunk, skip_empty=self.skip_empty_chunks)
+        return chunked_cross_entropy(
+            hidden, model.lm_head.kernel[...], mb["labels"], chunk=self.loss_chunk, skip_empty=self.skip_empty_chunks
+        )
 
     def grads(self, params, frozen, other, batch: Batch):
         """Accumulated (loss, grads, target count) over the K micro-batches of `batch`, normalised
