@@ -281,7 +281,8 @@ def test_multi_step_decode_equals_one_step_per_dispatch(pair):
 
 def test_update_weights_drops_the_prefix_cache_and_matches_a_fresh_engine(pair):
     """One decoder layer changes: the repeated prompt is recomputed (no cached tokens) and scores as a
-    fresh engine on the new weights does; the engine owns copies of the weights it was given."""
+    fresh engine on the new weights does; the engine owns copies of the weights it was given and
+    never donates the arrays of the model it was built on."""
     _, model = pair
     import jax
     import jax.numpy as jnp
@@ -292,7 +293,7 @@ def test_update_weights_drops_the_prefix_cache_and_matches_a_fresh_engine(pair):
     graphdef, state = nnx.split(model)
     own = nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
     engine = Engine(own, page_size=4, num_pages=64)
-    jax.tree.map(lambda x: x.delete(), nnx.state(own))  # the engine copied them at construction
+    assert engine.model is not own and all(a is b for a, b in zip(jax.tree.leaves(engine.model), jax.tree.leaves(own)))
     before = engine.generate([Request(prompt, params)])[0]
     assert engine.generate([Request(prompt, params)])[0].cached_tokens > 0  # the cache is live
 
@@ -300,6 +301,8 @@ def test_update_weights_drops_the_prefix_cache_and_matches_a_fresh_engine(pair):
     q = new["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"]
     q[...] = q[...] + jax.random.normal(jax.random.key(0), q.shape, q.dtype)
     engine.update_weights(new)
+    assert not any(x.is_deleted() for x in jax.tree.leaves(nnx.state(own)))  # the model's arrays were not donated
+    assert jax.tree.leaves(nnx.state(own))[0] is not jax.tree.leaves(nnx.state(engine.model))[0]
     assert not engine.pool.prefix.by_hash and len(engine.pool.free) == engine.pool.num_pages - 1  # every page is free again
     after = engine.generate([Request(prompt, params)])[0]
     fresh = Engine(nnx.merge(graphdef, new), page_size=4, num_pages=64).generate([Request(prompt, params)])[0]

@@ -9,9 +9,10 @@ buckets (stop ids and token limits are applied on device; the host trims after t
 pages run out, the most recently admitted sequence is preempted (its pages released; it is
 recomputed later from its tokens so far).
 
-The engine owns its weights: it copies the model's at construction, and `update_weights` is the
-only way new ones come in (the copy survives the caller donating or deleting its arrays). Host state
-per sequence lives in `sequence.py`, the jitted steps in `steps.py`.
+The engine starts on the model's own arrays (no second copy of the weights); `update_weights` is the
+only way new ones come in, copied into buffers the engine owns (the copy survives the caller donating
+or deleting its arrays, as a train step does). Host state per sequence lives in `sequence.py`, the
+jitted steps in `steps.py`.
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ class Engine:
             raise ValueError("decode_steps must be >= 1")
         text = model.config.text
         graphdef, state = nnx.split(model)
-        # Own buffers from the start: the caller may donate or delete the model's arrays (a train step does).
-        self.model: Thinker = nnx.merge(graphdef, jax.tree.map(lambda x: jnp.array(x, copy=True), state))
+        # A module of its own over the model's arrays, not copies: a 7B engine must not hold its weights
+        # twice. Those arrays stay the caller's (never donated) until `update_weights` brings the
+        # engine's own buffers.
+        self.model: Thinker = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))  # new Variables, same arrays
         self._graphdef = graphdef
+        self._owns_weights = False
         self._take_snapshot()
         self.decode_steps = decode_steps  # decode steps per dispatch: host work once per this many tokens
         self.pool = PagePool(num_pages, page_size)
@@ -98,7 +102,8 @@ class Engine:
             new_leaves.append(new)
         if given:
             raise ValueError(f"update_weights: unknown parameter {next(iter(given))}")
-        copies = steps.copy_into([x for _, x in old_leaves], new_leaves)
+        copies = steps.copy_into([x for _, x in old_leaves], new_leaves, donate=self._owns_weights)
+        self._owns_weights = True
         nnx.replace_by_pure_dict(current, jax.tree_util.tree_unflatten(treedef, copies))
         nnx.update(self.model, current)
         self._take_snapshot()

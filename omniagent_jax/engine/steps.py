@@ -105,8 +105,8 @@ def _copier(shardings: tuple, donate: bool):
     )
 
 
-def copy_into(old: list[jax.Array], new: list[jax.Array]) -> list[jax.Array]:
-    """Fresh copies of `new` in `old`'s shardings, written into `old`'s (donated) buffers: the result
-    aliases neither, and no third copy of the weights is ever alive."""
-    donate = not any(a is b for a, b in zip(old, new))  # the same array cannot be donated and read
+def copy_into(old: list[jax.Array], new: list[jax.Array], *, donate: bool = True) -> list[jax.Array]:
+    """Fresh copies of `new` in `old`'s shardings, written into `old`'s buffers when `donate` (then no
+    third copy of the weights is ever alive); the result aliases neither."""
+    donate = donate and not any(a is b for a, b in zip(old, new))  # the same array cannot be donated and read
     return _copier(tuple(x.sharding for x in old), donate)(old, new)
