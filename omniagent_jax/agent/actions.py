@@ -20,7 +20,6 @@ GET_AUDIO = "get_audio"
 GET_CLIP = "get_clip"
 ANSWER = "answer"
 ACTION_TYPES = (GET_FRAMES, GET_AUDIO, GET_CLIP, ANSWER)
-MEDIA_ACTION_TYPES = (GET_FRAMES, GET_AUDIO, GET_CLIP)
 
 REQUIRED_KEYS = ("observation", "think", "action")
 CONFIDENCE_KEY = "confidence"

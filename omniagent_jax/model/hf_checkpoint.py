@@ -133,9 +133,6 @@ class HFParamReader:
         self.specs = {name: ParamSpec(expected[name], self._dtype(keys[name][0])) for name in expected}
         return self
 
-    def hf_key(self, name: str) -> str:
-        return self._keys[name][0]
-
     def read(self, name: str) -> np.ndarray:
         """One parameter in the NNX layout (Linear kernels transposed: a view of the one copy read)."""
         key, rule = self._keys[name]
