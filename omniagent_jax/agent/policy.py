@@ -33,7 +33,7 @@ from omniagent_jax.processing.policy_contract import (
 
 STOP_STRINGS = (tokens.IM_END,)
 
-__all__ = ["OpenAIPolicy", "Policy", "PolicyError", "PolicyMetrics", "PolicyOutput", "ScriptedPolicy"]
+__all__ = ["ConcurrentPolicy", "OpenAIPolicy", "Policy", "PolicyError", "PolicyMetrics", "PolicyOutput", "ScriptedPolicy"]
 
 
 @runtime_checkable
@@ -43,6 +43,33 @@ class Policy(Protocol):
     is this turn's sampling seed (None: the policy's default)."""
 
     def generate(self, messages: Sequence[Message], *, unchanged_prefix: int = 0, seed: int | None = None) -> PolicyOutput: ...
+
+
+@runtime_checkable
+class ConcurrentPolicy(Protocol):
+    """A policy that takes many turns at once (the episode driver's interface; ``generate`` stays too).
+
+    One thread calls ``submit``/``collect``/``cancel`` (for the JAX policy it is the only one touching
+    the engine: ``collect`` runs engine steps until something finishes).
+
+    - ``submit(key, messages, unchanged_prefix=k, seed=s)`` queues one turn and returns at once; ``key``
+      is unique among the turns in flight; ``unchanged_prefix`` and ``seed`` mean what they mean for
+      ``Policy.generate``.
+    - ``collect(timeout)`` blocks until at least one submitted turn has finished (or ``timeout`` seconds
+      passed: then it may return ``[]``) and returns every turn finished since the last call, as
+      ``(key, PolicyOutput)`` or, for a failed turn, ``(key, exception)`` (a :class:`PolicyError` or
+      subclass); it never raises a turn's failure.
+    - ``cancel(key)`` drops that turn at once (the JAX policy frees its engine pages); a cancelled turn
+      is never returned by ``collect``; unknown or finished keys are ignored.
+    """
+
+    def generate(self, messages: Sequence[Message], *, unchanged_prefix: int = 0, seed: int | None = None) -> PolicyOutput: ...
+
+    def submit(self, key: str, messages: Sequence[Message], *, unchanged_prefix: int = 0, seed: int | None = None) -> None: ...
+
+    def collect(self, timeout: float | None = None) -> list[tuple[str, PolicyOutput | Exception]]: ...
+
+    def cancel(self, key: str) -> None: ...
 
 
 class PolicyError(RuntimeError):
