@@ -276,6 +276,7 @@ class Engine:
         for seq, start, end, row, best in zip(seqs, starts, ends, logits, greedy):
             seq.num_cached = end
             self.stats.prefilled_tokens += end - start
+            seq.prefilled += end - start
             self._register_full_pages(seq)
             if end == len(seq.tokens):
                 done.append((seq, row, best))
@@ -377,6 +378,7 @@ class Engine:
             finish_reason=reason,
             prompt_tokens=len(seq.prompt),
             cached_tokens=seq.cached_from_prefix,
+            prefilled_tokens=seq.prefilled,
             logprobs=list(seq.logprobs) if want else None,
             entropies=list(seq.entropies) if want else None,
         )

@@ -44,6 +44,7 @@ class Completion:
     cached_tokens: int  # prompt tokens whose KV came from the prefix cache
     logprobs: list[float] | None = None
     entropies: list[float] | None = None
+    prefilled_tokens: int = 0  # tokens this request ran through prefill (recomputation after preemption included)
 
 
 @dataclasses.dataclass

@@ -39,6 +39,7 @@ class SequenceState:
         self._hashes: list[bytes] = []  # memo of `prefix_hashes`
         self.num_cached = 0  # tokens whose KV sits in `pages`
         self.cached_from_prefix = 0
+        self.prefilled = 0  # tokens run through prefill for this request, recomputation included
         self.finish_reason: str | None = None
 
     @property
