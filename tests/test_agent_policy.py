@@ -182,8 +182,7 @@ def test_encoders_round_trip():
 def test_retries_then_errors():
     state = StubState([h.frames(0, 1, 2)], fail_first=1)
     with stub_server(state) as url:
-        policy = OpenAIPolicy(url, "m", timeout_s=10, retries=1)
-        policy.client.retry_delay_s = 0.0
+        policy = OpenAIPolicy(url, "m", timeout_s=10, retries=1, backoff_s=0.0)
         out = policy.generate([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
         assert out.text == h.frames(0, 1, 2)
     state = StubState([], fail_first=5, fail_code=400)

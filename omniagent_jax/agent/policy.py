@@ -4,20 +4,25 @@
 without this package importing it. Every policy returns the one
 :class:`~omniagent_jax.processing.policy_contract.PolicyOutput` with typed metrics, and takes its seed
 per call, so one policy object serves many episodes. ``ScriptedPolicy`` replays fixed outputs
-(tests, replays); ``OpenAIPolicy`` talks to any OpenAI-compatible ``/v1/chat/completions`` endpoint
-(e.g. vLLM serving an exported checkpoint, or ``omniagent serve``) with the standard library only,
-encoding media with :mod:`omniagent_jax.processing.content_codec` (PNG frames, 16-bit WAV; the
-module doc there has the wire format).
+(tests, replays); ``OpenAIPolicy`` talks to one or several OpenAI-compatible ``/v1/chat/completions``
+endpoints (e.g. vLLM serving an exported checkpoint, or ``omniagent serve``), many turns at once, over
+:mod:`omniagent_jax.agent.openai_http` (httpx, timeouts, retries), encoding media with
+:mod:`omniagent_jax.processing.content_codec` (PNG frames, 16-bit WAV; the module doc there has the
+wire format).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import copy
+import queue
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from omniagent_jax.agent import envfile
+from omniagent_jax.agent import envfile, openai_http
 from omniagent_jax.agent.messages import Message
 from omniagent_jax.agent.openai_http import ChatCompletionsClient, OpenAIError
 from omniagent_jax.processing import tokens
@@ -100,14 +105,19 @@ class ScriptedPolicy:
 
 
 class OpenAIPolicy:
-    """A policy served by an OpenAI-compatible chat endpoint. ``extra_body`` is merged into every
-    request (e.g. vLLM sampling extras). ``image_format="jpeg"`` is needed for clips on vLLM, which
-    reads frame lists only as JPEG. ``prefix_caching`` is what the endpoint is known to do (reported
-    in the run records; None: unknown)."""
+    """A policy served by one or several OpenAI-compatible chat endpoints (``url``: a URL, a
+    comma-separated list of them, or a sequence). Each turn goes to the endpoint with the fewest turns
+    in flight (ties in turn); each endpoint has at most ``max_concurrency`` requests in flight, the rest
+    wait their turn locally. ``generate`` plays one turn and blocks; ``submit``/``collect``/``cancel``
+    (:class:`ConcurrentPolicy`) keep many in flight. ``extra_body`` is merged into every request (e.g.
+    vLLM sampling extras). ``image_format="jpeg"`` is needed for clips on vLLM, which reads frame lists
+    only as JPEG. ``prefix_caching`` is what the endpoint is known to do (reported in the run records;
+    None: unknown). ``timeout_s``, ``connect_timeout_s``, ``retries`` and ``backoff_s`` are those of
+    :class:`~omniagent_jax.agent.openai_http.ChatCompletionsClient`."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         model: str,
         *,
         api_key: str | None = None,
@@ -117,12 +127,19 @@ class OpenAIPolicy:
         max_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         logprobs: bool = False,
         image_format: str = "png",
-        timeout_s: float = 300.0,
-        retries: int = 2,
+        timeout_s: float = openai_http.DEFAULT_TIMEOUT_S,
+        connect_timeout_s: float = openai_http.DEFAULT_CONNECT_TIMEOUT_S,
+        retries: int = openai_http.DEFAULT_RETRIES,
+        backoff_s: float = openai_http.DEFAULT_BACKOFF_S,
+        max_concurrency: int = openai_http.DEFAULT_MAX_CONCURRENCY,
         extra_body: Mapping[str, Any] | None = None,
         prefix_caching: bool | None = None,
     ) -> None:
-        self.client = ChatCompletionsClient(url, api_key=api_key, timeout_s=timeout_s, retries=retries)
+        self.clients = [
+            ChatCompletionsClient(u, api_key=api_key, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s,
+                                  retries=retries, backoff_s=backoff_s, max_concurrency=max_concurrency)
+            for u in endpoint_urls(url)
+        ]
         self.model = model
         self.temperature = temperature
         self.top_p = top_p
@@ -132,15 +149,26 @@ class OpenAIPolicy:
         self.image_format = image_format
         self.extra_body = dict(extra_body or {})
         self.prefix_caching = prefix_caching
+        self._lock = threading.Lock()
+        self._load = [0] * len(self.clients)  # turns in flight (queued or sent) per endpoint
+        self._next = 0  # where the search for the least-loaded endpoint starts: ties go round-robin
+        self._pending: dict[str, concurrent.futures.Future[PolicyOutput]] = {}
+        self._done: queue.SimpleQueue[tuple[str, concurrent.futures.Future[PolicyOutput]]] = queue.SimpleQueue()
+
+    @property
+    def client(self) -> ChatCompletionsClient:
+        """The first endpoint's client."""
+        return self.clients[0]
 
     def __repr__(self) -> str:
-        return f"OpenAIPolicy(model={self.model!r}, client={self.client!r})"
+        return f"OpenAIPolicy(model={self.model!r}, clients={self.clients!r})"
 
     @classmethod
     def from_env(cls, *, url: str | None = None, model: str | None = None, env_file: str | None = envfile.DEFAULT_ENV_FILE,
                  **kwargs: Any) -> OpenAIPolicy:
-        """URL/model from the arguments or ``OMNIAGENT_OPENAI_URL`` / ``_MODEL``; the key only from
-        ``OMNIAGENT_OPENAI_API_KEY`` (environment or ``.env``), never from the command line."""
+        """URL(s)/model from the arguments or ``OMNIAGENT_OPENAI_URL`` (comma-separated for several endpoints) /
+        ``_MODEL``; the key only from ``OMNIAGENT_OPENAI_API_KEY`` (environment or ``.env``), never from the
+        command line."""
         url = url or envfile.get_setting(envfile.OPENAI_URL, env_file=env_file)
         model = model or envfile.get_setting(envfile.OPENAI_MODEL, env_file=env_file)
         if not url or not model:
@@ -174,14 +202,88 @@ class OpenAIPolicy:
         return body
 
     def generate(self, messages: Sequence[Message], *, unchanged_prefix: int = 0, seed: int | None = None) -> PolicyOutput:
+        """One turn, blocking. A request that fails raises :class:`PolicyError`."""
+        return openai_http.wait(self._start(messages, seed))
+
+    def submit(self, key: str, messages: Sequence[Message], *, unchanged_prefix: int = 0, seed: int | None = None) -> None:
+        """Queue one turn and return at once (media encoding happens off this thread)."""
+        if key in self._pending:
+            raise ValueError(f"turn {key!r} is already in flight")
+        # The caller may extend its history once the turn is back; encoding later must see it as it is now.
+        snapshot = [{**m, "content": copy.copy(m["content"])} for m in messages]
+        future = self._start(snapshot, seed)
+        self._pending[key] = future
+        future.add_done_callback(lambda f: self._done.put((key, f)))
+
+    def collect(self, timeout: float | None = None) -> list[tuple[str, PolicyOutput | Exception]]:
+        """Every turn finished since the last call, waiting for at least one (``[]`` after ``timeout`` s,
+        or at once when nothing is in flight). A failed turn comes back as a :class:`PolicyError`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        finished: list[tuple[str, PolicyOutput | Exception]] = []
+        while True:
+            try:
+                if finished or not self._pending:
+                    key, future = self._done.get_nowait()
+                else:
+                    wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    key, future = self._done.get(timeout=wait_s)
+            except queue.Empty:
+                return finished
+            if self._pending.get(key) is not future:
+                continue  # cancelled (or a key reused after cancel: its new turn is still in flight)
+            del self._pending[key]
+            finished.append((key, _outcome(future)))
+
+    def cancel(self, key: str) -> None:
+        """Drop a turn: never sent if still queued, its connection closed if in flight; never collected."""
+        future = self._pending.pop(key, None)
+        if future is not None:
+            future.cancel()
+
+    def close(self) -> None:
+        """Cancel every turn in flight and close the connection pools."""
+        for key in list(self._pending):
+            self.cancel(key)
+        for client in self.clients:
+            client.close()
+
+    def __enter__(self) -> OpenAIPolicy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self, messages: Sequence[Message], seed: int | None) -> concurrent.futures.Future[PolicyOutput]:
+        with self._lock:
+            n = len(self.clients)
+            index = min(((self._next + i) % n for i in range(n)), key=lambda j: self._load[j])
+            self._next = (index + 1) % n
+            self._load[index] += 1
+        future = openai_http.run_in_background(self._turn(self.clients[index], messages, seed))
+        future.add_done_callback(lambda _: self._release(index))
+        return future
+
+    def _release(self, index: int) -> None:
+        with self._lock:
+            self._load[index] -= 1
+
+    async def _turn(self, client: ChatCompletionsClient, messages: Sequence[Message], seed: int | None) -> PolicyOutput:
         t0 = time.perf_counter()
-        body = self.request_body(messages, seed=seed)
-        t1 = time.perf_counter()
-        try:
-            response = self.client.create(body)
-        except OpenAIError as e:
-            raise PolicyError(str(e)) from None
+        # PNG/WAV encoding of a turn's media takes a while: off the request loop, which serves every turn.
+        body = await asyncio.get_running_loop().run_in_executor(None, lambda: self.request_body(messages, seed=seed))
+        async with client.slots:
+            t1 = time.perf_counter()
+            try:
+                response = await client.send(body)
+            except OpenAIError as e:
+                raise PolicyError(str(e)) from None
         t2 = time.perf_counter()
+        try:
+            return self._output(response, prep_seconds=t1 - t0, generation_seconds=t2 - t1)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise PolicyError(f"{client.url} returned a malformed completion ({type(e).__name__}: {e})") from None
+
+    def _output(self, response: dict[str, Any], *, prep_seconds: float, generation_seconds: float) -> PolicyOutput:
         choice = response["choices"][0]
         text = (choice["message"].get("content") or "").strip()
         content_lp = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
@@ -194,12 +296,33 @@ class OpenAIPolicy:
             prompt_tokens=_count(usage.get("prompt_tokens")),
             cached_prompt_tokens=_count(details.get("cached_tokens")) if isinstance(details, dict) else None,
             completion_tokens=_count(usage.get("completion_tokens")),
-            prep_seconds=t1 - t0,
-            generation_seconds=t2 - t1,
+            prep_seconds=prep_seconds,
+            generation_seconds=generation_seconds,
             prefix_caching=self.prefix_caching,
         )
         return PolicyOutput(text, logprobs=logprobs, entropies=entropies, finish_reason=choice.get("finish_reason"),
                             metrics=metrics)
+
+
+def endpoint_urls(url: str | Sequence[str]) -> list[str]:
+    """The endpoints named by one URL, a comma-separated list, or a sequence of URLs."""
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    urls = [u.strip() for u in parts if u and u.strip()]
+    if not urls:
+        raise ValueError(f"no endpoint URL in {url!r}")
+    return urls
+
+
+def _outcome(future: concurrent.futures.Future[PolicyOutput]) -> PolicyOutput | Exception:
+    """A finished turn's output, or its failure as a PolicyError (never raised)."""
+    try:
+        return future.result()
+    except PolicyError as e:
+        return e
+    except Exception as e:  # e.g. media that cannot be encoded: it still ends only this turn
+        error = PolicyError(f"turn failed: {type(e).__name__}: {e}")
+        error.__cause__ = e
+        return error
 
 
 def _count(value: Any) -> int | None:
