@@ -32,8 +32,10 @@ from omniagent_jax.processing.policy_contract import (
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
+    PolicyError,
     PolicyMetrics,
     PolicyOutput,
+    episode_of,
 )
 
 STOP_STRINGS = (tokens.IM_END,)
@@ -77,31 +79,70 @@ class ConcurrentPolicy(Protocol):
     def cancel(self, key: str) -> None: ...
 
 
-class PolicyError(RuntimeError):
-    """The policy could not produce a turn (endpoint down, script exhausted, ...)."""
-
-
 class ScriptedPolicy:
-    """Replays the given outputs in order; keeps a copy of every message list it was shown."""
+    """Replays fixed outputs; keeps a copy of every message list it was shown.
 
-    def __init__(self, outputs: Sequence[str]) -> None:
-        self.outputs = list(outputs)
+    ``outputs`` is one list played in call order, or a mapping episode key -> that episode's list: a turn
+    submitted under ``turn_key(episode, t)`` takes that episode's next output. An exception among the
+    outputs is that turn's failure. As a :class:`ConcurrentPolicy`, each submitted turn is a ``generate``
+    call made under its key (so subclasses that override ``generate`` keep working); it finishes at the
+    next ``collect``, in submission order, a raised exception coming back as the turn's failure.
+    """
+
+    def __init__(self, outputs: Sequence[str | Exception] | Mapping[str, Sequence[str | Exception]]) -> None:
+        self.scripts = {str(k): list(v) for k, v in outputs.items()} if isinstance(outputs, Mapping) else None
+        self.outputs = [] if isinstance(outputs, Mapping) else list(outputs)
         self.calls = 0
+        self.taken: dict[str, int] = {}  # outputs taken per episode (per-episode scripts)
         self.inputs: list[list[Message]] = []
         self.unchanged_prefixes: list[int] = []
         self.seeds: list[int | None] = []
+        self.keys: list[str | None] = []  # each call's turn key (None: a direct `generate`)
+        self._key: str | None = None  # the key of the turn being submitted
+        self._done: dict[str, PolicyOutput | Exception] = {}
 
     def generate(self, messages: Sequence[Message], *, unchanged_prefix: int = 0, seed: int | None = None) -> PolicyOutput:
-        if self.calls >= len(self.outputs):
-            raise PolicyError(f"scripted policy has only {len(self.outputs)} outputs; turn {self.calls + 1} was asked for")
+        key = self._key
+        if self.scripts is None:
+            script, taken, whose = self.outputs, self.calls, ""
+        else:
+            if key is None:
+                raise PolicyError("a per-episode scripted policy plays submitted turns (it needs their keys), not generate")
+            episode = episode_of(key)
+            if episode not in self.scripts:
+                raise PolicyError(f"scripted policy has no script for episode {episode!r}")
+            script, taken, whose = self.scripts[episode], self.taken.get(episode, 0), f" for episode {episode!r}"
+        if taken >= len(script):
+            raise PolicyError(f"scripted policy has only {len(script)} outputs{whose}; turn {taken + 1} was asked for")
+        if self.scripts is not None:
+            self.taken[episode] = taken + 1
         # Part lists are copied so later edits of the history cannot alter what was recorded;
         # media payloads are shared (they are never modified).
         self.inputs.append([{**m, "content": copy.copy(m["content"])} for m in messages])
         self.unchanged_prefixes.append(unchanged_prefix)
         self.seeds.append(seed)
-        text = self.outputs[self.calls]
+        self.keys.append(key)
         self.calls += 1
-        return PolicyOutput(text)
+        out = script[taken]
+        if isinstance(out, Exception):
+            raise out
+        return PolicyOutput(out)
+
+    def submit(self, key: str, messages: Sequence[Message], *, unchanged_prefix: int = 0, seed: int | None = None) -> None:
+        self._key = key
+        try:
+            self._done[key] = self.generate(messages, unchanged_prefix=unchanged_prefix, seed=seed)
+        except Exception as e:  # the turn's failure, returned by collect
+            self._done[key] = e
+        finally:
+            self._key = None
+
+    def collect(self, timeout: float | None = None) -> list[tuple[str, PolicyOutput | Exception]]:
+        done, self._done = list(self._done.items()), {}
+        return done
+
+    def cancel(self, key: str) -> None:
+        self._done.pop(key, None)
 
 
 class OpenAIPolicy:

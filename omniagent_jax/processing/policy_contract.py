@@ -4,7 +4,9 @@ Both the agent's policies (`omniagent_jax.agent.policy`: scripted, OpenAI-compat
 JAX engine's `JaxPolicy` return a :class:`PolicyOutput` with :class:`PolicyMetrics`, so episode records,
 eval and RL read one set of names whatever produced the turn. Seeds travel with each call
 (`generate(..., seed=...)`); :func:`turn_seed` derives a turn's seed from its episode's, so a policy
-object holds no per-episode state and many episodes can share it. Pure Python: no JAX, no numpy.
+object holds no per-episode state and many episodes can share it; :func:`episode_seed` derives an episode's
+from (run seed, sample index, rollout index). :func:`turn_key` names a turn for a concurrent policy.
+Pure Python: no JAX, no numpy.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ DEFAULT_MAX_NEW_TOKENS = 4096
 
 # Seeds stay below 2**31: the engine keeps them as uint32 and OpenAI-compatible servers take an int64.
 SEED_LIMIT = 2**31
+
+
+class PolicyError(RuntimeError):
+    """The policy could not produce a turn (endpoint down, script exhausted, prompt refused, engine failure...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,3 +79,29 @@ def turn_seed(episode_seed: int, turn: int) -> int:
     """
     digest = hashlib.blake2b(f"{int(episode_seed)}:{int(turn)}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % SEED_LIMIT
+
+
+def episode_seed(run_seed: int, sample: int, rollout: int = 0) -> int:
+    """The seed of rollout `rollout` of sample `sample` in the run seeded `run_seed`.
+
+    A pure function of the three, so an episode plays the same whichever order and company a driver
+    runs it in (an RL group is `rollout = 0..N-1` of one sample); its turns then use `turn_seed`.
+    """
+    digest = hashlib.blake2b(f"episode:{int(run_seed)}:{int(sample)}:{int(rollout)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % SEED_LIMIT
+
+
+# A concurrent policy's turn keys are opaque to it, but the episode driver names them
+# `<episode key>#<turn>`, so a policy that keeps per-episode state (a scripted one) can find the episode.
+TURN_KEY_SEPARATOR = "#"
+
+
+def turn_key(episode: str, turn: int) -> str:
+    """The key the driver submits turn `turn` (1-based) of episode `episode` under."""
+    return f"{episode}{TURN_KEY_SEPARATOR}{int(turn)}"
+
+
+def episode_of(key: str) -> str:
+    """The episode key inside a turn key made by :func:`turn_key` (the whole key if it has no turn part)."""
+    episode, sep, turn = key.rpartition(TURN_KEY_SEPARATOR)
+    return episode if sep and turn.isdigit() else key

@@ -1,0 +1,38 @@
+"""Test helpers for the episode driver: episode results as plain comparable values (media payloads by
+content digest, no wall-clock times)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+
+
+def freeze(obj):
+    """`obj` with arrays replaced by (shape, dtype, digest) and dataclasses by dicts, for == comparison."""
+    if isinstance(obj, np.ndarray):
+        return ("array", obj.shape, str(obj.dtype), hashlib.blake2b(np.ascontiguousarray(obj).tobytes()).hexdigest())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: freeze(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: freeze(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [freeze(v) for v in obj]
+    return obj
+
+
+def comparable(result, *, metrics: bool = False) -> dict:
+    """Everything of an EpisodeResult except times; the policy's metrics only with `metrics` (prefix-cache
+    hits depend on which episode got to a shared prompt first)."""
+    steps = []
+    for r in result.steps:
+        step = [r.step, r.raw_input, r.unchanged_prefix, r.seed, r.output, r.action, r.result.reward, r.result.error_code,
+                r.result.media, r.result.first_changed, r.logprobs, r.finish_reason, r.policy_metrics.prompt_tokens,
+                r.policy_metrics.completion_tokens]
+        if metrics:
+            step += [r.policy_metrics.cached_prompt_tokens, r.policy_metrics.prefilled_tokens]
+        steps.append(step)
+    return freeze({"steps": steps, "messages": result.messages, "answer": result.final_answer, "reward": result.total_reward,
+                   "won": result.won, "scored": result.scored, "end": result.end_reason, "code": result.error_code,
+                   "max_steps": result.max_steps, "seed": result.seed, "error": result.error})
