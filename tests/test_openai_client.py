@@ -188,18 +188,32 @@ def test_the_key_is_sent_but_never_shown(caplog):
     stub = Stub([(400, {"error": {"message": "nope"}}, {})])
     failures: list[BaseException] = []
     with caplog.at_level(logging.DEBUG), serve(stub) as url:
-        policy = OpenAIPolicy([url, dead_url()], "m", api_key=SECRET, retries=0, **FAST)
-        shown = repr(policy) + str(policy.clients) + repr(policy.client)
-        for _ in range(2):  # the first turn goes to the stub (a 400), the second to the dead endpoint
+        policy = OpenAIPolicy(url, "m", api_key=SECRET, retries=0, **FAST)
+        dead = OpenAIPolicy([dead_url(), dead_url()], "m", api_key=SECRET, retries=0, **FAST)
+        shown = repr(policy) + str(policy.clients) + repr(policy.client) + repr(dead)
+        for p in (policy, dead):
             with pytest.raises(PolicyError) as e:
-                policy.generate(user("hi"))
+                p.generate(user("hi"))
             failures.append(e.value)
         assert policy.generate(user("again")).text == "echo again"
         policy.close()
     assert stub.auth == [f"Bearer {SECRET}"] * 2
-    assert "api_key=<set>" in shown and "HTTP 400: nope" in str(failures[0]) and "cannot reach" in str(failures[1])
+    assert "api_key=<set>" in shown and "HTTP 400: nope" in str(failures[0])
+    assert "cannot reach" in str(failures[1]) and "(2 of 2 endpoints tried)" in str(failures[1])
     everything = shown + caplog.text + "".join("".join(traceback.format_exception(f)) for f in failures)
     assert "HTTP Request" in caplog.text and SECRET not in everything  # httpx did log the requests
+
+
+def test_an_unreachable_endpoint_passes_its_turns_on():
+    stub = Stub()
+    with serve(stub) as url, OpenAIPolicy([dead_url(), url], "m", retries=1, **FAST) as policy:
+        for i in range(4):
+            policy.submit(str(i), user(str(i)))
+        got: dict = {}
+        while len(got) < 4:
+            got.update(policy.collect(timeout=10))
+    assert {k: v.text for k, v in got.items()} == {str(i): f"echo {i}" for i in range(4)}
+    assert sorted(stub.texts) == ["0", "1", "2", "3"]
 
 
 def test_concurrency_bound_is_respected():

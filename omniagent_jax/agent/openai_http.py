@@ -45,11 +45,13 @@ T = TypeVar("T")
 class OpenAIError(RuntimeError):
     """The endpoint failed or answered with something that is not a chat completion.
 
-    ``status`` is the HTTP status when the server answered (None: it could not be reached)."""
+    ``status`` is the HTTP status when the server answered (None: no answer). ``unreachable``: the last
+    attempt could not even connect, so the request surely never reached the server (safe to send elsewhere)."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, unreachable: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.unreachable = unreachable
 
 
 def chat_completions_url(url: str) -> str:
@@ -227,9 +229,11 @@ class ChatCompletionsClient:
             try:
                 response = await self._client().post(self.url, json=body)
             except httpx.TimeoutException as e:
-                error = OpenAIError(f"{where} timed out ({type(e).__name__}) after {attempt + 1} attempt(s)")
+                error = OpenAIError(f"{where} timed out ({type(e).__name__}) after {attempt + 1} attempt(s)",
+                                    unreachable=isinstance(e, httpx.ConnectTimeout))
             except httpx.TransportError as e:
-                error = OpenAIError(f"cannot reach {where} after {attempt + 1} attempt(s): {type(e).__name__}: {e}")
+                error = OpenAIError(f"cannot reach {where} after {attempt + 1} attempt(s): {type(e).__name__}: {e}",
+                                    unreachable=isinstance(e, httpx.ConnectError))
             else:
                 if response.status_code < 300:
                     return _completion(response, where)

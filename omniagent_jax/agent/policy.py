@@ -149,7 +149,8 @@ class OpenAIPolicy:
     """A policy served by one or several OpenAI-compatible chat endpoints (``url``: a URL, a
     comma-separated list of them, or a sequence). Each turn goes to the endpoint with the fewest turns
     in flight (ties in turn); each endpoint has at most ``max_concurrency`` requests in flight, the rest
-    wait their turn locally. ``generate`` plays one turn and blocks; ``submit``/``collect``/``cancel``
+    wait their turn locally; a turn whose endpoint cannot be connected to (after its retries) moves on to
+    the next endpoint. ``generate`` plays one turn and blocks; ``submit``/``collect``/``cancel``
     (:class:`ConcurrentPolicy`) keep many in flight. ``extra_body`` is merged into every request (e.g.
     vLLM sampling extras). ``image_format="jpeg"`` is needed for clips on vLLM, which reads frame lists
     only as JPEG. ``prefix_caching`` is what the endpoint is known to do (reported in the run records;
@@ -300,7 +301,7 @@ class OpenAIPolicy:
             index = min(((self._next + i) % n for i in range(n)), key=lambda j: self._load[j])
             self._next = (index + 1) % n
             self._load[index] += 1
-        future = openai_http.run_in_background(self._turn(self.clients[index], messages, seed))
+        future = openai_http.run_in_background(self._turn(index, messages, seed))
         future.add_done_callback(lambda _: self._release(index))
         return future
 
@@ -308,16 +309,22 @@ class OpenAIPolicy:
         with self._lock:
             self._load[index] -= 1
 
-    async def _turn(self, client: ChatCompletionsClient, messages: Sequence[Message], seed: int | None) -> PolicyOutput:
+    async def _turn(self, index: int, messages: Sequence[Message], seed: int | None) -> PolicyOutput:
         t0 = time.perf_counter()
         # PNG/WAV encoding of a turn's media takes a while: off the request loop, which serves every turn.
         body = await asyncio.get_running_loop().run_in_executor(None, lambda: self.request_body(messages, seed=seed))
-        async with client.slots:
-            t1 = time.perf_counter()
-            try:
-                response = await client.send(body)
-            except OpenAIError as e:
-                raise PolicyError(str(e)) from None
+        n = len(self.clients)
+        for tried in range(n):
+            client = self.clients[(index + tried) % n]
+            async with client.slots:
+                t1 = time.perf_counter()
+                try:
+                    response = await client.send(body)
+                    break
+                except OpenAIError as e:
+                    # An endpoint that cannot be connected to never saw the turn: the next one may take it.
+                    if not e.unreachable or tried == n - 1:
+                        raise PolicyError(str(e) if n == 1 else f"{e} ({tried + 1} of {n} endpoints tried)") from None
         t2 = time.perf_counter()
         try:
             return self._output(response, prep_seconds=t1 - t0, generation_seconds=t2 - t1)
