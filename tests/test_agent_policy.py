@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import threading
+import time
 import wave
 from http.server import ThreadingHTTPServer
 
@@ -17,6 +18,7 @@ from PIL import Image
 
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import Sample
+from omniagent_jax.agent.driver import Episode, EpisodeDriver
 from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
 from omniagent_jax.agent.limits import EpisodeLimits
 from omniagent_jax.agent.messages import message_text
@@ -31,11 +33,18 @@ SERVER_LIFETIME_S = 60
 
 
 class StubState:
-    def __init__(self, outputs, *, fail_first: int = 0, fail_code: int = 500):
+    """``by_turn``: every episode plays ``outputs`` (the reply is chosen by the number of assistant turns
+    in the request, so episodes may interleave), each reply after ``delay`` s."""
+
+    def __init__(self, outputs, *, fail_first: int = 0, fail_code: int = 500, by_turn: bool = False, delay: float = 0.0):
         self.outputs = list(outputs)
         self.requests: list[dict] = []
         self.fail_first = fail_first
         self.fail_code = fail_code
+        self.by_turn = by_turn
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.active = self.max_active = 0
 
 
 def make_handler(state: StubState):
@@ -47,8 +56,17 @@ def make_handler(state: StubState):
             if state.fail_first > 0:
                 state.fail_first -= 1
                 return self.send_json(state.fail_code, {"error": {"message": "try again"}})
-            state.requests.append(body)
-            text = state.outputs.pop(0)
+            with state.lock:
+                state.requests.append(body)
+                state.active += 1
+                state.max_active = max(state.max_active, state.active)
+            time.sleep(state.delay)
+            with state.lock:
+                state.active -= 1
+            if state.by_turn:
+                text = state.outputs[sum(m["role"] == "assistant" for m in body["messages"])]
+            else:
+                text = state.outputs.pop(0)
             return self.send_json(200, {
                 "id": "cmpl-1", "object": "chat.completion", "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop",
@@ -143,6 +161,36 @@ def test_openai_policy_replays_reference_trajectory(reference_dir):
     assert rec.logprobs == [-0.25, -1.5] and rec.policy_metrics.prompt_tokens == 1234
     assert rec.policy_metrics.completion_tokens == 56 and rec.policy_metrics.cached_prompt_tokens == 1000
     assert rec.finish_reason == "stop" and rec.policy_metrics.prefix_caching is None and result.prefix_caching is None
+
+
+def test_episodes_at_once_through_openai_policy(reference_dir):
+    """Six TR episodes through the driver, at most 3 requests in flight, play exactly as one by one."""
+    steps = h.load_reference_trajectories(reference_dir / "example_train_sft.jsonl")[1]
+    info = steps[0]["extra_info"]
+    outputs = [s["output"] for s in steps]
+    sample = Sample(video=info["video"], question_type="TR", question=info["question"], answer=info["answer"])
+    config = EnvConfig(limits=EpisodeLimits(58, 200.0, 42.0), budget=StepBudget(max_steps=22))
+
+    def make_env():
+        return VideoEnvironment(sample, config, media_opener=h.fake_opener(info["duration_seconds"], info["fps"], True),
+                                **h.FAKE_ENV_KW)
+
+    state = StubState(outputs, by_turn=True, delay=0.02)
+    with stub_server(state) as url, OpenAIPolicy(url, "m", max_concurrency=3, timeout_s=30) as policy:
+        together = EpisodeDriver(policy, max_live=6).run([Episode(f"e{i}", make_env, seed=i) for i in range(6)])
+        bodies_together = list(state.requests)
+        state.requests.clear()
+        alone = []
+        for i in range(6):
+            with make_env() as env:
+                alone.append(run_episode(env, policy, seed=i))
+    assert 1 < state.max_active <= 3
+    for a, b in zip(together, alone):
+        assert [r.output for r in a.steps] == [r.output for r in b.steps] == outputs
+        assert [r.seed for r in a.steps] == [r.seed for r in b.steps] and a.error is None
+        assert a.won and a.total_reward == b.total_reward
+    assert len(bodies_together) == 6 * len(steps)
+    assert sorted(bodies_together, key=lambda b: b["seed"]) == sorted(state.requests, key=lambda b: b["seed"])
 
 
 def test_openai_policy_sends_the_turn_seed():
