@@ -76,7 +76,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="scripted: replay --scripted-outputs; openai: an OpenAI-compatible endpoint")
     p.add_argument("--scripted-outputs", default=None,
                    help="model turns to replay: a JSON list of strings, or one turn per line")
-    p.add_argument("--openai-url", default=None, help="endpoint, e.g. http://127.0.0.1:8000/v1 "
+    p.add_argument("--openai-url", default=None, help="endpoint, e.g. http://127.0.0.1:8000/v1, or several, comma-separated "
                    "(default $OMNIAGENT_OPENAI_URL; the key is read from $OMNIAGENT_OPENAI_API_KEY or .env)")
     p.add_argument("--openai-model", default=None, help="served model name (default $OMNIAGENT_OPENAI_MODEL)")
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
