@@ -7,6 +7,9 @@
 `run` uses the JAX engine by default (`--model PATH`, an HF or converted JAX checkpoint); without
 `--model` it builds the tiny preset with RANDOM weights (created once, cached on disk), which only
 exercises the machinery. `--policy scripted|openai` swaps in the agent's other policies.
+
+Every command checks its arguments, files and video before it loads a model; bad input exits 2 with
+one `omniagent <command>: error: ...` line on stderr.
 """
 
 from __future__ import annotations
@@ -58,21 +61,60 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-compilation-cache", action="store_true", help="do not keep compiled programs under $OMNIAGENT_CACHE/xla")
 
 
-def _jax_policy(args: argparse.Namespace, *, temperature: float, top_p: float, top_k: int, max_new_tokens: int):
+def check_engine_args(args: argparse.Namespace) -> None:
+    """The engine settings within the ranges the engine takes (UsageError otherwise)."""
+    from omniagent_jax.agent.cli import UsageError
+
+    # The page pool reserves page 0 as the null page.
+    for flag, value, low in (("--page-size", args.page_size, 1), ("--num-pages", args.num_pages, 2),
+                             ("--max-batch", args.max_batch, 1), ("--decode-steps", args.decode_steps, 1)):
+        if value < low:
+            raise UsageError(f"{flag} must be >= {low}, got {value}")
+
+
+def check_model_dir(path: str) -> None:
+    """Cheap checks of a checkpoint directory, no tensor read: it exists; its config.json parses; its weight
+    files' headers (or the JAX checkpoint's marker and metadata) are sound; its tokenizer and processor
+    settings load and agree with the config on the special ids. UsageError naming the file otherwise."""
+    from omniagent_jax.agent.cli import UsageError
+    from omniagent_jax.model.loading import open_params
+    from omniagent_jax.model.safetensors_io import CheckpointError
+    from omniagent_jax.processing.processor import OmniProcessor
+    from omniagent_jax.processing.qwen_bpe import TokenizerError
+
+    try:
+        config = open_params(path).config
+        processor = OmniProcessor.from_pretrained(path)  # cached: the load reuses it
+        config.check_special_ids(processor.special_ids, source=f"the tokenizer in {path}")
+    except (CheckpointError, FileNotFoundError, TokenizerError, ValueError) as e:
+        raise UsageError(f"--model {path}: {e}") from None
+
+
+def load_jax_policy(args: argparse.Namespace, *, temperature: float, top_p: float, top_k: int, max_new_tokens: int):
+    """The engine's policy on `--model` (or the tiny random model), after the engine settings and the
+    model directory pass their cheap checks. UsageError for bad settings or a checkpoint that fails to load."""
     import jax.numpy as jnp
 
+    from omniagent_jax.agent.cli import UsageError
     from omniagent_jax.engine import SamplingParams
     from omniagent_jax.engine.policy import JaxPolicy
+    from omniagent_jax.model.safetensors_io import CheckpointError
 
+    check_engine_args(args)
+    if args.model:
+        check_model_dir(args.model)
     if not args.no_compilation_cache:
         enable_compilation_cache()
     path = args.model or tiny_checkpoint()
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=args.seed)
-    policy = JaxPolicy.from_pretrained(
-        path, dtype=getattr(jnp, args.dtype) if args.dtype else None, sampling=sampling,
-        page_size=args.page_size, num_pages=args.num_pages, max_batch=args.max_batch,
-        decode_steps=args.decode_steps,
-    )
+    try:
+        policy = JaxPolicy.from_pretrained(
+            path, dtype=getattr(jnp, args.dtype) if args.dtype else None, sampling=sampling,
+            page_size=args.page_size, num_pages=args.num_pages, max_batch=args.max_batch,
+            decode_steps=args.decode_steps,
+        )
+    except CheckpointError as e:  # found while loading: a shape or key mismatch, a tensor cut short
+        raise UsageError(f"--model {path}: {e}") from None
     label = str(path) if args.model else f"tiny preset with RANDOM WEIGHTS ({path}); pass --model for a real checkpoint"
     model = policy.engine.model
     print(f"model: {label} — {model.num_params():,} parameters, {model.dtype}", file=sys.stderr)
@@ -84,19 +126,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.policy is not None:
         return run_command(args)
-    policy = _jax_policy(
-        args, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens
-    )
-    # The real prompt length (placeholders expanded) enforces --max-prompt-tokens as the reference does.
-    return run_command(args, policy, token_counter=policy.count_tokens)
+
+    def load():
+        policy = load_jax_policy(
+            args, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens
+        )
+        # The real prompt length (placeholders expanded) enforces --max-prompt-tokens as the reference does.
+        return policy, policy.count_tokens
+
+    return run_command(args, load_policy=load)
+
+
+def _check_serve_args(args: argparse.Namespace) -> None:
+    from omniagent_jax.agent.cli import SEED_BOUND, UsageError
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be in [0, 65535], got {args.port}")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 <= args.seed < SEED_BOUND:
+        raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from omniagent_jax.engine.server import serve
+    from omniagent_jax.agent.cli import UsageError, report_usage_error
     from omniagent_jax.processing.policy_contract import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
-    policy = _jax_policy(args, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K,
-                         max_new_tokens=args.max_new_tokens)
+    try:
+        _check_serve_args(args)
+        policy = load_jax_policy(args, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K,
+                                 max_new_tokens=args.max_new_tokens)
+    except UsageError as e:
+        return report_usage_error("omniagent serve", e)
+    from omniagent_jax.engine.server import serve
+
     serve(policy, host=args.host, port=args.port, model_name=args.served_model_name)
     return 0
 

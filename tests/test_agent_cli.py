@@ -124,7 +124,7 @@ def test_system_prompt_file_and_limits(video, tmp_path):
     (["--policy", "scripted", "--scripted-outputs", "/nonexistent/s.txt"], "cannot read --scripted-outputs"),
     (["--policy", "openai"], "needs an endpoint URL"),
     (["--system-prompt-file", "/nonexistent/p.txt"], "cannot read system prompt file"),
-    (["--max-frames", "0"], "max_frames must be a positive int"),
+    (["--max-frames", "0"], "--max-frames must be a positive int"),
 ])
 def test_bad_inputs_exit_2(video, argv_tail, msg, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no stray .env
@@ -181,3 +181,50 @@ def test_end_to_end_subprocess(video, tmp_path):
     assert "[Step 1/5] get_clip 0.00s-4.00s" in proc.stdout and "reward=1.0000" in proc.stdout
     rec = json.loads((tmp_path / "run.json").read_text())
     assert rec["total_reward"] == 1.0 and rec["final_answer"] == "[[0.0, 4.0]]"
+
+
+@pytest.mark.parametrize("tail, message", [
+    (["--temperature", "-0.5"], "--temperature must be a finite number >= 0, got -0.5"),
+    (["--temperature", "inf"], "--temperature must be a finite number >= 0, got inf"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
+    (["--top-k", "-2"], "--top-k must be >= 0 (0 turns it off), got -2"),
+    (["--max-new-tokens", "-3"], "--max-new-tokens must be >= 1, got -3"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
+    (["--max-steps", "-1"], "--max-steps must be a positive int, got -1"),
+    (["--max-audio", "0"], "--max-audio must be >= "),
+    (["--output", "/"], "--output / is a directory"),
+])
+def test_stand_alone_main_rejects_bad_values_in_one_line(tail, message, video, tmp_path, capsys):
+    from omniagent_jax.agent.cli import main
+
+    script = write_script(tmp_path / "s.txt", [h.answer("A")])
+    assert main(["--video", str(video), "--question", "q", "--policy", "scripted", "--scripted-outputs", script, *tail]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err and captured.out == ""
+    assert captured.err.startswith("omniagent run: error: ") and message in captured.err, captured.err
+
+
+def test_load_policy_is_called_only_after_every_check_and_the_video_open(video, tmp_path):
+    from omniagent_jax.agent.cli import UsageError
+
+    calls = []
+
+    def load():
+        calls.append("load")
+        return ScriptedPolicy([h.frames(0, 1, 2), h.answer("A")]), lambda messages: 10 * len(messages)
+
+    base = ["--video", str(video), "--question", "q", "--options", "A. a", "--output", str(tmp_path / "o.json")]
+    assert run([*base, "--temperature", "-1"], load_policy=load)[0] == 2
+    assert run(["--video", str(tmp_path / "none.mp4"), "--question", "q"], load_policy=load)[0] == 2
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    assert run(["--video", str(tmp_path / "bad.mp4"), "--question", "q"], load_policy=load)[0] == 2
+    assert calls == []
+    code, out, err = run([*base, "--max-prompt-tokens", "1000"], load_policy=load)
+    assert code == 0 and calls == ["load"] and "policy ScriptedPolicy" in out, err
+    assert json.loads((tmp_path / "o.json").read_text())["runtime_config"]["max_prompt_tokens"] == 1000
+
+    def broken_model():
+        raise UsageError("--model /m: /m/config.json is not valid JSON:\nExpecting value")
+
+    code, _, err = run(base, load_policy=broken_model)
+    assert code == 2 and err == "omniagent run: error: --model /m: /m/config.json is not valid JSON:; Expecting value\n"

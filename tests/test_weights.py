@@ -461,6 +461,25 @@ def test_missing_config_is_named(broken):
         Thinker.from_pretrained(broken)
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("config.json", "{", r"/config\.json is not valid JSON"),
+        ("config.json", "[1, 2]", r"/config\.json is not a JSON object"),
+        ("config.json", "{}", r"/config\.json: not a usable thinker config \(config has neither `thinker_config`"),
+        ("config.json", '{"text_config": {"hidden_size": "wide"}}', r"/config\.json: not a usable thinker config \(TypeError"),
+        ("config.json", '{"text_config": {}, "vision_config": [3]}', r"/config\.json: not a usable .* \(AttributeError"),
+        ("generation_config.json", "{", r"/generation_config\.json is not valid JSON"),
+    ],
+)
+def test_broken_config_is_named(broken, name, text, message):
+    """Every config problem is a CheckpointError naming the file, raised before any tensor is read."""
+    (broken / name).write_text(text)
+    with pytest.raises(CheckpointError, match=message) as err:
+        Thinker.from_pretrained(broken)
+    assert "\n" not in str(err.value)
+
+
 def test_mixed_dtypes_need_an_explicit_dtype(ref32, tmp_path):
     state = torch_ref.on_disk_state_dict(ref32)
     state = {k: (v if k == "model.norm.weight" else v.to(torch.bfloat16)) for k, v in state.items()}

@@ -1,17 +1,20 @@
 """``omniagent run``: one video, one question, the OTA trace printed as it happens.
 
 The top-level ``omniagent`` command wires :func:`add_run_arguments` and :func:`run_command` in; a
-caller that owns a policy object (the JAX engine) passes it as ``policy=``.
+caller that owns a policy object passes it as ``policy=``, one whose policy is slow to build (the JAX
+engine loading a checkpoint) passes ``load_policy=``, called only once every argument has been checked
+and the video opened. Bad input exits 2 with one ``omniagent run: error: ...`` line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from omniagent_jax.agent import prompts, rewards
@@ -42,10 +45,28 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 _PREVIEW_CHARS = 400
+# The engine keeps sampling seeds as uint32.
+SEED_BOUND = 2**32
 
 
 class UsageError(ValueError):
     """Bad command-line input (exit code 2)."""
+
+
+def one_line(message: object) -> str:
+    """A message as one line (multi-line library errors joined with '; '), for `prog: error: ...`."""
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def report_usage_error(prog: str, error: object, err: TextIO | None = None) -> int:
+    """Prints `prog: error: <one line>` (argparse's style) and returns the bad-input exit code."""
+    print(f"{prog}: error: {one_line(error)}", file=err or sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+# The policy a caller builds once the inputs are checked, with its prompt-length counter
+# (which turns on --max-prompt-tokens).
+PolicyLoader = Callable[[], tuple[Policy, TokenCounter]]
 
 
 def _limit_number(text: str) -> float:
@@ -144,12 +165,28 @@ def build_config(args: argparse.Namespace, *, token_limit: bool = False) -> EnvC
         budget = StepBudget(max_steps=args.max_steps, dynamic=not args.fixed_steps,
                             min_max_steps=args.min_max_steps, forced_answer=args.forced_answer)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        # "max_steps must be ..." names the field; the user typed --max-steps
+        field, _, rest = str(e).partition(" ")
+        raise UsageError(f"--{field.replace('_', '-')} {rest}" if field in vars(args) else str(e)) from None
     if token_limit and args.max_prompt_tokens <= 0:
         raise UsageError(f"--max-prompt-tokens must be positive, got {args.max_prompt_tokens}")
     return EnvConfig(limits=limits, budget=budget, system_prompt_template=template,
                      strict_confidence=args.strict_confidence, mcq_mode=args.mcq_mode,
                      max_prompt_tokens=args.max_prompt_tokens if token_limit else None)
+
+
+def check_sampling_args(args: argparse.Namespace) -> None:
+    """The sampling flags within the ranges every policy takes (the engine's and the OpenAI API's)."""
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0 (0 turns it off), got {args.top_k}")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 <= args.seed < SEED_BOUND:
+        raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}")
 
 
 def read_scripted_outputs(path: str) -> list[str]:
@@ -223,27 +260,45 @@ def print_step(rec: StepRecord, env: VideoEnvironment, out: TextIO) -> None:
 
 
 # -------------------------------------------------------------------------------------- main
+class _LoadedCounter:
+    """The token counter of a policy that is loaded after the environment has opened the video."""
+
+    def __init__(self) -> None:
+        self.count: TokenCounter | None = None
+
+    def __call__(self, messages: Any) -> int:
+        if self.count is None:
+            raise RuntimeError("the policy's token counter is used before the policy is loaded")
+        return self.count(messages)
+
+
 def run_command(
     args: argparse.Namespace,
     policy: Policy | None = None,
     *,
     token_counter: TokenCounter | None = None,
     out: TextIO | None = None,
+    load_policy: PolicyLoader | None = None,
 ) -> int:
     """Run one episode; returns the process exit code (0 done, 1 runtime failure, 2 bad input).
 
-    ``policy`` overrides ``--policy`` (the JAX engine's policy is passed this way);
-    ``token_counter`` (e.g. the processor's prompt length) turns on ``--max-prompt-tokens``.
+    ``policy`` overrides ``--policy``; ``token_counter`` (e.g. the processor's prompt length) turns on
+    ``--max-prompt-tokens``. ``load_policy`` (the JAX engine: minutes for a 7B checkpoint) is called
+    only after every argument is checked and the video is open; it returns the policy and its token
+    counter, and raises :class:`UsageError` for a bad model.
     """
     out = out or sys.stdout
-    err = sys.stderr
+    prog = "omniagent run"
     try:
         sample = build_sample(args)
-        config = build_config(args, token_limit=token_counter is not None)
-        if policy is None:
-            policy, policy_name = build_policy(args)
-        else:
+        config = build_config(args, token_limit=token_counter is not None or load_policy is not None)
+        check_sampling_args(args)
+        if pathlib.Path(args.output).is_dir():
+            raise UsageError(f"--output {args.output} is a directory (pass the JSON file to write)")
+        if policy is not None:
             policy_name = type(policy).__name__
+        elif load_policy is None:
+            policy, policy_name = build_policy(args)
         judge = None
         if args.judge:
             from omniagent_jax.agent.judge import LLMJudge
@@ -252,23 +307,28 @@ def run_command(
             if judge is None:
                 raise UsageError("--judge needs OMNIAGENT_JUDGE_URL and OMNIAGENT_JUDGE_MODEL (environment or .env)")
     except UsageError as e:
-        print(f"omniagent run: error: {e}", file=err)
-        return EXIT_BAD_INPUT
+        return report_usage_error(prog, e)
 
     from omniagent_jax.media import MediaError
 
+    loaded = _LoadedCounter() if load_policy is not None else None
     try:
-        env = VideoEnvironment(sample, config, judge=judge, token_counter=token_counter)
+        env = VideoEnvironment(sample, config, judge=judge, token_counter=token_counter if loaded is None else loaded)
     except (MediaError, ValueError) as e:
-        print(f"omniagent run: error: cannot read video {sample.video}: {e}", file=err)
-        return EXIT_BAD_INPUT
+        return report_usage_error(prog, f"cannot read video {sample.video}: {e}")
     with env:
+        if load_policy is not None:
+            try:
+                policy, loaded.count = load_policy()
+            except UsageError as e:
+                return report_usage_error(prog, e)
+            policy_name = type(policy).__name__
         print(f"video: {sample.video} ({env.duration:.2f}s, {env.fps:.2f} fps, audio={env.has_audio}); "
               f"type {sample.question_type}; budget {env.max_steps} steps; policy {policy_name}", file=out)
         try:
             result = run_episode(env, policy, seed=args.seed, on_step=lambda rec, e: print_step(rec, e, out))
         except PolicyError as e:
-            print(f"omniagent run: error: the policy failed: {e}", file=err)
+            print(f"omniagent run: error: the policy failed: {one_line(e)}", file=sys.stderr)
             return EXIT_FAILED
         runtime_config: dict[str, Any] = {
             "policy": policy_name,

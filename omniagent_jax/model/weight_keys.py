@@ -190,7 +190,14 @@ def summarise(items: list[str], limit: int = 8) -> str:
 
 
 def read_config(path: Path) -> ThinkerConfig:
-    """The thinker config from a checkpoint directory's config.json (full Omni or thinker-only)."""
-    if not (path / "config.json").is_file():
+    """The thinker config from a checkpoint directory's config.json (full Omni or thinker-only); a
+    missing, unparsable or unusable one is a CheckpointError naming the file."""
+    file = path / "config.json"
+    if not file.is_file():
         raise CheckpointError(f"{path}: no config.json next to the weights")
-    return ThinkerConfig.from_hf(path)
+    try:
+        return ThinkerConfig.from_hf(path)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        detail = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        # from_hf names the file (config.json or generation_config.json) of a JSON error itself
+        raise CheckpointError(detail if str(path) in detail else f"{file}: not a usable thinker config ({detail})") from None
