@@ -3,6 +3,7 @@ frozen towers, config errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 from train_helpers import synthetic_batch
 
+from omniagent_jax.model.config import save_hf_config, tiny
 from omniagent_jax.model.kv_cache import NoCache
+from omniagent_jax.model.safetensors_io import TensorSource, write_safetensors
 from omniagent_jax.train import mesh as mesh_lib
 from omniagent_jax.train import optim, setup
 from omniagent_jax.train import step as step_lib
@@ -216,17 +219,95 @@ def test_checkpoint_restore_errors_name_the_mismatch(tmp_path):
 def test_cli_dry_run_and_bad_keys(capsys):
     from omniagent_jax.train.cli import main
 
+    # The recipe's data and init checkpoint are not in the repository: the dry run checks they exist.
     config = str(HERE.parent / "configs/sft/omniagent_7b.yaml")
-    assert main(["train", "sft", "--config", config, "--dry-run", "optim.lr=2e-5"]) == 0
+    sft_data = HERE / "data" / "reference" / "example_train_sft.jsonl"
+    assert main(["train", "sft", "--config", config, "--dry-run", "optim.lr=2e-5"]) == 2
+    assert "init: checkpoint directory not found: checkpoints/Qwen2.5-Omni-7B" in capsys.readouterr().err
+    local = ["init=", f"data.train_file={sft_data}", f"data.data_root={sft_data.parent}"]
+    assert main(["train", "sft", "--config", config, "--dry-run", "optim.lr=2e-5", *local]) == 0
     out = capsys.readouterr().out
     assert "lr: 2.0e-05" in out and "remat: full" in out and "bfloat16" in out
     assert main(["train", "sft", "--config", str(HERE.parent / "configs/sft/tiny.yaml"), "--dry-run", "optim.bogus=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
 
 
-def test_recipe_config_matches_training_md():
-    cfg = load_config(HERE.parent / "configs/sft/omniagent_7b.yaml")
-    assert cfg.data.group_by_length and load_config(HERE.parent / "configs/sft/tiny.yaml").data.group_by_length
-    assert (cfg.optim.lr, cfg.epochs, cfg.optim.schedule, cfg.optim.warmup_ratio) == (1e-5, 2.0, "linear", 0.03)
-    assert cfg.dtype == "bfloat16" and cfg.remat == "full" and cfg.seed == 42 and cfg.data.grad_accum == 2
-    assert cfg.optim.frozen == (r"^audio_tower\.", r"^visual\.")
+def _write(path: pathlib.Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def _checkpoint_dir(path: pathlib.Path, config) -> pathlib.Path:
+    """A checkpoint directory of `config` holding one tensor: all that the checks before a load read."""
+    path.mkdir(exist_ok=True)
+    save_hf_config(config, path)
+    norm = np.ones(64, np.float32)
+    write_safetensors(path / "model.safetensors", [TensorSource("thinker.model.norm.weight", "F32", (64,), lambda: norm)])
+    return path
+
+
+# Each: (overrides or a config file's text, the one line that names the problem). Every case is one the
+# real run would stop on (or silently misuse, as a negative learning rate); the dry run must say so.
+DRY_RUN_ERRORS = [
+    (["optim.lr=-1"], "optim.lr must be a positive number, got -1.0"),
+    (["optim.lr=0"], "optim.lr must be a positive number, got 0.0"),
+    (["optim.lr=.nan"], "optim.lr must be a positive number, got nan"),
+    (["optim.b2=1"], "optim.b2 must be in [0, 1), got 1.0"),
+    (["epochs=0"], "epochs must be a positive number, got 0.0"),
+    (["checkpoint.keep=0"], "checkpoint.keep must be >= 1, got 0"),
+    (["data.max_length=0"], "data.max_length must be >= 1, got 0"),
+    (["model=tiny_7b"], "model 'tiny_7b' is neither a preset (qwen2_5_omni_7b, tiny)"),
+    (["model=@/broken.yaml"], "model @/broken.yaml: unknown field(s) ['layers'] in model config section 'text'"),
+    (["model=@"], "model @: no config.json at @/config.json"),
+    (["init=@/nowhere"], "init: checkpoint directory not found: @/nowhere"),
+    (["init=@"], "is not a checkpoint directory: no model.safetensors"),
+    (["init=@/other"], "init: init checkpoint @/other does not match the run's model config (differs in ['text'])"),
+    (["data.train_file="], "data.train_file is not set"),
+    (["data.train_file=@/none.jsonl"], "data.train_file @/none.jsonl not found"),
+    (["data.train_file=@"], "data.train_file @ is not a file"),
+    (["data.train_file=@/empty.jsonl"], "data.train_file @/empty.jsonl holds no rows"),
+    (["data.train_file=@/bad.jsonl"], "data.train_file @/bad.jsonl:3: malformed JSON"),
+    (["data.train_file=@/fields.jsonl"], "data.train_file @/fields.jsonl:1: missing field 'output'"),
+    (["data.data_root=@/none"], "data.data_root @/none is not a directory"),
+    (["output_dir=@/empty.jsonl"], "output_dir @/empty.jsonl is a file"),
+    ("", "the config file is empty (expected a mapping of config keys)"),
+    ("optim: {lr: -1e-5}\n", "optim.lr must be a positive number, got -1e-05"),
+    ("optim: [1, 2\n", "not valid YAML"),
+    (None, "config file not found: @/missing.yaml"),
+]
+
+
+@pytest.mark.parametrize("case, message", DRY_RUN_ERRORS, ids=[m[:40] for _, m in DRY_RUN_ERRORS])
+def test_dry_run_validates_as_the_run_would(case, message, tmp_path, capsys):
+    """Exit 2 and one line naming the problem (no traceback) for each bad value, preset, file or row."""
+    from omniagent_jax.train.cli import main
+
+    sft_data = HERE / "data" / "reference" / "example_train_sft.jsonl"
+    good = sft_data.read_text().splitlines()
+    _write(tmp_path / "empty.jsonl", "\n")
+    _write(tmp_path / "bad.jsonl", "\n".join([good[0], good[1], "{not json"]) + "\n")
+    _write(tmp_path / "fields.jsonl", json.dumps({"raw_input": [], "extra_info": {}}) + "\n")
+    _write(tmp_path / "broken.yaml", "preset: tiny\ntext: {layers: 3}\n")
+    _checkpoint_dir(tmp_path / "other", tiny().replace(text=dataclasses.replace(tiny().text, num_hidden_layers=3)))
+    base = ["model=tiny", f"data.train_file={sft_data}", f"data.data_root={sft_data.parent}", f"output_dir={tmp_path}/out"]
+    if isinstance(case, list):
+        argv = ["train", "sft", "--dry-run", *base, *(c.replace("@", str(tmp_path)) for c in case)]
+    else:
+        config = tmp_path / "missing.yaml" if case is None else pathlib.Path(_write(tmp_path / "run.yaml", case))
+        argv = ["train", "sft", "--config", str(config), "--dry-run", *(base if case else [])]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith("omniagent train sft: error: ") and message.replace("@", str(tmp_path)) in lines[0], lines[0]
+    assert captured.out == "" and not (tmp_path / "out").exists()
+
+
+def test_dry_run_accepts_the_tiny_recipe_with_an_init_checkpoint_of_its_config(tmp_path, capsys):
+    from omniagent_jax.train.cli import main
+
+    init = _checkpoint_dir(tmp_path / "init", tiny())
+    config = str(HERE.parent / "configs/sft/tiny.yaml")
+    sft_data = HERE / "data" / "reference" / "example_train_sft.jsonl"
+    assert main(["train", "sft", "--config", config, "--dry-run", f"init={init}", f"data.train_file={sft_data}"]) == 0
+    assert f"init: {init}" in capsys.readouterr().out

@@ -2,15 +2,24 @@
 
 Wire into the top-level CLI with `add_train_arguments(subparsers)` and dispatch
 `args.func(args)`; or run `python -m omniagent_jax.train.cli sft ...` directly.
+
+Before it prints (`--dry-run`) or trains, the config is checked as the run would read it: values in
+range, the model a known preset or a readable config, the `init` checkpoint sound and of that config,
+the train file present with its first rows parsing. A problem exits 2 with one line naming it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
-import sys
+from pathlib import Path
 
-from omniagent_jax.train.config import ConfigError, load_config
+from omniagent_jax.train.config import ConfigError, DataConfig, SFTConfig, load_config
+
+PROG = "omniagent train sft"
+# Rows of the train file parsed before a run (the run itself skips, and counts, bad rows later on).
+ROWS_CHECKED = 5
 
 
 def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -19,22 +28,81 @@ def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     stages = train.add_subparsers(dest="stage", required=True)
     sft = stages.add_parser("sft", help="agentic SFT on step logs")
     sft.add_argument("--config", help="YAML file (configs/sft/*.yaml)")
-    sft.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    sft.add_argument("--dry-run", action="store_true", help="check the config and its inputs, print it resolved, and exit")
     sft.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-5 data.batch_size=8")
     sft.set_defaults(func=run_sft)
     return train
 
 
+def _check_model(cfg: SFTConfig) -> None:
+    import yaml
+
+    from omniagent_jax.model.config import PRESETS
+    from omniagent_jax.model.loading import open_params
+    from omniagent_jax.train import setup
+
+    if cfg.model not in PRESETS and not Path(cfg.model).exists():
+        raise ConfigError(f"model {cfg.model!r} is neither a preset ({', '.join(sorted(PRESETS))}) "
+                          "nor an existing model YAML file or checkpoint directory")
+    try:
+        setup.model_config(cfg)
+    except (ValueError, TypeError, OSError, yaml.YAMLError) as e:  # in the file `model` names, or vocab_remap
+        raise ConfigError(f"model {cfg.model}: {e}") from None
+    if not cfg.init:
+        return
+    try:
+        found = open_params(cfg.init).config  # config and weight headers: no tensor is read
+        setup.check_init_config(cfg, found)
+    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
+        raise ConfigError(f"init: {e}") from None
+
+
+def _check_data(data: DataConfig) -> None:
+    from omniagent_jax.train.sft_data import SampleError, parse_line
+
+    if not data.train_file.strip():
+        raise ConfigError("data.train_file is not set")
+    path = Path(data.train_file)
+    if not path.is_file():
+        raise ConfigError(f"data.train_file {path} " + ("is not a file" if path.exists() else "not found"))
+    if not Path(data.data_root).is_dir():
+        raise ConfigError(f"data.data_root {data.data_root} is not a directory")
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = list(itertools.islice(((n, line) for n, line in enumerate(f, 1) if line.strip()), ROWS_CHECKED))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"data.train_file {path}: cannot read it ({e})") from None
+    if not first:
+        raise ConfigError(f"data.train_file {path} holds no rows")
+    for lineno, line in first:
+        try:
+            parse_line(line, f"{path}:{lineno}")
+        except SampleError as e:
+            raise ConfigError(f"data.train_file {e}") from None
+
+
+def check_run_inputs(cfg: SFTConfig) -> None:
+    """What a run reads before its first step, checked as the run reads it but without loading anything:
+    the model config, the `init` checkpoint's config and headers, the output directory, the train file and
+    its first `ROWS_CHECKED` rows. ConfigError naming the key and file."""
+    _check_model(cfg)
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file")
+    _check_data(cfg.data)
+
+
 def run_sft(args: argparse.Namespace) -> int:
     import yaml
 
+    from omniagent_jax.agent.cli import report_usage_error
     from omniagent_jax.train.config import resolved
 
     try:
         cfg = load_config(args.config, args.overrides)
-    except (ConfigError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        check_run_inputs(cfg)
+    except ConfigError as e:
+        return report_usage_error(PROG, e)
     if args.dry_run:
         print(yaml.safe_dump(resolved(cfg), sort_keys=False), end="")
         return 0

@@ -9,6 +9,7 @@ its output.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -143,9 +144,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f) or {}
+                raw = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+        if raw is None:
+            raise ConfigError(f"{path}: the config file is empty (expected a mapping of config keys)")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     for item in overrides:
@@ -158,7 +165,37 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return cfg
 
 
+def _check_ranges(cfg: SFTConfig) -> None:
+    """Numbers the run would reject later, or silently misuse (a negative learning rate ascends)."""
+    o, d, c = cfg.optim, cfg.data, cfg.checkpoint
+    rules = [
+        ("optim.lr", o.lr, o.lr > 0 and math.isfinite(o.lr), "a positive number"),
+        ("optim.end_lr_ratio", o.end_lr_ratio, 0 <= o.end_lr_ratio <= 1, "in [0, 1]"),
+        ("optim.weight_decay", o.weight_decay, 0 <= o.weight_decay < math.inf, "a finite number >= 0"),
+        ("optim.b1", o.b1, 0 <= o.b1 < 1, "in [0, 1)"),
+        ("optim.b2", o.b2, 0 <= o.b2 < 1, "in [0, 1)"),
+        ("optim.eps", o.eps, 0 < o.eps < math.inf, "a positive number"),
+        ("optim.grad_clip", o.grad_clip, 0 <= o.grad_clip < math.inf, "a finite number >= 0 (0 disables)"),
+        ("epochs", cfg.epochs, 0 < cfg.epochs < math.inf, "a positive number"),
+        ("max_steps", cfg.max_steps, cfg.max_steps >= 0, ">= 0 (0: from epochs)"),
+        ("seed", cfg.seed, cfg.seed >= 0, ">= 0"),
+        ("log_every", cfg.log_every, cfg.log_every >= 1, ">= 1"),
+        ("data.max_length", d.max_length, d.max_length >= 1, ">= 1"),
+        ("data.vocab_remap", d.vocab_remap, d.vocab_remap >= 0, ">= 0 (0: off)"),
+        ("checkpoint.every", c.every, c.every >= 0, ">= 0 (0: only at the end)"),
+        ("checkpoint.keep", c.keep, c.keep >= 1, ">= 1"),
+    ]
+    for name, value, ok, want in rules:
+        if not ok:
+            raise ConfigError(f"{name} must be {want}, got {value}")
+    for name in ("model", "output_dir"):
+        if not getattr(cfg, name).strip():
+            raise ConfigError(f"{name} is not set")
+
+
 def validate(cfg: SFTConfig) -> None:
+    """Values alone (no file is read): `check_run_inputs` in `train.cli` checks what they point at."""
+    _check_ranges(cfg)
     if cfg.remat not in ("none", "full", "dots"):
         raise ConfigError(f"remat must be none|full|dots, got {cfg.remat!r}")
     if cfg.optim.schedule not in ("linear", "cosine", "constant"):

@@ -53,11 +53,16 @@ def build_model(cfg: SFTConfig, mesh: Mesh) -> Thinker:
     mcfg = model_config(cfg)
     if not cfg.init:
         return mesh_lib.create_sharded(lambda: Thinker(mcfg, dtype=dtype, rngs=nnx.Rngs(cfg.seed)), mesh)
-    found = read_config(Path(cfg.init))
+    check_init_config(cfg, read_config(Path(cfg.init)))
+    return load_thinker(cfg.init, dtype, mesh=mesh)
+
+
+def check_init_config(cfg: SFTConfig, found: ThinkerConfig) -> None:
+    """ValueError naming the differing fields unless `found`, the `init` checkpoint's config, is the run's."""
+    mcfg = model_config(cfg)
     if found != mcfg:
         differ = [f.name for f in dataclasses.fields(mcfg) if getattr(found, f.name) != getattr(mcfg, f.name)]
         raise ValueError(f"init checkpoint {cfg.init} does not match the run's model config (differs in {differ})")
-    return load_thinker(cfg.init, dtype, mesh=mesh)
 
 
 def abstract_model(cfg: SFTConfig, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
