@@ -516,6 +516,26 @@ def test_jax_checkpoint_errors(jax32, model32, tmp_path):
         Thinker.from_pretrained(other_dir)
 
 
+def test_jax_checkpoint_read_failure_is_named(jax32, monkeypatch):
+    """A data file cut short is found only while reading (its metadata checks out): tensorstore then raises
+    an `Exception` caused by `ValueError: OUT_OF_RANGE ...`, each message followed by pages of spec. That
+    is replayed here (a real truncation leaves orbax threads running into later tests); the error is one
+    line naming the directory, the parameters and the innermost reason."""
+    import orbax.checkpoint.experimental.v1 as ocp
+
+    def truncated(path, abstract):
+        try:
+            raise ValueError('OUT_OF_RANGE: Error reading shard entry in "lm_head.kernel/c/0/0"\n{\n  "driver": "cast"')
+        except ValueError as inner:
+            raise Exception("Encountered error while reading array index: (slice(0, 64, 1),)\n{\n  'dtype': 'float32'") from inner
+
+    monkeypatch.setattr(ocp, "load", truncated)
+    message = rf"^{jax32 / jax_checkpoint.PARAMS_DIR}: cannot read .*, … and \d+ more \(ValueError: OUT_OF_RANGE: .*lm_head.*\)$"
+    with pytest.raises(CheckpointError, match=message) as err:
+        Thinker.from_pretrained(jax32)
+    assert "\n" not in str(err.value) and "driver" not in str(err.value)
+
+
 def test_base_of_another_model_is_refused(jax32, tmp_path):
     other_cfg = load_config(REPO / "configs" / "model" / "tiny_gqa3.yaml")
     other = tmp_path / "other"

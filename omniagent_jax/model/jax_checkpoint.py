@@ -136,9 +136,20 @@ class JaxParamReader:
         abstract: dict = {}
         for name in names:
             _merge(abstract, _nest(name, self._meta[name]))
-        with ctx:
-            tree = ocp.load(self.path / PARAMS_DIR, abstract)
+        try:
+            with ctx:
+                tree = ocp.load(self.path / PARAMS_DIR, abstract)
+        except Exception as e:  # tensorstore/orbax errors of assorted types: a truncated or deleted data file
+            raise CheckpointError(f"{self.path / PARAMS_DIR}: cannot read {summarise(names, 3)} ({_root_cause(e)})") from None
         return {name: np.asarray(value) for name, value in _flatten(tree).items()}
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost error of a chain, as `Type: first line` (tensorstore appends pages of spec to its messages)."""
+    while (inner := error.__cause__ or error.__context__) is not None:
+        error = inner
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def _nbytes(spec: ParamSpec) -> int:
