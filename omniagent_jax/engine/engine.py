@@ -9,6 +9,11 @@ buckets (stop ids and token limits are applied on device; the host trims after t
 pages run out, the most recently admitted sequence is preempted (its pages released; it is
 recomputed later from its tokens so far).
 
+Requests fail alone: `submit` checks every value first (`check_request`: a `RequestError` names the
+field); in a step, a sequence whose media encode raises or whose logits turn non-finite finishes
+with finish_reason "error" (pages released) while the batch goes on. A failed device call fails its
+batch only; if it consumed the donated KV buffers, they are rebuilt and the other sequences recomputed.
+
 The engine starts on the model's own arrays (no second copy of the weights); `update_weights` is the
 only way new ones come in, copied into buffers the engine owns (the copy survives the caller donating
 or deleting its arrays, as a train step does). Host state per sequence lives in `sequence.py`, the
@@ -26,15 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from omniagent_jax.engine import steps
+from omniagent_jax.engine import steps, weights
 from omniagent_jax.engine.paged_cache import PagedKVCache
 from omniagent_jax.engine.pages import OutOfPages, PagePool
-from omniagent_jax.engine.requests import Completion, EngineStats, Request
+from omniagent_jax.engine.requests import Completion, EngineStats, Request, RequestError, check_request
 from omniagent_jax.engine.sampling import sample_tokens
 from omniagent_jax.engine.sequence import SequenceState
 from omniagent_jax.model import Thinker
 
-__all__ = ["Completion", "Engine", "EngineStats", "Request"]
+__all__ = ["Completion", "Engine", "EngineStats", "Request", "RequestError"]
 
 
 class Engine:
@@ -48,7 +53,6 @@ class Engine:
                  prefill_chunk: int = 512, decode_steps: int = 8):
         if decode_steps < 1:
             raise ValueError("decode_steps must be >= 1")
-        text = model.config.text
         graphdef, state = nnx.split(model)
         # A module of its own over the model's arrays, not copies: a 7B engine must not hold its weights
         # twice. Those arrays stay the caller's (never donated) until `update_weights` brings the
@@ -62,13 +66,11 @@ class Engine:
         self.page_size = page_size
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
-        self.k_pages, self.v_pages = PagedKVCache.allocate(
-            num_layers=text.num_hidden_layers, num_pages=num_pages, page_size=page_size,
-            num_kv_heads=text.num_key_value_heads, head_dim=text.head_dim, dtype=model.dtype,
-        )
+        self._allocate_cache()
         self.waiting: list[SequenceState] = []
         self.running: list[SequenceState] = []
         self.finished: dict[str, Completion] = {}
+        self._live: dict[str, SequenceState] = {}  # waiting or running, by id
         self.stats = EngineStats()
         self._ids = itertools.count()
 
@@ -87,21 +89,7 @@ class Engine:
             )
         current = nnx.state(self.model, nnx.Param)
         old_leaves, treedef = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(current))
-        given = dict(_named_leaves(params))
-        new_leaves = []
-        for path, old in old_leaves:
-            name = jax.tree_util.keystr(path)
-            if name not in given:
-                raise ValueError(f"update_weights: parameter {name} is missing")
-            new = given.pop(name)
-            if getattr(new, "shape", None) != old.shape or getattr(new, "dtype", None) != old.dtype:
-                raise ValueError(
-                    f"update_weights: parameter {name} is {getattr(new, 'dtype', type(new).__name__)}{getattr(new, 'shape', '')}"
-                    f", the engine's is {old.dtype}{old.shape}"
-                )
-            new_leaves.append(new)
-        if given:
-            raise ValueError(f"update_weights: unknown parameter {next(iter(given))}")
+        new_leaves = weights.matching_leaves(old_leaves, params)
         copies = steps.copy_into([x for _, x in old_leaves], new_leaves, donate=self._owns_weights)
         self._owns_weights = True
         nnx.replace_by_pure_dict(current, jax.tree_util.tree_unflatten(treedef, copies))
@@ -121,28 +109,43 @@ class Engine:
         return self.model.config.stop_token_ids
 
     def submit(self, request: Request) -> str:
+        """Queues `request` and returns its id. Raises `RequestError` (a ValueError naming the field)
+        before anything is queued when a value is out of range, its media do not match its
+        placeholders, it could never fit the page pool, or its id is already in flight."""
         if request.request_id is None:
             request = dataclasses.replace(request, request_id=f"req-{next(self._ids)}")
+        elif request.request_id in self._live:
+            raise RequestError("request_id", f"{request.request_id!r} is already in flight")
         if request.sampling.stop_token_ids is None:
             sampling = dataclasses.replace(request.sampling, stop_token_ids=self.stop_token_ids)
             request = dataclasses.replace(request, sampling=sampling)
-        seq = SequenceState(request, self.model, self.page_size)
+        check_request(request, self.model.config.text.vocab_size)
+        try:
+            seq = SequenceState(request, self.model, self.page_size)
+        except Exception as e:  # placeholder/feature mismatches, grids rope_index cannot lay out
+            raise RequestError("media", f"do not fit the prompt: {e}") from e
         need = self.pool.pages_for(len(seq.prompt) + seq.params.max_new_tokens)
         if need > self.pool.num_pages - 1:
-            raise ValueError(
+            raise RequestError(
+                "max_new_tokens",
                 f"request {seq.id} needs up to {need} pages ({len(seq.prompt)} prompt + {seq.params.max_new_tokens} new tokens) "
-                f"but the pool has {self.pool.num_pages - 1}"
+                f"but the pool has {self.pool.num_pages - 1}",
             )
         self.waiting.append(seq)
+        self._live[seq.id] = seq
         return seq.id
 
     def cancel(self, request_id: str) -> None:
-        for queue in (self.waiting, self.running):
-            for seq in queue:
-                if seq.id == request_id:
-                    queue.remove(seq)
-                    self._finish(seq, "cancelled")
-                    return
+        """Finishes a request in flight with finish_reason "cancelled" and frees its pages; unknown ids are ignored."""
+        seq = self._live.get(request_id)
+        if seq is not None:
+            self._drop(seq)
+            self._finish(seq, "cancelled")
+
+    def generated(self, request_id: str) -> list[int] | None:
+        """The tokens a request in flight has sampled so far (a copy), or None when it is not in flight."""
+        seq = self._live.get(request_id)
+        return None if seq is None else list(seq.output)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -209,13 +212,16 @@ class Engine:
         victims = [s for s in self.running if s is not seq]
         if not victims:
             return False
-        victim = victims[-1]
-        self.running.remove(victim)
-        self.pool.release(victim.pages)
-        victim.pages, victim.hashes, victim.num_cached = [], [], 0
-        self.waiting.insert(0, victim)
-        self.stats.preemptions += 1
+        self._preempt(victims[-1])
         return True
+
+    def _preempt(self, seq: SequenceState) -> None:
+        """Back to the front of the queue with no pages: it is recomputed from its tokens so far."""
+        self.running.remove(seq)
+        self.pool.release(seq.pages)
+        seq.pages, seq.hashes, seq.num_cached = [], [], 0
+        self.waiting.insert(0, seq)
+        self.stats.preemptions += 1
 
     def _ensure_pages(self, seq: SequenceState, num_tokens: int) -> bool:
         need = self.pool.pages_for(num_tokens) - len(seq.pages)
@@ -231,57 +237,74 @@ class Engine:
 
     # ------------------------------------------------------------------ model steps
 
-    def _run(self, seqs: list[SequenceState], starts: list[int], ends: list[int]) -> tuple[jax.Array, jax.Array]:
-        b = steps.bucket(len(seqs))
-        t = steps.bucket(max(e - s for s, e in zip(starts, ends)))
+    def _run(self, seqs: list[SequenceState], starts: list[int], ends: list[int]):
+        """One forward over `[start, end)` of each sequence → (the sequences still in it, as (seq, start, end),
+        their logits, argmax and all-finite flags). The media of each sequence are encoded on their own
+        first, so an encode that raises fails that sequence alone; a failed device call fails the batch."""
         d = self.model.config.text.hidden_size
+        kept, media = [], []
+        for seq, start, end in zip(seqs, starts, ends):
+            slots, rows = np.zeros(0, np.int64), None
+            if seq.placed and start < len(seq.prompt):
+                stop = min(end, len(seq.prompt))
+                try:
+                    slots, rows = self.model.media_embeddings(seq.prompt, seq.media, start, stop)
+                except Exception as e:
+                    self._fail(seq, f"media encoding failed: {_one_line(e)}")
+                    continue
+                self.stats.tower_items += seq.items_in(start, stop) if len(slots) else 0
+            kept.append((seq, start, end))
+            media.append((slots, rows))
+        if not kept:
+            return [], None, None, None
+        b = steps.bucket(len(kept))
+        t = steps.bucket(max(e - s for _, s, e in kept))
         ids = np.zeros((b, t), np.int32)
         positions = np.zeros((3, b, t), np.int32)
-        page_table = steps.page_table([s.pages for s in seqs], b)
         context_len = np.zeros(b, np.int32)
         num_new = np.zeros(b, np.int32)
         media_mask = np.zeros((b, t), bool)
         media_rows = None
-        for i, (seq, start, end) in enumerate(zip(seqs, starts, ends)):
-            n = end - start
-            ids[i, :n] = seq.tokens[start:end]
-            positions[:, i, :n] = seq.positions(start, end)
-            context_len[i], num_new[i] = start, n
-            if seq.placed and start < len(seq.prompt):
-                stop = min(end, len(seq.prompt))
-                slots, rows = self.model.media_embeddings(seq.prompt, seq.media, start, stop)
-                if len(slots):
-                    self.stats.tower_items += seq.items_in(start, stop)
-                    if media_rows is None:
-                        media_rows = jnp.zeros((b, t, d), self.model.dtype)
-                    media_rows = media_rows.at[i, slots - start].set(rows.astype(self.model.dtype))
-                    media_mask[i, slots - start] = True
+        for i, ((seq, start, end), (slots, rows)) in enumerate(zip(kept, media)):
+            ids[i, : end - start] = seq.tokens[start:end]
+            positions[:, i, : end - start] = seq.positions(start, end)
+            context_len[i], num_new[i] = start, end - start
+            if len(slots):
+                if media_rows is None:
+                    media_rows = jnp.zeros((b, t, d), self.model.dtype)
+                media_rows = media_rows.at[i, slots - start].set(rows.astype(self.model.dtype))
+                media_mask[i, slots - start] = True
         if media_rows is None:
             media_rows = jnp.zeros((1, 1, d), self.model.dtype)
-        logits, greedy, self.k_pages, self.v_pages = self._forward(
-            self._leaves, self.k_pages, self.v_pages, page_table, context_len, num_new, ids, media_rows, media_mask, positions
-        )
-        return logits[: len(seqs)], greedy[: len(seqs)]
+        try:
+            logits, greedy, finite, self.k_pages, self.v_pages = self._forward(
+                self._leaves, self.k_pages, self.v_pages, steps.page_table([s.pages for s, _, _ in kept], b), context_len,
+                num_new, ids, media_rows, media_mask, positions
+            )
+            finite = np.asarray(finite)[: len(kept)]
+        except Exception as e:
+            self._device_failure([s for s, _, _ in kept], e)
+            return [], None, None, None
+        return kept, logits[: len(kept)], greedy[: len(kept)], finite
 
     def _prefill(self, seqs: list[SequenceState]) -> None:
-        starts, ends = [], []
-        for seq in seqs:
-            target = len(seq.tokens)
-            start = seq.num_cached
-            end = min(target, start + self.prefill_chunk)
-            starts.append(start)
-            ends.append(end)
-        logits, greedy = self._run(seqs, starts, ends)
+        starts = [seq.num_cached for seq in seqs]
+        ends = [min(len(seq.tokens), start + self.prefill_chunk) for seq, start in zip(seqs, starts)]
+        kept, logits, greedy, finite = self._run(seqs, starts, ends)
         done = []
-        for seq, start, end, row, best in zip(seqs, starts, ends, logits, greedy):
+        for i, (seq, start, end) in enumerate(kept):
+            if not finite[i]:  # its new KV may be NaN too: never registered, released with the sequence
+                self._fail(seq, "non-finite logits in prefill")
+                continue
             seq.num_cached = end
             self.stats.prefilled_tokens += end - start
             seq.prefilled += end - start
             self._register_full_pages(seq)
             if end == len(seq.tokens):
-                done.append((seq, row, best))
+                done.append((i, seq))
         if done:
-            self._sample([s for s, _, _ in done], jnp.stack([r for _, r, _ in done]), jnp.stack([b for _, _, b in done]))
+            rows = np.array([i for i, _ in done])
+            self._sample([seq for _, seq in done], logits[rows], greedy[rows])
 
     def _decode(self, seqs: list[SequenceState]) -> None:
         """Up to `decode_steps` tokens for every decoding sequence in one dispatch."""
@@ -298,19 +321,26 @@ class Engine:
         for i, seq in enumerate(seqs):
             stop_ids[i, : len(seq.params.stop_token_ids)] = seq.params.stop_token_ids
         pad = b - len(seqs)
-        tokens, logps, entropies, self.k_pages, self.v_pages = self._decode_loop(
-            self._leaves, self.k_pages, self.v_pages, steps.page_table([s.pages for s in seqs], b),
-            np.array([s.num_cached for s in seqs] + [0] * pad, np.int32),
-            np.array(limits + [0] * pad, np.int32),
-            np.array([s.output[-1] for s in seqs] + [0] * pad, np.int32),
-            np.array([s.rope_delta for s in seqs] + [0] * pad, np.int32),
-            stop_ids, *steps.sampling_rows([s.params for s in seqs], [len(s.output) for s in seqs], b),
-            num_steps=num_steps, sample=any(s.params.temperature > 0 for s in seqs),
-            with_stats=any(s.params.logprobs for s in seqs),
-        )
+        try:
+            tokens, logps, entropies, bad, self.k_pages, self.v_pages = self._decode_loop(
+                self._leaves, self.k_pages, self.v_pages, steps.page_table([s.pages for s in seqs], b),
+                np.array([s.num_cached for s in seqs] + [0] * pad, np.int32),
+                np.array(limits + [0] * pad, np.int32),
+                np.array([s.output[-1] for s in seqs] + [0] * pad, np.int32),
+                np.array([s.rope_delta for s in seqs] + [0] * pad, np.int32),
+                stop_ids, *steps.sampling_rows([s.params for s in seqs], [len(s.output) for s in seqs], b),
+                num_steps=num_steps, sample=any(s.params.temperature > 0 for s in seqs),
+                with_stats=any(s.params.logprobs for s in seqs),
+            )
+            tokens, logps, entropies, bad = np.asarray(tokens), np.asarray(logps), np.asarray(entropies), np.asarray(bad)
+        except Exception as e:
+            self._device_failure(seqs, e)
+            return
         self.stats.decode_steps += num_steps
-        tokens, logps, entropies = np.asarray(tokens), np.asarray(logps), np.asarray(entropies)
         for row, (seq, limit) in enumerate(zip(seqs, limits)):
+            if bad[row]:
+                self._fail(seq, "non-finite logits in decoding")
+                continue
             for i in range(limit):
                 seq.num_cached += 1
                 if self._append(seq, int(tokens[i, row]), float(logps[i, row]), float(entropies[i, row])):
@@ -334,7 +364,8 @@ class Engine:
         else:
             return False
         self._register_full_pages(seq)
-        self._retire(seq, reason)
+        self._drop(seq)
+        self._finish(seq, reason)
         return True
 
     def _sample(self, seqs: list[SequenceState], logits: jax.Array, greedy: jax.Array) -> None:
@@ -346,10 +377,14 @@ class Engine:
             rows = steps.bucket(len(seqs))  # bucketed rows: one compile per batch-size bucket
             if rows > len(seqs):
                 logits = jnp.concatenate([logits, jnp.zeros((rows - len(seqs), logits.shape[1]), logits.dtype)])
-            drawn = sample_tokens(
-                logits, *steps.sampling_rows([s.params for s in seqs], [len(s.output) for s in seqs], rows), with_stats=stats
-            )
-            token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in drawn)
+            try:
+                drawn = sample_tokens(
+                    logits, *steps.sampling_rows([s.params for s in seqs], [len(s.output) for s in seqs], rows), with_stats=stats
+                )
+                token, logp, entropy = (np.asarray(x)[: len(seqs)] for x in drawn)
+            except Exception as e:
+                self._device_failure(seqs, e)
+                return
         for seq, tok, lp, ent in zip(seqs, token.tolist(), logp.tolist(), entropy.tolist()):
             self._append(seq, tok, lp, ent)
 
@@ -362,15 +397,41 @@ class Engine:
             self.pool.prefix.insert(hashes[i], seq.pages[i])
         seq.hashes = hashes
 
-    def _retire(self, seq: SequenceState, reason: str) -> None:
-        self.running.remove(seq)
-        self._finish(seq, reason)
+    def _drop(self, seq: SequenceState) -> None:
+        for queue in (q for q in (self.waiting, self.running) if seq in q):
+            queue.remove(seq)
 
-    def _finish(self, seq: SequenceState, reason: str) -> None:
+    def _fail(self, seq: SequenceState, message: str) -> None:
+        """Finishes one sequence with finish_reason "error" (pages released); the others go on."""
+        self._drop(seq)
+        self.stats.errors += 1
+        self._finish(seq, "error", message)
+
+    def _device_failure(self, seqs: list[SequenceState], error: Exception) -> None:
+        """A jitted call over `seqs` raised: they fail. If it had consumed the donated KV buffers, those are
+        rebuilt, every other running sequence goes back to waiting (recomputed from its tokens) and the
+        prefix cache, whose pages are gone, is dropped."""
+        for seq in seqs:  # all still running: a call's sequences are unfinished
+            self._fail(seq, f"device step failed: {_one_line(error)}")
+        if self.k_pages.is_deleted() or self.v_pages.is_deleted():
+            self._allocate_cache()
+            for seq in reversed(list(self.running)):
+                self._preempt(seq)
+            self.pool.drop_prefix_cache()
+
+    def _allocate_cache(self) -> None:
+        text = self.model.config.text
+        self.k_pages, self.v_pages = PagedKVCache.allocate(
+            num_layers=text.num_hidden_layers, num_pages=self.pool.num_pages, page_size=self.page_size,
+            num_kv_heads=text.num_key_value_heads, head_dim=text.head_dim, dtype=self.model.dtype,
+        )
+
+    def _finish(self, seq: SequenceState, reason: str, error: str | None = None) -> None:
         if seq.pages:
             self.pool.release(seq.pages)
             seq.pages = []
         seq.finish_reason = reason
+        self._live.pop(seq.id, None)
         want = seq.params.logprobs
         self.finished[seq.id] = Completion(
             request_id=seq.id,
@@ -381,10 +442,9 @@ class Engine:
             prefilled_tokens=seq.prefilled,
             logprobs=list(seq.logprobs) if want else None,
             entropies=list(seq.entropies) if want else None,
+            error=error,
         )
 
 
-def _named_leaves(params) -> list[tuple[str, object]]:
-    """(name, array) of every parameter, named as in `nnx.to_pure_dict` (`['model']['layers'][0]...`)."""
-    tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
-    return [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_leaves_with_path(tree)]
+def _one_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"[:300]

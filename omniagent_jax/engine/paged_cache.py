@@ -37,6 +37,9 @@ def paged_attention(
     # As `dot_product_attention`: masked logits get the dtype's minimum, softmax in fp32.
     scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(values.dtype)
+    # Slots past a row's length (the null page, a reused page's stale tail) may hold anything, NaN from a
+    # request that failed included, and 0 · NaN is NaN: they must not reach the value contraction.
+    values = jnp.where((key_pos[None, :] < kv_len[:, None])[None, :, :, None], values, 0)
     out = jnp.einsum("kbqs,kbsd->kbqd", probs, values).reshape(kv, b, t, group, d)
     return out.transpose(1, 2, 0, 3, 4).reshape(b, t, h, d)
 

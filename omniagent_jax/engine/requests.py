@@ -1,8 +1,11 @@
-"""What goes into the engine and what comes out: `Request`, `Completion`, `EngineStats`."""
+"""What goes into the engine and what comes out: `Request`, `Completion`, `EngineStats`, and the
+checks `Engine.submit` runs before anything is queued (`check_request`, raising `RequestError`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping
 
 import numpy as np
@@ -37,13 +40,18 @@ class Request:
 
 @dataclasses.dataclass
 class Completion:
+    """One finished request. `finish_reason` "error" means its processing failed inside the engine (a
+    media encode raising, non-finite logits, a failed device step) and it alone was finished: `error`
+    then says why in one line, and `tokens` are those sampled before the failure."""
+
     request_id: str
     tokens: list[int]
-    finish_reason: str  # "stop" | "length" | "cancelled"
+    finish_reason: str  # "stop" | "length" | "cancelled" | "error"
     prompt_tokens: int
     cached_tokens: int  # prompt tokens whose KV came from the prefix cache
     logprobs: list[float] | None = None
     entropies: list[float] | None = None
+    error: str | None = None
     prefilled_tokens: int = 0  # tokens this request ran through prefill (recomputation after preemption included)
 
 
@@ -55,3 +63,50 @@ class EngineStats:
     preemptions: int = 0
     tower_items: int = 0  # media items encoded by the towers
     peak_pages: int = 0  # most pages referenced at once
+    errors: int = 0  # requests finished with finish_reason "error"
+
+
+class RequestError(ValueError):
+    """A request the engine refuses at submit; `field` names the offending value (`seed`, `top_k`,
+    `input_ids`, `media`, ...), and the message starts with it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+SEED_RANGE = 2**32  # the engine keys each request's random stream by a uint32 seed
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_request(request: Request, vocab_size: int) -> None:
+    """Raises `RequestError` naming the first bad value: sampling values out of range or of the wrong
+    type, stop or prompt ids outside the vocabulary, non-finite media features."""
+    p = request.sampling
+    if not _is_int(p.seed) or not 0 <= p.seed < SEED_RANGE:
+        raise RequestError("seed", f"must be an integer in [0, 2**32), got {p.seed!r}")
+    if not isinstance(p.temperature, numbers.Real) or not math.isfinite(p.temperature) or p.temperature < 0:
+        raise RequestError("temperature", f"must be a finite number >= 0, got {p.temperature!r}")
+    if not isinstance(p.top_p, numbers.Real) or not 0 < p.top_p <= 1:
+        raise RequestError("top_p", f"must be in (0, 1], got {p.top_p!r}")
+    if not _is_int(p.top_k) or not 0 <= p.top_k <= vocab_size:
+        raise RequestError("top_k", f"must be an integer in [0, {vocab_size}] (0: off), got {p.top_k!r}")
+    if not _is_int(p.max_new_tokens) or p.max_new_tokens < 1:
+        raise RequestError("max_new_tokens", f"must be an integer >= 1, got {p.max_new_tokens!r}")
+    stops = p.stop_token_ids or ()
+    bad = [t for t in stops if not _is_int(t) or not 0 <= t < vocab_size]
+    if bad:
+        raise RequestError("stop_token_ids", f"{bad} are not token ids of the vocabulary [0, {vocab_size})")
+    ids = np.asarray(request.input_ids)
+    if ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise RequestError("input_ids", f"must be a non-empty array of token ids, got {ids.dtype} of size {ids.size}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise RequestError("input_ids", f"hold ids outside the vocabulary [0, {vocab_size}): {int(ids.min())}..{int(ids.max())}")
+    if request.media is not None:
+        for key in request.media.keys():
+            value = request.media[key]
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise RequestError("media", f"{key} holds NaN or infinite values")

@@ -47,14 +47,14 @@ def _merge(graphdef, treedef, leaves) -> Thinker:
 def forward(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows, media_mask,
             positions):
     """One step over `[B, T]` new tokens → logits at each row's last real token, their argmax (so greedy
-    rows need no second dispatch), and the updated pages."""
+    rows need no second dispatch), whether each row's logits are all finite, and the updated pages."""
     model = _merge(graphdef, treedef, leaves)
     embeds = model.embed_inputs(ids, media_rows, media_mask)
     cache = PagedKVCache(k_pages, v_pages, page_table, context_len, num_new)
     hidden, cache = model.decode(embeds, positions, cache)
     last = hidden[jnp.arange(ids.shape[0]), jnp.maximum(num_new - 1, 0)]
     logits = model.logits(last)
-    return logits, greedy_tokens(logits), cache.k_pages, cache.v_pages
+    return logits, greedy_tokens(logits), jnp.all(jnp.isfinite(logits), axis=-1), cache.k_pages, cache.v_pages
 
 
 def decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, limit, ids, rope_delta, stop_ids,
@@ -62,12 +62,12 @@ def decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context
     """`num_steps` decode steps in one dispatch. Row b feeds `ids[b]` at position `context_len[b]`, then
     its own sampled tokens; it runs while `i < limit[b]` and it has not sampled a stop id (later steps
     write to the null page and their tokens are dropped by the host). Returns `[num_steps, B]` tokens,
-    log-probs, entropies and the updated pages."""
+    log-probs, entropies, `[B]` flags of rows that met non-finite logits while active, and the updated pages."""
     model = _merge(graphdef, treedef, leaves)
     batch = ids.shape[0]
 
     def step(carry, i):
-        k_pages, v_pages, ids, live = carry
+        k_pages, v_pages, ids, live, bad = carry
         active = live & (i < limit)
         position = context_len + i
         rope = jnp.broadcast_to((position + rope_delta)[None, :, None], (3, batch, 1))
@@ -80,12 +80,13 @@ def decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context
             token = greedy_tokens(logits)
             logp = entropy = jnp.full((batch,), jnp.nan, jnp.float32)
         stopped = jnp.any(token[:, None] == stop_ids, axis=1)
-        return (cache.k_pages, cache.v_pages, token, active & ~stopped), (token, logp, entropy)
+        bad = bad | (active & ~jnp.all(jnp.isfinite(logits), axis=-1))
+        return (cache.k_pages, cache.v_pages, token, active & ~stopped, bad), (token, logp, entropy)
 
-    (k_pages, v_pages, _, _), (tokens, logps, entropies) = jax.lax.scan(
-        step, (k_pages, v_pages, ids, jnp.ones(batch, bool)), jnp.arange(num_steps)
+    (k_pages, v_pages, _, _, bad), (tokens, logps, entropies) = jax.lax.scan(
+        step, (k_pages, v_pages, ids, jnp.ones(batch, bool), jnp.zeros(batch, bool)), jnp.arange(num_steps)
     )
-    return tokens, logps, entropies, k_pages, v_pages
+    return tokens, logps, entropies, bad, k_pages, v_pages
 
 
 @functools.lru_cache(maxsize=8)
