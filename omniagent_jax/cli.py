@@ -144,8 +144,13 @@ def _check_serve_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--port must be in [0, 65535], got {args.port}")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if not 0 <= args.seed < SEED_BOUND:
+    if args.seed is not None and not 0 <= args.seed < SEED_BOUND:
         raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}")
+    for flag, value in (("--max-body-mb", args.max_body_mb), ("--body-timeout", args.body_timeout)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be > 0, got {value}")
+    if args.limit_concurrency is not None and args.limit_concurrency < 1:
+        raise UsageError(f"--limit-concurrency must be >= 1, got {args.limit_concurrency}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -154,13 +159,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         _check_serve_args(args)
-        policy = load_jax_policy(args, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K,
-                                 max_new_tokens=args.max_new_tokens)
+        # Every request carries a seed (drawn when it names none): the policy's own default seed is never used.
+        policy = load_jax_policy(argparse.Namespace(**{**vars(args), "seed": 0}), temperature=DEFAULT_TEMPERATURE,
+                                 top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K, max_new_tokens=args.max_new_tokens)
     except UsageError as e:
         return report_usage_error("omniagent serve", e)
-    from omniagent_jax.engine.server import serve
+    from omniagent_jax.engine import server
 
-    serve(policy, host=args.host, port=args.port, model_name=args.served_model_name)
+    limits = {"max_body_bytes": server.MAX_BODY_BYTES if args.max_body_mb is None else int(args.max_body_mb * 2**20),
+              "body_timeout_s": server.BODY_TIMEOUT_S if args.body_timeout is None else args.body_timeout}
+    server.serve(policy, host=args.host, port=args.port, model_name=args.served_model_name, seed=args.seed,
+                 limit_concurrency=args.limit_concurrency, **limits)
     return 0
 
 
@@ -181,10 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--served-model-name", default="omniagent")
-    serve.add_argument("--seed", type=int, default=0, help="sampling seed of requests that carry none")
+    serve.add_argument("--seed", type=int, default=None,
+                       help="makes the seeds drawn for requests that carry none a reproducible sequence (default: fresh "
+                            "randomness); each response returns the seed it used. The API key, if any, is read from "
+                            "$OMNIAGENT_SERVE_API_KEY, never from the command line")
     serve.add_argument(
         "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="default per request (max_tokens overrides)"
     )
+    serve.add_argument("--max-body-mb", type=float, default=None, help="largest request body in MB (413 beyond; default 64)")
+    serve.add_argument("--body-timeout", type=float, default=None,
+                       help="seconds a request body may stall before the request is dropped (408; default 30)")
+    serve.add_argument("--limit-concurrency", type=int, default=None,
+                       help="most connections at once; more get 503 (default: no limit)")
     serve.set_defaults(func=_cmd_serve)
 
     from omniagent_jax.train.cli import add_train_arguments

@@ -9,6 +9,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from serve_helpers import POOL  # the server tests' engine configuration: the same compiled steps
 
 from omniagent_jax.engine import Engine, Request, RequestError, SamplingParams
 from omniagent_jax.engine import engine as engine_module
@@ -19,7 +20,6 @@ from omniagent_jax.processing.media_inputs import MediaInputs
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=4, stop_token_ids=())
 VOCAB = 152_064
-POOL = {"page_size": 16, "num_pages": 256}  # as tests/test_serve.py's engine: the same compiled steps
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_failures_inside_a_step_finish_only_their_own_sequence(model, image_prom
     )
     overflows = dataclasses.replace(media, pixel_values=np.full_like(media.pixel_values, 3e38))  # finite in, inf/NaN out
     good = [Request(ids, GREEDY, media=media), Request(ids[-6:], GREEDY), Request(np.arange(40), GREEDY)]
-    engine = Engine(model, **POOL, max_batch=8)
+    engine = Engine(model, **POOL)
     outs = engine.generate([good[0], Request(ids, GREEDY, media=raises), good[1], Request(ids, GREEDY, media=overflows),
                             good[2]])
     assert [o.finish_reason for o in outs] == ["length", "error", "length", "error", "length"]
@@ -142,12 +142,13 @@ def failing_once(fn, *, delete_cache: bool):
 
 @pytest.mark.parametrize("target", ["forward", "decode_loop", "sample"])
 def test_a_failed_device_call_fails_its_batch_and_the_engine_recovers(model, monkeypatch, target):
-    engine = Engine(model, **POOL, decode_steps=2)
-    bystander = Request(np.arange(30), dataclasses.replace(GREEDY, max_new_tokens=6), request_id="bystander")
+    engine = Engine(model, **POOL)
+    bystander = Request(np.arange(30), dataclasses.replace(GREEDY, max_new_tokens=12), request_id="bystander")
     engine.submit(bystander)
     while not engine.generated("bystander"):
         engine.step()  # prefilled, decoding
-    victim = Request(np.arange(100, 117), dataclasses.replace(GREEDY, temperature=float(target == "sample")), request_id="v")
+    sampling = dataclasses.replace(GREEDY, temperature=float(target == "sample"), max_new_tokens=8)
+    victim = Request(np.arange(100, 117), sampling, request_id="v")
     engine.submit(victim)
     if target == "forward":  # the victim's prefill fails after consuming the KV buffers: the bystander is recomputed
         engine._forward = failing_once(engine._forward, delete_cache=True)

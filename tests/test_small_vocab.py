@@ -145,7 +145,7 @@ def test_sft_targets_end_with_the_checkpoints_im_end(loaded):
 def test_engine_end_to_end_with_the_checkpoints_stop_ids(loaded):
     from omniagent_jax.engine import Engine, SamplingParams
     from omniagent_jax.engine.policy import JaxPolicy
-    from omniagent_jax.engine.server import BadRequest, sampling_from_openai
+    from omniagent_jax.engine.server_protocol import BadRequest, stop_token_ids
 
     model, processor = loaded
     engine = Engine(model, page_size=16, num_pages=64, max_batch=2, decode_steps=4)
@@ -169,9 +169,9 @@ def test_engine_end_to_end_with_the_checkpoints_stop_ids(loaded):
     greedy = run(())
     stopped = run((greedy.tokens[1],))
     assert stopped.tokens == greedy.tokens[: greedy.tokens.index(greedy.tokens[1]) + 1] and stopped.finish_reason == "stop"
-    assert sampling_from_openai({"stop": tokens.IM_END}, policy.sampling, processor.tokenizer).stop_token_ids == (SMALL.im_end,)
-    with pytest.raises(BadRequest, match=r"`stop` tokens \['<\|im_end\|>'\] are not in the served model's vocabulary"):
-        sampling_from_openai({"stop": [tokens.IM_END]}, policy.sampling)  # no tokenizer to look it up in
+    assert stop_token_ids(tokens.IM_END, processor.tokenizer) == (SMALL.im_end,)
+    with pytest.raises(BadRequest, match=r"stop: tokens \['<\|im_end\|>'\] are not in the served model's vocabulary"):
+        stop_token_ids([tokens.IM_END], None)  # no tokenizer to look it up in
 
     # Decoding drops this checkpoint's stop ids, not Qwen's.
     body = [t for t in greedy.tokens if t not in (SMALL.im_end, SMALL.pad)] or [65]
