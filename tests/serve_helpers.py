@@ -16,7 +16,7 @@ from omniagent_jax.engine.policy import JaxPolicy
 from omniagent_jax.engine.server import ServerThread, create_app
 from omniagent_jax.processing.content_codec import encode_image, wav_bytes
 
-POOL = {"page_size": 16, "num_pages": 512, "max_batch": 8, "decode_steps": 4}
+POOL = {"page_size": 16, "num_pages": 512, "max_batch": 4, "decode_steps": 4}
 SAMPLED = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=4)
 IMAGE_URL = encode_image(np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8))
 WAV_B64 = base64.b64encode(wav_bytes((0.1 * np.random.default_rng(1).standard_normal(4000)).astype(np.float32))).decode()

@@ -82,14 +82,14 @@ def messages():
 
 
 def test_openai_policy_through_the_server_matches_the_engine(server, policy):
-    agent = OpenAIPolicy(url=server[0].url, model="omniagent", temperature=0.0, top_p=1.0, top_k=0, max_tokens=4)
+    agent = OpenAIPolicy(url=server[0].url, model="omniagent", temperature=1.0, top_p=1.0, top_k=0, max_tokens=4)
     msgs = messages()
-    over_http = agent.generate(msgs)
+    over_http = agent.generate(msgs, seed=7)
     # The server sees what the wire carries (PNG frames and clip frames, 16-bit WAV): prepare the same body here.
-    body = agent.request_body(msgs)
-    (request,) = prepare(policy, parse_request(body), 0, "direct")
+    body = agent.request_body(msgs, seed=7)
+    (request,) = prepare(policy, parse_request(body), 7, "direct")
     assert request.use_audio_in_video  # the clip's own audio travelled with it
-    (direct,) = alone(policy, body, 0)
+    (direct,) = alone(policy, body, 7)
     assert over_http.text == policy.decode(direct).strip()
     assert over_http.metrics.completion_tokens == len(direct) > 0
 
@@ -109,7 +109,7 @@ def test_jax_policy_takes_its_seed_per_call_and_reports_typed_metrics(policy):
 
 
 def test_usage_logprobs_and_cached_prompt_tokens(client):
-    body = {"model": "omniagent", "messages": user("hello there"), "temperature": 0, "max_tokens": 4, "logprobs": True}
+    body = {"model": "omniagent", "messages": user("hello there"), "seed": 1, "max_tokens": 4, "logprobs": True}
     answers = [client.post(CHAT, json=body).json() for _ in range(2)]
     for a in answers:
         assert a["object"] == "chat.completion" and a["usage"]["completion_tokens"] == 4
@@ -149,7 +149,7 @@ def test_unseeded_requests_differ_and_the_returned_seed_reproduces_them(client):
 
 def test_concurrent_requests_are_batched_and_all_answered(client):
     def ask(i):
-        return client.post(CHAT, json={"messages": user(f"question {i}"), "temperature": 0, "max_tokens": 3}).json()
+        return client.post(CHAT, json={"messages": user(f"question {i}"), "max_tokens": 3, "seed": i}).json()
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(ask, range(4)))

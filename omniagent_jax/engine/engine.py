@@ -258,7 +258,7 @@ class Engine:
         if not kept:
             return [], None, None, None
         b = steps.bucket(len(kept))
-        t = steps.bucket(max(e - s for _, s, e in kept))
+        t = steps.bucket(max(e - s for _, s, e in kept), minimum=steps.MIN_PREFILL_TOKENS)
         ids = np.zeros((b, t), np.int32)
         positions = np.zeros((3, b, t), np.int32)
         context_len = np.zeros(b, np.int32)
@@ -316,7 +316,7 @@ class Engine:
             return
         limits = [self._limit(s) for s in seqs]
         num_steps = min(self.decode_steps, steps.bucket(max(limits)))  # one compile per power of two up to decode_steps
-        b = steps.bucket(len(seqs))
+        b = steps.bucket(len(seqs), minimum=steps.MIN_DECODE_ROWS)
         stop_ids = np.full((b, steps.bucket(max(len(s.params.stop_token_ids) for s in seqs), minimum=4)), -1, np.int32)
         for i, seq in enumerate(seqs):
             stop_ids[i, : len(seq.params.stop_token_ids)] = seq.params.stop_token_ids
@@ -374,7 +374,7 @@ class Engine:
             token = np.asarray(greedy)  # computed inside the forward: no second dispatch over the vocabulary
             logp = entropy = np.full(len(seqs), np.nan, np.float32)
         else:
-            rows = steps.bucket(len(seqs))  # bucketed rows: one compile per batch-size bucket
+            rows = steps.bucket(len(seqs), minimum=steps.MIN_DECODE_ROWS)  # one compile per batch-size bucket
             if rows > len(seqs):
                 logits = jnp.concatenate([logits, jnp.zeros((rows - len(seqs), logits.shape[1]), logits.dtype)])
             try:

@@ -20,6 +20,12 @@ from omniagent_jax.engine.pages import NULL_PAGE
 from omniagent_jax.engine.sampling import SamplingParams, choose_tokens, greedy_tokens, sampling_arrays
 from omniagent_jax.model import Thinker
 
+# Every new shape is a compile (seconds on a CPU, far more for a 7B) that the whole batch waits for. Below
+# these sizes a step costs about what it costs at them (decoding reads all the weights whatever the rows;
+# a short prefill is dominated by the same), so smaller shapes are not worth their compiles.
+MIN_DECODE_ROWS = 4  # rows of a decode or sampling step (prefill rows are not padded: long chunks are compute)
+MIN_PREFILL_TOKENS = 16  # tokens per row of a prefill step
+
 
 def bucket(n: int, minimum: int = 1) -> int:
     """`n` rounded up to a power of two (at least `minimum`)."""
