@@ -31,6 +31,7 @@ from omniagent_jax.engine.policy import JaxPolicy
 from omniagent_jax.engine.server_chat import prepare
 from omniagent_jax.engine.server_protocol import parse_request
 from omniagent_jax.processing import OmniProcessor
+from omniagent_jax.processing.content_codec import encode_image
 
 BODY_LIMIT = 2**20
 
@@ -182,6 +183,9 @@ def bad_part(part: dict) -> dict:
     ({"messages": user("hi"), "max_tokens": 10**5}, "max_tokens", "but the pool has 511"),
     ({"messages": user("hi"), "stop_token_ids": [-3]}, "stop_token_ids", "are not token ids"),
     ({"messages": user("hi"), "stop": ["\n\n"]}, "stop", "special tokens only"),
+    ({"messages": user("hi"), "stop": ["<|im_end|>"] * 5}, "stop", "at most 4 stop sequences"),
+    (bad_part({"type": "image_url", "image_url": {"url": encode_image(np.zeros((1, 300, 3), np.uint8))}}), "messages",
+     "aspect ratio"),  # decoded fine, refused by the processor
     ({"messages": user("hi"), "presence_penalty": 0.5}, "presence_penalty", "not supported"),
     ({"messages": user("hi"), "n": 17}, "n", "less than or equal to 16"),
     ({"messages": user("hi"), "stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream"),
@@ -215,6 +219,29 @@ def test_a_request_the_engine_fails_fails_alone(client, policy, monkeypatch):
     assert events[-1] == "[DONE]" and "tower on fire" in events[-2]["error"]["message"]
 
 
+def test_host_side_failures_are_500s_and_the_server_goes_on(client, policy, monkeypatch):
+    step, calls = policy.engine.step, []
+
+    def step_once_broken():
+        if not calls:
+            calls.append(1)
+            raise RuntimeError("scheduler bug")
+        step()
+
+    body = {"messages": user("still there?"), "max_tokens": 4, "seed": 9}
+    monkeypatch.setattr(policy.engine, "step", step_once_broken)  # the engine thread's next step fails
+    failed = client.post(CHAT, json=body)
+    assert failed.status_code == 500 and "RuntimeError: scheduler bug" in failed.json()["error"]["message"]
+    assert client.post(CHAT, json=body).status_code == 200
+    monkeypatch.setattr(policy, "request", lambda *a, **k: 1 / 0)  # a bug while preparing a request
+    broken = client.post(CHAT, json=body)
+    assert broken.status_code == 500
+    assert broken.json()["error"]["message"] == "internal error: ZeroDivisionError: division by zero"
+    monkeypatch.undo()
+    assert client.post(CHAT, json=body).status_code == 200
+    policy.engine.pool.check_no_leak()
+
+
 def test_models_health_and_unknown_routes(client):
     assert client.get("/health").json() == {"status": "ok"}
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["omniagent"]
@@ -223,7 +250,7 @@ def test_models_health_and_unknown_routes(client):
 
 def test_the_api_key_comes_from_the_environment(policy, monkeypatch):
     monkeypatch.setenv("OMNIAGENT_SERVE_API_KEY", "sekret")
-    with served(make_policy(policy.engine.model, policy.processor)) as (thread, _), httpx.Client(base_url=thread.url) as c:
+    with served(make_policy(policy.engine.model, policy.processor)) as (thread, worker), httpx.Client(base_url=thread.url) as c:
         assert c.get("/health").status_code == 200  # probes need no key
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "sekret"}):
             response = c.get("/v1/models", headers=headers)
@@ -231,6 +258,8 @@ def test_the_api_key_comes_from_the_environment(policy, monkeypatch):
             assert "sekret" not in response.text
         assert c.post(CHAT, json={"messages": user("hi")}).status_code == 401
         assert c.get("/v1/models", headers={"authorization": "Bearer sekret"}).status_code == 200
+        worker.stop()
+        assert c.get("/health").status_code == 503  # the engine thread is gone: not healthy
 
 
 def raw_post(port: int, declared: int, sent: bytes) -> tuple[bytes, float]:
@@ -257,6 +286,8 @@ def test_bodies_over_the_limit_get_413(server, client):
 def test_a_body_that_never_arrives_times_out(server, client):
     reply, seconds = raw_post(server[0].port, 100, b'{"messages"')  # 11 of 100 bytes, then silence
     assert reply.startswith(b"HTTP/1.1 408") and b"stopped arriving" in reply and seconds < 5
+    with socket.create_connection(("127.0.0.1", server[0].port)) as sock:  # part of a body, then the client leaves
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
     assert client.get("/health").status_code == 200
 
 

@@ -77,12 +77,11 @@ class RequestGuard:
         if self.api_key and scope["path"].startswith("/v1") and not self._authorized(headers.get("authorization", "")):
             refusal = _error(401, f"a valid API key is required (Authorization: Bearer <${API_KEY_ENV}>)")
             return await refusal(scope, receive, send)
-        declared = headers.get("content-length")
-        if declared is not None and not declared.isdigit():
-            return await _error(400, "Content-Length is not a number", "body", close=True)(scope, receive, send)
+        declared = headers.get("content-length", "")  # the HTTP layer has checked it is a number
+        declared = int(declared) if declared.isdigit() else None
         # Past the limit the rest is still read (and dropped) up to twice the limit: answering while the
         # client still sends would reset the connection before it reads the 413.
-        size, body, more = 0, bytearray(), int(declared or 0) <= 2 * self.max_body_bytes
+        size, body, more = 0, bytearray(), (declared or 0) <= 2 * self.max_body_bytes
         while more:
             try:
                 message = await asyncio.wait_for(receive(), self.body_timeout_s)
@@ -96,7 +95,7 @@ class RequestGuard:
             if size <= self.max_body_bytes:
                 body += chunk
             more = more and size <= 2 * self.max_body_bytes
-        too_big = max(size, int(declared or 0)) > self.max_body_bytes
+        too_big = max(size, declared or 0) > self.max_body_bytes
         if too_big:
             return await _error(413, f"the request body is over the limit of {self.max_body_bytes} bytes", "body",
                                 close=True)(scope, receive, send)
@@ -147,17 +146,8 @@ def create_app(policy: JaxPolicy, *, model_name: str = "omniagent", api_key: str
         return _error(exc.status, str(exc), exc.param)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_, exc: HTTPException) -> JSONResponse:
+    async def http_error(_, exc: HTTPException) -> JSONResponse:  # FastAPI's own: a body it cannot parse is a 400
         return _error(exc.status_code, str(exc.detail), "body" if exc.status_code == 400 else None)
-
-    @app.exception_handler(RecursionError)
-    async def too_deep(_, exc: RecursionError) -> JSONResponse:  # JSON nested deeper than the parser goes
-        return _error(400, "the body is nested too deeply", "body")
-
-    @app.exception_handler(Exception)
-    async def internal(_, exc: Exception) -> JSONResponse:
-        log.exception("internal error")
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     @app.get("/health")
     async def health() -> Response:
@@ -170,6 +160,15 @@ def create_app(policy: JaxPolicy, *, model_name: str = "omniagent", api_key: str
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
+        try:
+            return await _chat(req, request)
+        except BadRequest:
+            raise
+        except Exception as e:  # answered here: Starlette's last-resort handler would also drop the connection
+            log.exception("internal error")
+            return _error(500, f"internal error: {type(e).__name__}: {e}")
+
+    async def _chat(req: ChatCompletionRequest, request: Request) -> Response:
         if req.model is not None and req.model != model_name:
             raise BadRequest(f"model: {req.model!r} is not served here (this server serves {model_name!r})", "model", 404)
         if req.stream_options is not None and not req.stream:
