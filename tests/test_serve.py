@@ -122,7 +122,10 @@ def test_usage_logprobs_and_cached_prompt_tokens(client):
 
 def test_streaming_concatenates_to_the_whole_response(client, policy):
     body = {"messages": user("count with me"), "max_tokens": 4, "seed": 11, "n": 2, "return_token_ids": True}
+    before = policy.engine.stats.prefilled_tokens
     whole = client.post(CHAT, json=body).json()
+    # the two samples share their prompt's pages: the second prefills only what is past its last full page
+    assert policy.engine.stats.prefilled_tokens - before < 1.5 * whole["usage"]["prompt_tokens"]
     events = stream(client, {**body, "stream_options": {"include_usage": True}})
     assert events[-1] == "[DONE]" and events[0]["choices"][0]["delta"]["role"] == "assistant"
     texts, ids, reasons = joined(events, n=2)
