@@ -39,7 +39,7 @@ test: $(VENV)/.test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Benchmarks run outside the test suite; each prints its baseline, ours and the ratio.
-BENCHMARKS := decoder_forward towers engine media convert_memory serve
+BENCHMARKS := decoder_forward towers engine media convert_memory serve episodes
 bench: $(VENV)/.test
 	set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(PY) benchmarks/$$b.py; done
 

@@ -1,12 +1,15 @@
 """Test helpers for the episode driver: episode results as plain comparable values (media payloads by
-content digest, no wall-clock times)."""
+content digest, no wall-clock times), and `Forced`, a JAX policy whose turns carry scripted actions."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import numpy as np
+
+from omniagent_jax.processing.policy_contract import episode_of
 
 
 def freeze(obj):
@@ -68,3 +71,48 @@ def first_difference(a, b, path: str = "") -> str | None:
                 return found
         return None
     return None if a == b else f"{path}: {a!r:.200} vs {b!r:.200}"
+
+
+def action(spec: tuple) -> dict:
+    """The action dict of ("answer", content) or (kind, start, end[, num])."""
+    kind, *args = spec
+    if kind == "answer":
+        return {"type": "answer", "content": args[0]}
+    keys = ("start", "end", "num") if kind == "get_frames" else ("start", "end")
+    return {"type": kind, **dict(zip(keys, args))}
+
+
+class Forced:
+    """A concurrent policy (the JAX one) generates each turn; the turn's text is the episode's scripted
+    action (`scripts[episode][turn - 1]`, a tuple for `action`; an exception there is that turn's failure)
+    in the OTA JSON, with the generated text as its observation: the history then grows by about as many
+    tokens as the model wrote, as it would with a real model. `generate` is the wrapped policy's own."""
+
+    def __init__(self, policy, scripts: dict[str, list]):
+        self.policy, self.scripts = policy, scripts
+        self.token_ids: dict[str, list[int] | None] = {}  # turn key -> the ids the policy generated
+
+    def generate(self, messages, *, unchanged_prefix=0, seed=None):
+        return self.policy.generate(messages, unchanged_prefix=unchanged_prefix, seed=seed)
+
+    def submit(self, key, messages, *, unchanged_prefix=0, seed=None):
+        self.policy.submit(key, messages, unchanged_prefix=unchanged_prefix, seed=seed)
+
+    def cancel(self, key):
+        self.policy.cancel(key)
+
+    def collect(self, timeout=None):
+        out = []
+        for key, done in self.policy.collect(timeout):
+            spec = self.scripts[episode_of(key)][int(key.rpartition("#")[2]) - 1]
+            if isinstance(done, Exception) or isinstance(spec, Exception):
+                out.append((key, done if isinstance(done, Exception) else spec))
+                continue
+            self.token_ids[key] = done.token_ids
+            # Special-token spellings are broken up so the chat template reads the text as text; stripped, as
+            # an endpoint's text is.
+            observation = done.text.strip().replace("<|", "< |")
+            text = json.dumps({"observation": observation, "think": "t", "confidence": 0.5, "action": action(spec)},
+                              ensure_ascii=False)
+            out.append((key, dataclasses.replace(done, text=text)))
+        return out

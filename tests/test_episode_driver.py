@@ -1,31 +1,36 @@
 """The episode driver on the tiny JAX model: a group of 8 rollouts played at once through the engine's
-continuous batching gives exactly the records of the same episodes played one by one; the group prefills
-its shared prompt once and later turns reuse their episode's pages; cancelling mid-turn frees the pages,
-and a corrupt video or a failing turn ends only its own episode.
+continuous batching gives exactly the records (and generated ids) of the same episodes played one by one;
+the group prefills its shared prompt once and later turns reuse their episode's pages; cancelling mid-turn
+frees the pages, and a corrupt video or a failing turn ends only its own episode; the same group through
+`OpenAIPolicy` -> `omniagent serve` generates the direct JAX policy's tokens, token for token.
 
-The tiny model's random weights never write a valid action, so `Forced` lets the engine generate every
-turn and builds the turn's text from the episode's scripted action with the generated token ids as its
-observation: the engine's output (seeded per turn) still shapes every history that follows."""
+The tiny model's random weights never write a valid action, so `Forced` (driver_helpers) lets the engine
+generate every turn and builds the turn's text from the episode's scripted action with the generated text
+as its observation: the engine's output (seeded per turn) still shapes every history that follows. The
+videos' audio is put on the int16 grid, which the OpenAI wire carries exactly (processing/content_codec)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import agent_helpers as h
 import media_factory
+import numpy as np
 import pytest
-from driver_helpers import comparable, first_difference, logprobs_close
+from driver_helpers import Forced, comparable, first_difference, logprobs_close
 
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import Sample
 from omniagent_jax.agent.driver import Episode, EpisodeDriver
 from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
 from omniagent_jax.agent.episode import END_CANCELLED, END_ERROR
+from omniagent_jax.agent.policy import OpenAIPolicy
 from omniagent_jax.agent.runner import run_episode
 from omniagent_jax.engine import Engine, SamplingParams
 from omniagent_jax.engine.policy import JaxPolicy
+from omniagent_jax.engine.server import ServerThread, create_app
+from omniagent_jax.media import open_video
 from omniagent_jax.processing import OmniProcessor
-from omniagent_jax.processing.policy_contract import PolicyError, episode_of, episode_seed, turn_key
+from omniagent_jax.processing.policy_contract import PolicyError, episode_seed, turn_key
 
 PAGE = 16
 SAMPLING = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=5, stop_token_ids=(), logprobs=True)
@@ -37,44 +42,6 @@ ACTIONS = [  # one script per rollout kind: frames, audio and clips in different
 ]
 GROUP = [f"r{r}" for r in range(8)]
 RUN_SEED = 11
-
-
-def action(spec) -> dict:
-    kind, *args = spec
-    if kind == "answer":
-        return {"type": "answer", "content": args[0]}
-    keys = ("start", "end", "num") if kind == "get_frames" else ("start", "end")
-    return {"type": kind, **dict(zip(keys, args))}
-
-
-class Forced:
-    """The JAX policy generates each turn; the text is the episode's scripted action (an exception there
-    is that turn's failure) with the generated ids as its observation. `generate` is the JAX policy's own."""
-
-    def __init__(self, policy: JaxPolicy, scripts: dict[str, list]):
-        self.policy, self.scripts = policy, scripts
-        self.collects = 0
-
-    def generate(self, messages, *, unchanged_prefix=0, seed=None):
-        return self.policy.generate(messages, unchanged_prefix=unchanged_prefix, seed=seed)
-
-    def submit(self, key, messages, *, unchanged_prefix=0, seed=None):
-        self.policy.submit(key, messages, unchanged_prefix=unchanged_prefix, seed=seed)
-
-    def cancel(self, key):
-        self.policy.cancel(key)
-
-    def collect(self, timeout=None):
-        self.collects += 1
-        out = []
-        for key, done in self.policy.collect(timeout):
-            spec = self.scripts[episode_of(key)][int(key.rpartition("#")[2]) - 1]
-            if isinstance(done, Exception) or isinstance(spec, Exception):
-                out.append((key, done if isinstance(done, Exception) else spec))
-                continue
-            text = h.turn(action(spec), observation=" ".join(map(str, done.token_ids)))
-            out.append((key, dataclasses.replace(done, text=text)))
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +58,34 @@ def jax_policy(setup) -> JaxPolicy:
     return JaxPolicy(Engine(model, page_size=PAGE, num_pages=1536, max_batch=8, decode_steps=2), processor, SAMPLING)
 
 
+def on_int16_grid(audio):
+    return None if audio is None else (np.clip(np.round(audio * 32768.0), -32768, 32767) / 32768.0).astype(np.float32)
+
+
+class Int16Audio:
+    """The media reader with its audio on the int16 grid (what a WAV carries exactly)."""
+
+    def __init__(self, path):
+        self.reader = open_video(path)
+        self.info = self.reader.info
+
+    def frames(self, timestamps):
+        return self.reader.frames(timestamps)
+
+    def audio(self, start, end):
+        return on_int16_grid(self.reader.audio(start, end))
+
+    def clip(self, start, end):
+        clip = self.reader.clip(start, end)
+        return dataclasses.replace(clip, audio=on_int16_grid(clip.audio))
+
+    def close(self):
+        self.reader.close()
+
+
 def make_env(video) -> VideoEnvironment:
     sample = Sample(video=str(video), question_type="MCQ", question="Which colour?", options=("A. Red", "B. Blue"), answer="A")
-    return VideoEnvironment(sample, EnvConfig(budget=StepBudget(dynamic=False, max_steps=4)))
+    return VideoEnvironment(sample, EnvConfig(budget=StepBudget(dynamic=False, max_steps=4)), media_opener=Int16Audio)
 
 
 def group(video):
@@ -106,26 +98,43 @@ def scripts() -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def one_by_one(setup):
-    """The group's episodes played one after another, each by `run_episode`, on an engine of their own."""
+    """The group's episodes played one after another, each by `run_episode`, on an engine of their own;
+    `one_by_one.token_ids` holds each turn's generated ids by turn key."""
     policy = jax_policy(setup)
-    results = {}
+    results = Reference()
     for episode in group(setup[2]):
+        forced = Forced(policy, {"episode": scripts()[episode.key]})
         with make_env(setup[2]) as env:
-            results[episode.key] = run_episode(env, Forced(policy, {"episode": scripts()[episode.key]}), seed=episode.seed)
+            results[episode.key] = run_episode(env, forced, seed=episode.seed)
+        results.token_ids.update({turn_key(episode.key, int(k.rpartition("#")[2])): v for k, v in forced.token_ids.items()})
     policy.engine.pool.check_no_leak()
     return results
+
+
+class Reference(dict):
+    def __init__(self):
+        super().__init__()
+        self.token_ids: dict[str, list[int]] = {}
+
+
+def assert_same_episodes(results: dict, reference: Reference, forced: Forced, keys) -> None:
+    """Records equal (log-probs to float rounding) and every turn's generated ids equal."""
+    for key in keys:
+        got, want = comparable(results[key]), comparable(reference[key])
+        assert got == want, first_difference(got, want, key)
+        assert logprobs_close(results[key], reference[key]) and results[key].steps[0].logprobs, key
+        for t in range(1, len(results[key].steps) + 1):
+            assert forced.token_ids[turn_key(key, t)] == reference.token_ids[turn_key(key, t)], (key, t)
 
 
 def test_a_group_at_once_plays_exactly_as_one_by_one_and_shares_its_pages(setup, one_by_one):
     policy = jax_policy(setup)
     ended = []
-    driver = EpisodeDriver(Forced(policy, scripts()), max_live=8, on_episode=lambda key, res: ended.append(key))
+    forced = Forced(policy, scripts())
+    driver = EpisodeDriver(forced, max_live=8, on_episode=lambda key, res: ended.append(key))
     results = dict(zip(GROUP, driver.run(group(setup[2]))))
     assert sorted(ended) == sorted(GROUP)
-    for key in GROUP:
-        assert comparable(results[key]) == comparable(one_by_one[key]), first_difference(comparable(results[key]),
-                                                                                          comparable(one_by_one[key]), key)
-        assert logprobs_close(results[key], one_by_one[key]) and results[key].steps[0].logprobs, key
+    assert_same_episodes(results, one_by_one, forced, GROUP)
     kinds = {r.action_type for res in results.values() for r in res.steps}
     assert kinds == {"get_frames", "get_audio", "get_clip", "answer"} and all(res.won for res in results.values())
     # The shared first prompt is prefilled once: one rollout ran it, the other 7 found it cached but
@@ -167,7 +176,8 @@ def test_cancel_mid_turn_frees_pages_and_failures_end_only_their_episode(setup, 
                     driver.cancel(key)
             return super().collect(0.0)  # one engine step per call: turns stay in flight across calls
 
-    driver = EpisodeDriver(CancelMidTurn(policy, plan), max_live=8)
+    forced = CancelMidTurn(policy, plan)
+    driver = EpisodeDriver(forced, max_live=8)
     corrupt = Episode("corrupt", lambda: make_env(setup[3]), seed=1)
     results = dict(zip(["corrupt", *GROUP], driver.run([corrupt, *group(setup[2])])))
     assert all(targets.values()), "a cancelled turn was never caught mid-decode"
@@ -176,9 +186,7 @@ def test_cancel_mid_turn_frees_pages_and_failures_end_only_their_episode(setup, 
         assert comparable(results[key])["steps"] == comparable(one_by_one[key])["steps"][:1]
     assert results["r3"].end_reason == END_ERROR and results["r3"].error == "PolicyError: scripted failure"
     assert results["corrupt"].end_reason == END_ERROR and results["corrupt"].steps == []
-    for key in ("r0", "r4", "r5", "r6", "r7"):
-        assert comparable(results[key]) == comparable(one_by_one[key]), key
-        assert logprobs_close(results[key], one_by_one[key]), key
+    assert_same_episodes(results, one_by_one, forced, ("r0", "r4", "r5", "r6", "r7"))
     engine.pool.check_no_leak()
     assert not engine.has_work() and not engine.finished
 
@@ -187,7 +195,7 @@ def test_jax_policy_reports_refused_and_failed_turns(setup, monkeypatch):
     policy = jax_policy(setup)
     with make_env(setup[2]) as env:  # an episode's first prompt: the shapes the other tests compiled
         messages = env.reset()
-    greedy = JaxPolicy(policy.engine, setup[1], dataclasses.replace(SAMPLING, max_new_tokens=10**6))  # more than the pool holds
+    greedy = JaxPolicy(policy.engine, setup[1], dataclasses.replace(SAMPLING, max_new_tokens=10**6))  # more than the pool
     greedy.submit("too-long", messages)
     ((key, error),) = greedy.collect()
     assert key == "too-long" and isinstance(error, PolicyError) and "was not accepted" in str(error)
@@ -225,3 +233,20 @@ def test_jax_policy_reports_refused_and_failed_turns(setup, monkeypatch):
         done.update(policy.collect())
     assert isinstance(done["c"], PolicyError) and "NaN logits" in str(done["c"]) and len(done["d"].token_ids) == 5
     policy.engine.pool.check_no_leak()
+
+
+def test_the_group_through_openai_policy_and_serve_equals_the_direct_jax_policy(setup, one_by_one):
+    """The group played by the driver over HTTP: `OpenAIPolicy` (8 requests in flight) -> `omniagent serve`
+    (the same model, its own engine) gives every turn the direct JAX policy's ids and records."""
+    served = jax_policy(setup)
+    with ServerThread(create_app(served, model_name="tiny")) as server:
+        with OpenAIPolicy(server.url, "tiny", temperature=SAMPLING.temperature, top_p=SAMPLING.top_p, top_k=SAMPLING.top_k,
+                          max_tokens=SAMPLING.max_new_tokens, logprobs=True, max_concurrency=8, prefix_caching=True,
+                          extra_body={"return_token_ids": True}) as client:
+            forced = Forced(client, scripts())
+            results = dict(zip(GROUP, EpisodeDriver(forced, max_live=8).run(group(setup[2]))))
+    # Every turn ran to its token limit on both sides, so their different stop ids (the direct policy's
+    # none, the endpoint's <|im_end|>) never mattered.
+    assert {s.finish_reason for res in results.values() for s in res.steps} == {"length"}
+    assert_same_episodes(results, one_by_one, forced, GROUP)
+    served.engine.pool.check_no_leak()

@@ -348,8 +348,11 @@ class OpenAIPolicy:
             generation_seconds=generation_seconds,
             prefix_caching=self.prefix_caching,
         )
-        return PolicyOutput(text, logprobs=logprobs, entropies=entropies, finish_reason=choice.get("finish_reason"),
-                            metrics=metrics)
+        # `omniagent serve` (and vLLM) return the generated ids when the request asks (`return_token_ids`).
+        ids = choice.get("token_ids")
+        token_ids = [int(t) for t in ids] if isinstance(ids, list) else None
+        return PolicyOutput(text, token_ids=token_ids, logprobs=logprobs, entropies=entropies,
+                            finish_reason=choice.get("finish_reason"), metrics=metrics)
 
 
 def endpoint_urls(url: str | Sequence[str]) -> list[str]:
