@@ -151,6 +151,14 @@ def test_cancel_ends_an_episode_at_once_and_closes_its_environment():
     assert policy.collect() == []
 
 
+def test_a_cancel_after_its_episode_ended_does_not_touch_a_later_run():
+    driver = EpisodeDriver(ScriptedPolicy({"a": SCRIPTS[1] * 2}))
+    driver.on_episode = lambda key, result: driver.cancel(key)  # too late: the episode has ended
+    first = driver.run([Episode("a", make_env)])
+    second = driver.run([Episode("a", make_env)])
+    assert first[0].end_reason == second[0].end_reason == "ANSWERED"
+
+
 def test_environments_step_in_the_pool_while_others_wait():
     """Two episodes' frame fetches must run at the same time: the barrier fails otherwise."""
     barrier = threading.Barrier(2, timeout=10)

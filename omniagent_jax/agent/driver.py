@@ -127,6 +127,8 @@ class EpisodeDriver:
                 play.loop()
             finally:
                 play.abandon()
+                with self._lock:  # a cancel that came after its episode ended must not touch a later run's
+                    self._cancels.difference_update(keys)
         return [play.results[k] for k in keys]
 
 

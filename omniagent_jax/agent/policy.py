@@ -348,7 +348,7 @@ class OpenAIPolicy:
             generation_seconds=generation_seconds,
             prefix_caching=self.prefix_caching,
         )
-        # `omniagent serve` (and vLLM) return the generated ids when the request asks (`return_token_ids`).
+        # `omniagent serve` returns the generated ids when the request asks (`return_token_ids`).
         ids = choice.get("token_ids")
         token_ids = [int(t) for t in ids] if isinstance(ids, list) else None
         return PolicyOutput(text, token_ids=token_ids, logprobs=logprobs, entropies=entropies,
