@@ -214,7 +214,7 @@ def test_jax_policy_reports_refused_and_failed_turns(setup, monkeypatch):
     done = dict(policy.collect())
     assert set(done) == {"a", "b"} and all("device lost" in str(e) for e in done.values())
     policy.engine.pool.check_no_leak()
-    # A request the engine finishes with finish_reason "error" fails alone (docs: Contract A).
+    # A request the engine finishes with finish_reason "error" (its request isolation) fails alone.
     monkeypatch.setattr(policy.engine, "step", real_step)
     policy.submit("c", messages, seed=3)
     policy.submit("d", messages, seed=4)
