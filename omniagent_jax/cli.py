@@ -138,13 +138,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _check_serve_args(args: argparse.Namespace) -> None:
-    from omniagent_jax.agent.cli import SEED_BOUND, UsageError
+    from omniagent_jax.agent.cli import UsageError
+    from omniagent_jax.processing.policy_contract import SEED_RANGE
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in [0, 65535], got {args.port}")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.seed is not None and not 0 <= args.seed < SEED_BOUND:
+    if args.seed is not None and not 0 <= args.seed < SEED_RANGE:
         raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}")
     for flag, value in (("--max-body-mb", args.max_body_mb), ("--body-timeout", args.body_timeout)):
         if value is not None and not value > 0:

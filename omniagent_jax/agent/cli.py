@@ -38,6 +38,7 @@ from omniagent_jax.processing.policy_contract import (
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
+    SEED_RANGE,
 )
 
 DEFAULT_OUTPUT = pathlib.Path("inference_output") / "latest_run.json"
@@ -45,8 +46,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 _PREVIEW_CHARS = 400
-# The engine keeps sampling seeds as uint32.
-SEED_BOUND = 2**32
 
 
 class UsageError(ValueError):
@@ -185,7 +184,7 @@ def check_sampling_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--top-k must be >= 0 (0 turns it off), got {args.top_k}")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if not 0 <= args.seed < SEED_BOUND:
+    if not 0 <= args.seed < SEED_RANGE:
         raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}")
 
 

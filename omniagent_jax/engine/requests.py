@@ -12,6 +12,7 @@ import numpy as np
 
 from omniagent_jax.engine.sampling import SamplingParams
 from omniagent_jax.processing.media_inputs import MediaInputs
+from omniagent_jax.processing.policy_contract import SEED_RANGE
 
 
 @dataclasses.dataclass
@@ -75,7 +76,6 @@ class RequestError(ValueError):
         self.field = field
 
 
-SEED_RANGE = 2**32  # the engine keys each request's random stream by a uint32 seed
 
 
 def _is_int(x: object) -> bool:

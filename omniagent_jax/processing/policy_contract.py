@@ -22,6 +22,8 @@ DEFAULT_TOP_P = 0.95
 DEFAULT_TOP_K = 20
 DEFAULT_MAX_NEW_TOKENS = 4096
 
+# Every seed the engine accepts: it keys each request's random stream by a uint32 seed.
+SEED_RANGE = 2**32
 # Seeds stay below 2**31: the engine keeps them as uint32 and OpenAI-compatible servers take an int64.
 SEED_LIMIT = 2**31
 
