@@ -130,21 +130,34 @@ def test_run_episode_and_raise_errors_propagate_the_failure():
 
 
 def test_cancel_ends_an_episode_at_once_and_closes_its_environment():
+    """b is cancelled while its second turn is in the policy (held back from collect), d before it is
+    admitted: c's video opens only after the cancel, so d cannot have been admitted yet."""
     readers: list = []
     opener = h.fake_opener(30.0, 25.0, True, readers=readers)
     keys = ["a", "b", "c", "d"]
-    policy = ScriptedPolicy({k: SCRIPTS[2] for k in keys})
+    cancelled = threading.Event()
+
+    class CancelsBMidTurn(ScriptedPolicy):
+        def collect(self, timeout=None):
+            done = super().collect(timeout)
+            if any(key == turn_key("b", 2) for key, _ in done) and not cancelled.is_set():
+                driver.cancel("b")
+                driver.cancel("d")  # not yet admitted
+                driver.cancel("zzz")  # unknown: ignored
+                cancelled.set()
+                self._done.update((key, out) for key, out in done if key == turn_key("b", 2))  # still in flight
+                done = [(key, out) for key, out in done if key != turn_key("b", 2)]
+            return done
+
+    def open_c():
+        assert cancelled.wait(30)
+        return make_env(opener)
+
+    policy = CancelsBMidTurn({k: SCRIPTS[2] for k in keys})
     driver = EpisodeDriver(policy, max_live=2)
-
-    def on_turn(key, record, env):
-        if key == "a" and record.step == 1:
-            driver.cancel("b")  # b's first turn is in the policy right now
-            driver.cancel("d")  # not yet admitted
-            driver.cancel("zzz")  # unknown: ignored
-
-    driver.on_turn = on_turn
-    a, b, c, d = driver.run([Episode(k, lambda: make_env(opener), seed=i) for i, k in enumerate(keys)])
-    assert b.end_reason == END_CANCELLED and not b.scored and b.error is None and len(b.steps) <= 1
+    factories = {"a": lambda: make_env(opener), "b": lambda: make_env(opener), "c": open_c, "d": lambda: make_env(opener)}
+    a, b, c, d = driver.run([Episode(k, factories[k], seed=i) for i, k in enumerate(keys)])
+    assert b.end_reason == END_CANCELLED and not b.scored and b.error is None and len(b.steps) == 1
     assert d.end_reason == END_CANCELLED and d.steps == []
     assert [comparable(a), comparable(c)] == one_by_one([SCRIPTS[2], SCRIPTS[2]], [0, 2])
     assert len(readers) == 3 and all(r.closed for r in readers)  # d never opened its video
