@@ -138,15 +138,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _check_serve_args(args: argparse.Namespace) -> None:
-    from omniagent_jax.agent.cli import UsageError
-    from omniagent_jax.processing.policy_contract import SEED_RANGE
+    from omniagent_jax.agent.cli import UsageError, check_sampling_flags
+    from omniagent_jax.processing.policy_contract import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in [0, 65535], got {args.port}")
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.seed is not None and not 0 <= args.seed < SEED_RANGE:
-        raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}")
+    # Only these two sampling values are flags of serve; the rest come with each request.
+    check_sampling_flags(temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K,
+                         max_new_tokens=args.max_new_tokens, seed=0 if args.seed is None else args.seed)
     for flag, value in (("--max-body-mb", args.max_body_mb), ("--body-timeout", args.body_timeout)):
         if value is not None and not value > 0:
             raise UsageError(f"{flag} must be > 0, got {value}")

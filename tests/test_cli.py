@@ -220,10 +220,10 @@ BAD_RUN_ARGS = [
     (["--temperature", "-1"], "--temperature must be a finite number >= 0, got -1.0"),
     (["--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
     (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
-    (["--top-k", "-1"], "--top-k must be >= 0 (0 turns it off), got -1"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
-    (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
-    (["--seed", str(2**32)], f"--seed must be in [0, 2**32), got {2**32}"),
+    (["--top-k", "-1"], "--top-k must be an integer >= 0 (0: off), got -1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1, got 0"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
+    (["--seed", str(2**32)], f"--seed must be an integer in [0, 2**32), got {2**32}"),
     (["--page-size", "0"], "--page-size must be >= 1, got 0"),
     (["--num-pages", "1"], "--num-pages must be >= 2, got 1"),
     (["--max-batch", "0"], "--max-batch must be >= 1, got 0"),
@@ -256,8 +256,8 @@ def test_run_checks_the_video_before_loading(tmp_path, capsys, no_model_load):
 
 @pytest.mark.parametrize("tail, message", [
     (["--port", "70000"], "--port must be in [0, 65535], got 70000"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
-    (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1, got 0"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**32), got -1"),
     (["--num-pages", "0"], "--num-pages must be >= 2, got 0"),
     (["--model", "/nonexistent/ckpt"], "--model /nonexistent/ckpt: checkpoint directory not found"),
 ])

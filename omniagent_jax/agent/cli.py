@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import sys
 import uuid
@@ -38,7 +37,7 @@ from omniagent_jax.processing.policy_contract import (
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,
     DEFAULT_TOP_P,
-    SEED_RANGE,
+    sampling_problem,
 )
 
 DEFAULT_OUTPUT = pathlib.Path("inference_output") / "latest_run.json"
@@ -174,18 +173,19 @@ def build_config(args: argparse.Namespace, *, token_limit: bool = False) -> EnvC
                      max_prompt_tokens=args.max_prompt_tokens if token_limit else None)
 
 
+def check_sampling_flags(*, temperature: float, top_p: float, top_k: int, max_new_tokens: int, seed: int) -> None:
+    """Sampling flag values within the ranges every policy takes (the engine's and the OpenAI API's);
+    UsageError naming the flag otherwise."""
+    problem = sampling_problem(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
+    if problem is not None:
+        field, message = problem
+        raise UsageError(f"--{field.replace('_', '-')} {message}")
+
+
 def check_sampling_args(args: argparse.Namespace) -> None:
-    """The sampling flags within the ranges every policy takes (the engine's and the OpenAI API's)."""
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k < 0:
-        raise UsageError(f"--top-k must be >= 0 (0 turns it off), got {args.top_k}")
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if not 0 <= args.seed < SEED_RANGE:
-        raise UsageError(f"--seed must be in [0, 2**32), got {args.seed}")
+    """The run command's sampling flags (see :func:`check_sampling_flags`)."""
+    check_sampling_flags(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                         max_new_tokens=args.max_new_tokens, seed=args.seed)
 
 
 def read_scripted_outputs(path: str) -> list[str]:

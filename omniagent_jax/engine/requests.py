@@ -4,15 +4,13 @@ checks `Engine.submit` runs before anything is queued (`check_request`, raising 
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from collections.abc import Mapping
 
 import numpy as np
 
 from omniagent_jax.engine.sampling import SamplingParams
 from omniagent_jax.processing.media_inputs import MediaInputs
-from omniagent_jax.processing.policy_contract import SEED_RANGE
+from omniagent_jax.processing.policy_contract import is_integer, sampling_problem
 
 
 @dataclasses.dataclass
@@ -78,26 +76,16 @@ class RequestError(ValueError):
 
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def check_request(request: Request, vocab_size: int) -> None:
     """Raises `RequestError` naming the first bad value: sampling values out of range or of the wrong
     type, stop or prompt ids outside the vocabulary, non-finite media features."""
     p = request.sampling
-    if not _is_int(p.seed) or not 0 <= p.seed < SEED_RANGE:
-        raise RequestError("seed", f"must be an integer in [0, 2**32), got {p.seed!r}")
-    if not isinstance(p.temperature, numbers.Real) or not math.isfinite(p.temperature) or p.temperature < 0:
-        raise RequestError("temperature", f"must be a finite number >= 0, got {p.temperature!r}")
-    if not isinstance(p.top_p, numbers.Real) or not 0 < p.top_p <= 1:
-        raise RequestError("top_p", f"must be in (0, 1], got {p.top_p!r}")
-    if not _is_int(p.top_k) or not 0 <= p.top_k <= vocab_size:
-        raise RequestError("top_k", f"must be an integer in [0, {vocab_size}] (0: off), got {p.top_k!r}")
-    if not _is_int(p.max_new_tokens) or p.max_new_tokens < 1:
-        raise RequestError("max_new_tokens", f"must be an integer >= 1, got {p.max_new_tokens!r}")
+    problem = sampling_problem(temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, max_new_tokens=p.max_new_tokens,
+                               seed=p.seed, vocab_size=vocab_size)
+    if problem is not None:
+        raise RequestError(*problem)
     stops = p.stop_token_ids or ()
-    bad = [t for t in stops if not _is_int(t) or not 0 <= t < vocab_size]
+    bad = [t for t in stops if not is_integer(t) or not 0 <= t < vocab_size]
     if bad:
         raise RequestError("stop_token_ids", f"{bad} are not token ids of the vocabulary [0, {vocab_size})")
     ids = np.asarray(request.input_ids)

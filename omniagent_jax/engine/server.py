@@ -37,7 +37,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from omniagent_jax.engine.policy import JaxPolicy
-from omniagent_jax.engine.requests import SEED_RANGE
 from omniagent_jax.engine.server_chat import Chat, EngineFailed, prepare
 from omniagent_jax.engine.server_protocol import (
     BadRequest,
@@ -48,6 +47,7 @@ from omniagent_jax.engine.server_protocol import (
     validation_error,
 )
 from omniagent_jax.engine.server_worker import EngineWorker
+from omniagent_jax.processing.policy_contract import SEED_RANGE
 
 log = logging.getLogger(__name__)
 

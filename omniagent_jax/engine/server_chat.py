@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from omniagent_jax.engine.policy import JaxPolicy
-from omniagent_jax.engine.requests import SEED_RANGE, Completion, Request, RequestError
+from omniagent_jax.engine.requests import Completion, Request, RequestError
 from omniagent_jax.engine.sampling import SamplingParams
 from omniagent_jax.engine.server_protocol import (
     AssistantMessage,
@@ -36,6 +36,7 @@ from omniagent_jax.engine.server_protocol import (
     stop_token_ids,
 )
 from omniagent_jax.engine.server_worker import EngineWorker, Event
+from omniagent_jax.processing.policy_contract import SEED_RANGE
 
 # Engine fields as the request names them.
 _PARAMS = {"max_new_tokens": "max_tokens", "input_ids": "messages", "media": "messages"}

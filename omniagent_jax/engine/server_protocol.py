@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from omniagent_jax.engine.requests import SEED_RANGE
 from omniagent_jax.processing import tokens
 from omniagent_jax.processing.content_codec import ROLES, ContentError, decode_data_url, decode_messages
+from omniagent_jax.processing.policy_contract import SEED_RANGE
 
 MAX_N = 16  # samples per request
 MAX_STOPS = 4  # as OpenAI

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import numbers
 
 # Sampling defaults for eval and the demo: those the released checkpoints were evaluated with
 # (docs/protocol.md §8). The engine's `SamplingParams` keeps its own neutral field defaults; its
@@ -26,6 +28,30 @@ DEFAULT_MAX_NEW_TOKENS = 4096
 SEED_RANGE = 2**32
 # Seeds stay below 2**31: the engine keeps them as uint32 and OpenAI-compatible servers take an int64.
 SEED_LIMIT = 2**31
+
+
+def is_integer(x: object) -> bool:
+    """An integer value that is not a bool (JSON and numpy integers included)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def sampling_problem(*, temperature: object, top_p: object, top_k: object, max_new_tokens: object, seed: object,
+                     vocab_size: int | None = None) -> tuple[str, str] | None:
+    """The first sampling value out of the range every policy takes (the engine's and the OpenAI API's), as
+    (field name, "must be ..., got X"), or None when all are fine. `top_k` is bounded by `vocab_size` when
+    given. The one check behind the CLIs' flags and the engine's `submit`."""
+    if not is_integer(seed) or not 0 <= seed < SEED_RANGE:
+        return "seed", f"must be an integer in [0, 2**32), got {seed!r}"
+    if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
+        return "temperature", f"must be a finite number >= 0, got {temperature!r}"
+    if not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1:
+        return "top_p", f"must be in (0, 1], got {top_p!r}"
+    if not is_integer(top_k) or top_k < 0 or (vocab_size is not None and top_k > vocab_size):
+        bound = ">= 0" if vocab_size is None else f"in [0, {vocab_size}]"
+        return "top_k", f"must be an integer {bound} (0: off), got {top_k!r}"
+    if not is_integer(max_new_tokens) or max_new_tokens < 1:
+        return "max_new_tokens", f"must be an integer >= 1, got {max_new_tokens!r}"
+    return None
 
 
 class PolicyError(RuntimeError):
