@@ -26,7 +26,6 @@ class LossConfig:
     is_cap: float = 2.0  # truncated IS weight min(π_old / π_rollout, is_cap); 0 turns the weight off
     kl: str = "none"  # none | k1 | k3 (against the initial policy)
     kl_coef: float = 0.0
-    entropy_coef: float = 0.0
 
 
 def token_loss(logp: jax.Array, logp_old: jax.Array, logp_rollout: jax.Array, adv: jax.Array, cfg: LossConfig,
