@@ -91,7 +91,9 @@ def test_sft_export_filter():
     assert {line["traj_id"] for line in kept} == {"t3"}
     assert [line["step"] for line in kept] == [1, 3]
     assert stats == {"samples": 3, "trajectories": 5, "kept_trajectories": 1, "kept_steps": 2, "dropped_not_won": 2,
-                     "dropped_superseded": 1, "dropped_too_long": 1, "dropped_error_steps": 1}
+                     "dropped_superseded": 1, "dropped_too_long": 1, "dropped_error_steps": 1,
+                     # the reference's report (INVALID_JSON is none of its error categories)
+                     "ffmpeg_err": 0, "step_limit": 0, "token_limit": 0, "win_count": 1, "fail_count": 1, "overstep_count": 1}
     assert kept[0]["extra_info"]["video"] == "/data/root/videos/set/a.mp4"
     img_paths = {p["image"] for m in kept[1]["raw_input"] for p in m["content"] if p["type"] == "image"}
     assert img_paths <= {"/data/root/videos/set/a.mp4"}

@@ -10,10 +10,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from omniagent_jax.agent.environment import VideoEnvironment
+from omniagent_jax.agent.errors import ErrorCode
 from omniagent_jax.agent.messages import MEDIA_PART_TYPES, serialize_messages
 from omniagent_jax.agent.runner import EpisodeResult, StepRecord
 
 MODE = "OmniAgent"
+# Media failures: ours, and the reference's ffmpeg codes (in its released step logs).
+_MEDIA_FAILURES = frozenset({"MEDIA_DECODE_FAIL", "FFMPEG_AUDIO_FAIL", "FFMPEG_CLIP_FAIL", "FFMPEG_FRAME_FAIL"})
 
 
 def bool_str(value: bool) -> str:
@@ -93,11 +96,17 @@ def step_log_lines(
 
 
 # --------------------------------------------------------------------------------- SFT export
+_AGENTIC_TMP = "agentic_tmp/"
+
+
 def rebase_path(path: str, base_path: str, *, strip_prefix: str | None = None) -> str:
-    """Put a media path under ``base_path``: a relative path is joined onto it; an absolute one is
-    re-rooted when it starts with ``strip_prefix`` and kept otherwise."""
+    """Put a media path under ``base_path``: a reference store path (``.../agentic_tmp/<rest>[?signature]``)
+    becomes ``base_path/<rest>``; a relative path is joined onto it; an absolute one is re-rooted when it
+    starts with ``strip_prefix`` and kept otherwise."""
     if not isinstance(path, str) or not path:
         return path
+    if _AGENTIC_TMP in path:  # the reference's media store: what follows it goes under base_path
+        return posixpath.join(base_path, path.split(_AGENTIC_TMP, 1)[1].split("?", 1)[0])
     if strip_prefix and path.startswith(strip_prefix):
         path = path[len(strip_prefix):].lstrip("/")
     if posixpath.isabs(path):
@@ -145,6 +154,9 @@ def export_sft(
     stats = {"samples": len(by_sample), "trajectories": len(trajectories), "kept_trajectories": 0,
              "kept_steps": 0, "dropped_not_won": 0, "dropped_superseded": 0, "dropped_too_long": 0,
              "dropped_error_steps": 0}
+    # The reference's report: error turns of the trajectory it looks at per sample (the last won one, else
+    # the last), and how many samples ended kept, unwon or too long.
+    ref = dict.fromkeys(("ffmpeg_err", "step_limit", "token_limit", "win_count", "fail_count", "overstep_count"), 0)
     chosen = set()
     for tids in by_sample.values():
         winners = [t for t in tids if won(t)]
@@ -152,6 +164,14 @@ def export_sft(
         stats["dropped_superseded"] += max(0, len(winners) - 1)
         if winners:
             chosen.add(winners[-1])
+        for step in trajectories[winners[-1] if winners else tids[-1]]:
+            code = (step.get("extra_info") or {}).get("error_code")
+            if code in (ErrorCode.STEP_LIMIT_REACHED.value, ErrorCode.TOKEN_LIMIT_EXCEEDED.value):
+                ref["step_limit" if code == ErrorCode.STEP_LIMIT_REACHED.value else "token_limit"] += 1
+            elif code in _MEDIA_FAILURES:
+                ref["ffmpeg_err"] += 1
+        if not winners:
+            ref["fail_count"] += 1
     out: list[dict[str, Any]] = []
     for tid, steps in trajectories.items():
         if tid not in chosen:
@@ -165,12 +185,13 @@ def export_sft(
         out.extend(_rebase_line(dict(s), base_path, strip_prefix) for s in kept)
         stats["kept_trajectories"] += 1
         stats["kept_steps"] += len(kept)
-    return out, stats
+    ref["win_count"], ref["overstep_count"] = stats["kept_trajectories"], stats["dropped_too_long"]
+    return out, {**stats, **ref}
 
 
 # ------------------------------------------------------------------------------- latest_run.json
-def _step_entry(rec: StepRecord) -> dict[str, Any]:
-    """One step of ``latest_run.json``: the reference's fields from the policy's typed metrics.
+def step_entry(rec: StepRecord) -> dict[str, Any]:
+    """One step of ``latest_run.json`` (and of eval's ``results.jsonl``): the reference's fields from the policy's typed metrics.
 
     The reference's ``common_prefix_tokens`` is the prompt prefix shared with the previous turn; ours
     is the part the policy served from its prefix cache (page-granular, so at most that prefix). Our
@@ -264,7 +285,7 @@ def latest_run_record(
             "DELETE_MEDIA_WHEN_ERROR": bool_str(env.config.purge_media_on_error),
         },
         "messages": serialize_messages(result.messages, sample.video),
-        "steps": [_step_entry(rec) for rec in result.steps],
+        "steps": [step_entry(rec) for rec in result.steps],
         # KV reuse across turns is prefix caching here; null when the policy cannot tell.
         "kvcache": {
             "enabled": result.prefix_caching,
