@@ -1,0 +1,121 @@
+"""``omniagent demo``: the Gradio page on 127.0.0.1:8080 (no public link unless ``--share``).
+
+The policy is the JAX engine on ``--model`` (default: the shipped trained agent when it is present,
+else the tiny preset with random weights, labelled so on the page), or ``--policy openai`` (an
+OpenAI-compatible endpoint, key from the environment only) or ``--policy scripted`` (replayed turns).
+Every argument is checked before a model loads; bad input exits 2 with one ``omniagent demo: error:`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from omniagent_jax.demo.app import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
+from omniagent_jax.demo.uploads import DEFAULT_MAX_UPLOAD_MB
+
+PROG = "omniagent demo"
+TINY_MAX_NEW_TOKENS = 256  # random weights never stop on their own; keep their turns short by default
+# Where the toy-world issue's trained agent is installed (a JAX checkpoint directory); the default --model when present.
+SHIPPED_AGENT = pathlib.Path(__file__).resolve().parents[2] / "assets" / "toy_agent"
+
+
+def add_demo_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Registers ``demo`` on the top-level command's subparsers."""
+    from omniagent_jax.cli import _engine_arguments
+
+    p = sub.add_parser("demo", help="the Gradio demo: watch the agent look, listen and answer")
+    p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    p.add_argument("--policy", choices=("jax", "openai", "scripted"), default="jax")
+    p.add_argument("--openai-url", default=None, help="endpoint(s) for --policy openai (default $OMNIAGENT_OPENAI_URL)")
+    p.add_argument("--openai-model", default=None, help="served model name (default $OMNIAGENT_OPENAI_MODEL)")
+    p.add_argument("--scripted-outputs", default=None, help="turns for --policy scripted: a JSON list, or one per line")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"default per turn, the page can change it (4096; {TINY_MAX_NEW_TOKENS} on the tiny random model)")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload accepted")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="episodes played at once (all sessions)")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # the page's seed field overrides it per episode
+    _engine_arguments(p)
+    p.set_defaults(func=cmd_demo)
+    return p
+
+
+def check_demo_args(args: argparse.Namespace) -> None:
+    from omniagent_jax.agent.cli import UsageError
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be in [0, 65535], got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise UsageError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency must be >= 1, got {args.concurrency}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.policy == "scripted" and not args.scripted_outputs:
+        raise UsageError("--policy scripted needs --scripted-outputs FILE")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UsageError("the demo needs Gradio: pip install -e '.[demo]' (or `make demo`)") from None
+
+
+def build_backend(args: argparse.Namespace):
+    """The page's policy backend, and its default max new tokens per turn."""
+    from omniagent_jax.agent.cli import UsageError, read_scripted_outputs
+    from omniagent_jax.agent.policy import OpenAIPolicy, ScriptedPolicy
+    from omniagent_jax.demo.hub import per_episode_backend, shared_backend
+    from omniagent_jax.processing.policy_contract import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+
+    if args.policy == "scripted":
+        outputs = read_scripted_outputs(args.scripted_outputs)
+        return per_episode_backend("scripted", f"scripted replay of {args.scripted_outputs}",
+                                   lambda s: ScriptedPolicy(outputs)), args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    if args.policy == "openai":
+        def make(s):
+            return OpenAIPolicy.from_env(url=args.openai_url, model=args.openai_model, temperature=s.temperature, top_p=s.top_p,
+                                         top_k=s.top_k, max_tokens=s.max_new_tokens)
+        try:
+            probe = OpenAIPolicy.from_env(url=args.openai_url, model=args.openai_model)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        label = f"OpenAI-compatible endpoint {', '.join(c.url for c in probe.clients)} (model {probe.model})"
+        probe.close()
+        return per_episode_backend("openai", label, make), args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    from omniagent_jax.cli import load_jax_policy
+
+    if args.model is None and (SHIPPED_AGENT / "config.json").is_file():
+        args.model = str(SHIPPED_AGENT)
+    tiny = args.model is None
+    max_new = args.max_new_tokens or (TINY_MAX_NEW_TOKENS if tiny else DEFAULT_MAX_NEW_TOKENS)
+    policy = load_jax_policy(args, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K,
+                             max_new_tokens=max_new)
+    label = ("JAX engine, tiny preset with RANDOM WEIGHTS — it exercises the machinery only; pass --model for a trained agent"
+             if tiny else f"JAX engine on {args.model}")
+    return shared_backend("jax", label, policy), max_new
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from omniagent_jax.agent.cli import UsageError, report_usage_error
+
+    try:
+        check_demo_args(args)
+        if args.policy == "jax":
+            from omniagent_jax.cli import check_engine_args
+
+            check_engine_args(args)
+        backend, max_new = build_backend(args)
+    except UsageError as e:
+        return report_usage_error(PROG, e)
+    from omniagent_jax.demo.app import DemoApp
+
+    app = DemoApp([backend], max_upload_mb=args.max_upload_mb, concurrency=args.concurrency, max_new_tokens=max_new)
+    print(f"{PROG}: policy {backend.label}; serving on http://{args.host}:{args.port}"
+          + (" (and a public share link)" if args.share else " (local only; --share for a public link)"), file=sys.stderr)
+    try:
+        app.launch(host=args.host, port=args.port, share=args.share, block=True)
+    finally:
+        app.close()
+    return 0
