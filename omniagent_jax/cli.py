@@ -3,6 +3,8 @@
     omniagent run   --video V --question Q [...]   one OTA episode; prints each turn, writes latest_run.json
     omniagent serve --model PATH [--port 8000]      OpenAI-compatible /v1/chat/completions over the JAX engine
     omniagent train sft --config configs/sft/tiny.yaml [key=value ...]   agentic SFT (sharded, resumable)
+    omniagent eval --dataset X.jsonl --output-dir D [...]   a benchmark, resumable and sharded; `eval merge D1 D2 ...`
+    omniagent sweep / collect / export-sft   turn-budget sweep (sweep.png), best-of-N SFT trajectories, the SFT filter
     omniagent demo  [--model PATH] [--port 8080]    the Gradio demo on 127.0.0.1 (watch each turn, timeline, export)
 
 `run` uses the JAX engine by default (`--model PATH`, an HF or converted JAX checkpoint); without
@@ -205,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most connections at once; more get 503 (default: no limit)")
     serve.set_defaults(func=_cmd_serve)
 
+    from omniagent_jax.eval.cli import add_eval_commands; add_eval_commands(sub)  # noqa: E702, I001
     from omniagent_jax.train.cli import add_train_arguments
 
     add_train_arguments(sub)
