@@ -243,3 +243,23 @@ def test_an_episode_past_the_sample_timeout_is_an_error_row(data, tmp_path):
     (row,) = h.read_results(out / "results.jsonl")
     assert row["status"] == "error" and row["error_class"] == "EpisodeTimeout" and row["steps_used"] <= 1
     assert json.loads((out / "summary.json").read_text())["error_classes"] == {"EpisodeTimeout": 1}
+
+
+def test_the_multi_gpu_launcher_runs_one_shard_per_gpu_into_one_directory(data, baseline, tmp_path):
+    script = str(HERE.parent / "launch" / "eval_multi_gpu.sh")
+    out = tmp_path / "out"
+    args = ["--", "--dataset", str(data[0]), "--output-dir", str(out), "--fixed-steps", "--max-steps", "4",
+            "--policy", "scripted", "--scripted-outputs", str(data[1])]
+    env = {**os.environ, "GPU_IDS": "3,5", "OMNIAGENT": str(pathlib.Path(sys.executable).parent / "omniagent")}
+    dry = subprocess.run(["bash", script, "--dry-run", *args], env=env, capture_output=True, text=True, timeout=30)
+    assert dry.returncode == 0, dry.stderr
+    assert "2 process(es) on GPUs 3,5, shards 0..1 of 2" in dry.stdout
+    assert "CUDA_VISIBLE_DEVICES=5" in dry.stdout and "--num-shards 2 --shard-index 1" in dry.stdout
+    assert not out.exists()
+    run = subprocess.run(["bash", script, "--log-dir", str(tmp_path / "logs"), *args], env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert run.returncode == 0, run.stderr + (tmp_path / "logs" / "shard-0.log").read_text()
+    assert_same_rows(out, baseline)
+    assert {r["gpu_id"] for r in h.read_results(out / "results.jsonl")} == {"3", "5"}
+    bad = subprocess.run(["bash", script, "--shard-offset", "1", *args], env=env, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "exceeds --total-shards" in bad.stderr
