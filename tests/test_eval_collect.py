@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pathlib
 from collections import OrderedDict
 
 import eval_helpers as h
@@ -108,6 +109,10 @@ def test_collect_best_of_n_and_export_keep_what_the_reference_filter_keeps(data,
     encoder = SampleEncoder(OmniProcessor.from_pretrained(), data_root="", max_length=16384)
     encoded = [encoder.encode(row) for row in exported]
     assert all(e["input_ids"].size > 100 for e in encoded)
+    # and `omniagent train sft` checks the file as its run would read it (a real run: docs/protocol.md §11)
+    config = pathlib.Path(__file__).resolve().parents[1] / "configs" / "sft" / "tiny.yaml"
+    assert main(["train", "sft", "--config", str(config), "--dry-run", f"data.train_file={sft}", "data.data_root=",
+                 f"output_dir={tmp_path / 'run'}"]) == 0
 
     # a rerun finds every sample done; a kill between a sample's step lines and its row replays that sample
     assert collect_command(args, ScriptedPolicy({})) == 0
