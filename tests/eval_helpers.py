@@ -7,7 +7,7 @@ import json
 import pathlib
 
 import media_factory
-from agent_helpers import answer, audio, clip, frames
+from agent_helpers import answer, audio, clip, frames  # noqa: F401 (re-exported to the tests)
 
 from omniagent_jax.cli import build_parser
 

@@ -263,3 +263,18 @@ def test_the_multi_gpu_launcher_runs_one_shard_per_gpu_into_one_directory(data, 
     assert {r["gpu_id"] for r in h.read_results(out / "results.jsonl")} == {"3", "5"}
     bad = subprocess.run(["bash", script, "--shard-offset", "1", *args], env=env, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "exceeds --total-shards" in bad.stderr
+
+
+def test_a_video_that_fails_to_decode_mid_episode_is_an_error_row(tmp_path):
+    import media_factory
+
+    good = media_factory.make_video(tmp_path / "good.mp4", duration=4.0, fps=10, gop=8, width=32, height=32)
+    media_factory.make_corrupted(good, tmp_path / "bad.mp4", at=0.8)  # opens; its later frames do not decode
+    dataset = tmp_path / "data.jsonl"
+    row = {"video": "bad.mp4", "question_type": "MCQ", "question": "q?", "options": ["A. x", "B. y"], "answer": "A"}
+    dataset.write_text(json.dumps(row) + "\n")
+    policy = ScriptedPolicy({"0": [h.frames(3.0, 3.9, 2), h.answer("A")]})
+    assert eval_command(h.eval_args(dataset, tmp_path / "out"), policy) == 0
+    (result,) = h.read_results(tmp_path / "out" / "results.jsonl")
+    assert result["status"] == "error" and result["end_reason"] == "MEDIA_DECODE_FAIL" and result["steps_used"] == 1
+    assert result["error_class"] == "MediaError" and "bad.mp4" in result["error_message"] and not result["correct"]

@@ -4,7 +4,8 @@ The reference's evaluator writes, per sample, its metadata, `final_answer`, `tot
 (reward > 0.5), `steps_used`, valid/invalid step counts, tool usage and sequence, token totals, `media_usage`,
 `latency`, per-step records and `final_history`; its vLLM-internal timings have no counterpart here and
 are left out. Unlike the reference, a sample whose episode could not be played (unreadable video,
-policy failure, timeout) gets a row too: `status: "error"` with `error_class` and `error_message`.
+policy failure, timeout, a video that fails to decode mid-episode) gets a row too: `status: "error"` with
+`error_class` and `error_message`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omniagent_jax.agent.environment import VideoEnvironment
+from omniagent_jax.agent.environment import END_MEDIA_FAILURE, VideoEnvironment
 from omniagent_jax.agent.episode import END_CANCELLED, END_ERROR, EpisodeResult, StepRecord
 from omniagent_jax.agent.messages import serialize_messages
 from omniagent_jax.agent.records import step_entry
@@ -156,8 +157,13 @@ def result_row(item: EvalItem, result: EpisodeResult, env: VideoEnvironment | No
     """The `results.jsonl` row of one played sample. `run` holds the run-wide fields (`model_path`,
     `gpu_id`, `shard_index`, `model_load_seconds`, `runtime_config`)."""
     sample = item.sample
-    failed = result.end_reason in (END_ERROR, END_CANCELLED)
+    # A video that fails to decode mid-episode ends it "not by the model's fault": an error too, so it is
+    # counted, visible and retried with --retry-errors rather than scored as a wrong answer.
+    media_failure = result.end_reason == END_MEDIA_FAILURE
+    failed = result.end_reason in (END_ERROR, END_CANCELLED) or media_failure
     error_class, error_message = split_error(result.error)
+    if media_failure:
+        error_class, error_message = "MediaError", result.steps[-1].result.error_detail if result.steps else ""
     if result.end_reason == END_CANCELLED:
         error_class = TIMEOUT_ERROR if timed_out else "Cancelled"
         error_message = f"the episode ran past --sample-timeout ({run.get('sample_timeout')} s)" if timed_out else "cancelled"
