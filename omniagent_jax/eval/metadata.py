@@ -20,7 +20,7 @@ NOT_RESULT_KEYS = frozenset({
     "command", "func", "output_dir", "max_samples", "sample_indices", "num_shards", "shard_index", "retry_errors", "force",
     "max_live", "workers", "progress", "openai_url", "page_size", "num_pages", "max_batch", "decode_steps",
     "no_compilation_cache", "output", "video", "question", "options", "question_type", "answer", "sample_timeout",
-    "eval_command", "video_root", "dataset", "budgets",
+    "eval_command", "video_root", "dataset", "distributed",
 })
 _VERSIONED = ("omniagent-jax", "jax", "jaxlib", "flax", "numpy", "av", "transformers", "tokenizers", "httpx")
 
