@@ -78,14 +78,15 @@ def result_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def build_metadata(config: Mapping[str, Any], *, dataset: str, model_path: str | None, policy: str,
                    num_selected: int, num_resumed: int, shard: tuple[int, int]) -> dict[str, Any]:
     resolved = {k: v for k, v in sorted(config.items()) if not callable(v)}
+    dataset_hash, fingerprint = file_sha256(dataset), model_fingerprint(model_path)
     return {
         "created_at": utc_now(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "dataset_jsonl": str(dataset),
-        "dataset_sha256": file_sha256(dataset),
+        "dataset_sha256": dataset_hash,
         "model_path": model_path,
-        "model_fingerprint": model_fingerprint(model_path),
+        "model_fingerprint": fingerprint,
         "policy": policy,
         "num_samples": num_selected,
         "num_resumed": num_resumed,
@@ -94,8 +95,7 @@ def build_metadata(config: Mapping[str, Any], *, dataset: str, model_path: str |
         "gpu_id": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "versions": versions(),
         "config": resolved,
-        "result_config": {**result_config(config), "dataset_sha256": file_sha256(dataset),
-                          "model_fingerprint": model_fingerprint(model_path)},
+        "result_config": {**result_config(config), "dataset_sha256": dataset_hash, "model_fingerprint": fingerprint},
     }
 
 

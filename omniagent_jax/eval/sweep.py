@@ -10,7 +10,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omniagent_jax.agent.cli import EXIT_FAILED, EXIT_OK, UsageError, report_usage_error
+from omniagent_jax.agent.cli import EXIT_OK, UsageError, report_usage_error
 from omniagent_jax.eval.summary import write_csv
 
 SWEEP_FIELDS = ("max_steps", "num_samples", "num_success", "num_error", "accuracy_reward_gt_0_5", "avg_reward", "avg_steps",
@@ -81,4 +81,4 @@ def sweep_command(args: argparse.Namespace, *, load_policy=None, policy_factory=
     print(f"sweep: {len(rows)} budgets -> {root / 'sweep.csv'}, {root / 'sweep.png'}")
     for r in rows:
         print(f"  max_steps={r['max_steps']:>3}  accuracy={r['accuracy_reward_gt_0_5']:.3f}  mean turns={r['avg_steps']:.2f}")
-    return EXIT_OK if all(r["num_error"] == 0 for r in rows) else EXIT_FAILED
+    return EXIT_OK  # error rows are counted in sweep.csv, as eval counts them in its summary
