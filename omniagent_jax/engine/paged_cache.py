@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from omniagent_jax.engine.pages import NULL_PAGE
+from omniagent_jax.model.attention import DEFAULT, AttentionImpl
 
 
 def paged_attention(
@@ -71,7 +72,10 @@ class PagedKVCache:
         page = jnp.where(real, jnp.take_along_axis(self.page_table, column, axis=1), NULL_PAGE)
         return page, pos % page_size, pos
 
-    def attend(self, layer: int, q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, PagedKVCache]:
+    def attend(
+        self, layer: int, q: jax.Array, k: jax.Array, v: jax.Array, impl: AttentionImpl = DEFAULT
+    ) -> tuple[jax.Array, PagedKVCache]:
+        # `impl` picks the model's dense attention implementations; pages have their own kernel seam (`paged_attention`).
         page, offset, pos = self._slots(q.shape[1])
         # One scatter into the whole buffer (in place under donation), then read this layer's pages.
         k_pages = self.k_pages.at[layer, :, page, offset].set(k.astype(self.k_pages.dtype))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omniagent_jax.model.attention import DEFAULT, AttentionMask, attention
 from omniagent_jax.model.config import AudioConfig
 from omniagent_jax.model.layers import linear
 from omniagent_jax.model.segments import bucket
@@ -141,15 +142,14 @@ class AudioAttention(nnx.Module):
         self.k_proj = linear(d, d, ("embed", "heads"), use_bias=False, dtype=dtype, rngs=rngs)  # no bias, as released
         self.v_proj = linear(d, d, ("embed", "heads"), use_bias=True, dtype=dtype, rngs=rngs)
         self.out_proj = linear(d, d, ("heads", "embed"), use_bias=True, dtype=dtype, rngs=rngs)
+        self.attention_impl = DEFAULT  # static: `model.attention.use_attention` switches it
 
     def __call__(self, x: jax.Array, key_valid: jax.Array) -> jax.Array:
         """x `[C, L, d]`: attention inside each chunk, over its valid rows."""
         c, length, d = x.shape
         q, k, v = (f(x).reshape(c, length, self.num_heads, -1) for f in (self.q_proj, self.k_proj, self.v_proj))
-        scores = jnp.einsum("cqhd,ckhd->chqk", q, k) * jnp.asarray((d // self.num_heads) ** -0.5, x.dtype)
-        scores = jnp.where(key_valid[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        return self.out_proj(jnp.einsum("chqk,ckhd->cqhd", probs, v).reshape(c, length, d))
+        out = attention(q, k, v, AttentionMask(key_valid=key_valid), self.attention_impl)  # chunk-local: chunks are rows
+        return self.out_proj(out.reshape(c, length, d))
 
 
 class AudioEncoderLayer(nnx.Module):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from omniagent_jax.model.attention import DEFAULT
 from omniagent_jax.model.config import TextConfig
 from omniagent_jax.model.kv_cache import KVCache
 from omniagent_jax.model.layers import RMSNorm, SwiGLU, linear
@@ -23,6 +24,7 @@ class Attention(nnx.Module):
         self.k_proj = linear(d, kv_dim, ("embed", "kv_heads"), use_bias=True, dtype=dtype, rngs=rngs)
         self.v_proj = linear(d, kv_dim, ("embed", "kv_heads"), use_bias=True, dtype=dtype, rngs=rngs)
         self.o_proj = linear(q_dim, d, ("heads", "embed"), use_bias=False, dtype=dtype, rngs=rngs)
+        self.attention_impl = DEFAULT  # static: `model.attention.use_attention` switches it
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, layer: int, cache: KVCache) -> tuple[jax.Array, KVCache]:
         b, t, _ = x.shape
@@ -30,7 +32,7 @@ class Attention(nnx.Module):
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out, cache = cache.attend(layer, q, k, v)
+        out, cache = cache.attend(layer, q, k, v, self.attention_impl)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
 
 

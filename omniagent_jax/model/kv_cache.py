@@ -18,38 +18,20 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 
+from omniagent_jax.model.attention import DEFAULT, AttentionImpl, AttentionMask, attention
+
 
 class KVCache(Protocol):
-    def attend(self, layer: int, q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, KVCache]:
-        """q `[B, T, H, D]`, k/v `[B, T, KV, D]` (rotated) → output `[B, T, H, D]` and the updated cache."""
+    def attend(
+        self, layer: int, q: jax.Array, k: jax.Array, v: jax.Array, impl: AttentionImpl = DEFAULT
+    ) -> tuple[jax.Array, KVCache]:
+        """q `[B, T, H, D]`, k/v `[B, T, KV, D]` (rotated) → output `[B, T, H, D]` and the updated cache;
+        `impl` is the attention implementation the layer asks for (`model.attention`)."""
         ...
 
     def advance(self, num_tokens: int) -> KVCache:
         """Called once after all layers have attended over `num_tokens` new tokens."""
         ...
-
-
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention with an fp32 softmax cast back to the activation dtype before `@ V`.
-
-    q `[B, T, H, D]`, k/v `[B, S, KV, D]`, mask `[B, T, S]` (True = may attend). Masked logits get the
-    dtype's minimum, as the reference's eager path does, so fully masked (padding) rows stay finite.
-    """
-    b, t, h, d = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k) * jnp.asarray(d**-0.5, q.dtype)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(scores.dtype).min)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
-
-
-def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
-    """`[B, T]` 0/1 padding mask → `[B, T, T]` causal mask that also hides padded keys."""
-    t = attention_mask.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    return causal[None] & attention_mask.astype(bool)[:, None, :]
 
 
 @jax.tree_util.register_dataclass
@@ -59,8 +41,10 @@ class NoCache:
 
     attention_mask: jax.Array  # [B, T]
 
-    def attend(self, layer: int, q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, NoCache]:
-        return dot_product_attention(q, k, v, causal_padding_mask(self.attention_mask)), self
+    def attend(
+        self, layer: int, q: jax.Array, k: jax.Array, v: jax.Array, impl: AttentionImpl = DEFAULT
+    ) -> tuple[jax.Array, NoCache]:
+        return attention(q, k, v, AttentionMask.causal_padding(self.attention_mask), impl), self
 
     def advance(self, num_tokens: int) -> NoCache:
         return self
@@ -99,15 +83,17 @@ class ContiguousKVCache:
         valid = jax.lax.dynamic_update_slice(self.valid, attention_mask.astype(bool), (0, self.index))
         return dataclasses.replace(self, valid=valid)
 
-    def attend(self, layer: int, q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, ContiguousKVCache]:
+    def attend(
+        self, layer: int, q: jax.Array, k: jax.Array, v: jax.Array, impl: AttentionImpl = DEFAULT
+    ) -> tuple[jax.Array, ContiguousKVCache]:
         start = (layer, 0, self.index, 0, 0)
         k_all = jax.lax.dynamic_update_slice(self.k, k[None].astype(self.k.dtype), start)
         v_all = jax.lax.dynamic_update_slice(self.v, v[None].astype(self.v.dtype), start)
-        t = q.shape[1]
-        query_slot = self.index + jnp.arange(t)
-        causal = jnp.arange(self.max_len)[None, :] <= query_slot[:, None]  # [T, S]
-        mask = causal[None] & self.valid[:, None, :]
-        out = dot_product_attention(q, k_all[layer], v_all[layer], mask)
+        mask = AttentionMask(
+            key_valid=self.valid, query_pos=(self.index + jnp.arange(q.shape[1]))[None], key_pos=jnp.arange(self.max_len)[None],
+            causal=True,
+        )
+        out = attention(q, k_all[layer], v_all[layer], mask, impl)
         return out, dataclasses.replace(self, k=k_all, v=v_all)
 
     def advance(self, num_tokens: int) -> ContiguousKVCache:

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from omniagent_jax.model.attention import DEFAULT, AttentionImpl, AttentionMask, attention
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +59,14 @@ def segments_from_cu_seqlens(cu_seqlens: np.ndarray, *, padded: bool = False, mi
 MAX_SCORES = 1 << 27
 
 
-def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segments, max_scores: int = MAX_SCORES) -> jax.Array:
-    """Non-causal multi-head attention within each segment.
+def segment_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, segments: Segments, max_scores: int = MAX_SCORES, impl: AttentionImpl = DEFAULT
+) -> jax.Array:
+    """Non-causal multi-head attention within each segment (block-diagonal attention).
 
-    q, k, v `[N, H, D]` (rows packed) → `[N, H, D]`. Softmax in fp32, cast back before `@ V`
-    (the reference's eager path). Every row must belong to exactly one segment. This pure-JAX path is
-    the CPU reference; a varlen kernel (cuDNN / Pallas) can replace it behind the same signature.
+    q, k, v `[N, H, D]` (rows packed) → `[N, H, D]`. Each group of segments is a batch of rows for the
+    attention seam (`model.attention`, its implementation `impl`) with the padding members' keys hidden.
+    Every row must belong to exactly one segment.
     """
     n, h, d = q.shape
     idx, valid = jnp.asarray(segments.index), jnp.asarray(segments.valid)
@@ -75,11 +79,7 @@ def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segments: Segmen
 
     def attend(block):
         b_idx, b_valid = block
-        qs, ks, vs = q[b_idx], k[b_idx], v[b_idx]  # [G, L, H, D]
-        scores = jnp.einsum("sqhd,skhd->shqk", qs, ks) * jnp.asarray(d**-0.5, q.dtype)
-        scores = jnp.where(b_valid[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        return jnp.einsum("shqk,skhd->sqhd", probs, vs)
+        return attention(q[b_idx], k[b_idx], v[b_idx], AttentionMask(key_valid=b_valid), impl)  # [G, L, H, D]
 
     groups = (idx.reshape(-1, group, length), valid.reshape(-1, group, length))
     out = jax.lax.map(attend, groups) if groups[0].shape[0] > 1 else attend((groups[0][0], groups[1][0]))[None]

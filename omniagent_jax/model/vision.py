@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omniagent_jax.model.attention import DEFAULT
 from omniagent_jax.model.config import VisionConfig
 from omniagent_jax.model.layers import RMSNorm, SwiGLU, linear
 from omniagent_jax.model.rope import rotate_half
@@ -120,6 +121,7 @@ class VisionAttention(nnx.Module):
         self.k = linear(d, d, ("embed", "heads"), use_bias=True, dtype=dtype, rngs=rngs)
         self.v = linear(d, d, ("embed", "heads"), use_bias=True, dtype=dtype, rngs=rngs)
         self.proj = linear(d, d, ("heads", "embed"), use_bias=True, dtype=dtype, rngs=rngs)
+        self.attention_impl = DEFAULT  # static: `model.attention.use_attention` switches it
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segments: Segments) -> jax.Array:
         n, d = x.shape
@@ -128,7 +130,7 @@ class VisionAttention(nnx.Module):
         c, s = cos[:, None, :], sin[:, None, :]
         q = (q.astype(jnp.float32) * c + rotate_half(q.astype(jnp.float32)) * s).astype(x.dtype)
         k = (k.astype(jnp.float32) * c + rotate_half(k.astype(jnp.float32)) * s).astype(x.dtype)
-        return self.proj(segment_attention(q, k, v, segments).reshape(n, d))
+        return self.proj(segment_attention(q, k, v, segments, impl=self.attention_impl).reshape(n, d))
 
 
 class VisionBlock(nnx.Module):
