@@ -55,10 +55,12 @@ def test_eval_with_model_equals_eval_through_omniagent_serve(reference_pairs, tm
     (["--model", "/nonexistent/ckpt"], "--model /nonexistent/ckpt"),
     (["--policy", "openai"], "OpenAIPolicy needs an endpoint URL and a model name"),
     (["--policy", "scripted"], "--policy scripted needs --scripted-outputs"),
+    (["--judge"], "--judge needs OMNIAGENT_JUDGE_URL and OMNIAGENT_JUDGE_MODEL"),
 ])
 def test_policy_problems_exit_2_before_anything_is_played(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.delenv("OMNIAGENT_OPENAI_URL", raising=False)
     monkeypatch.delenv("OMNIAGENT_OPENAI_MODEL", raising=False)
+    monkeypatch.delenv("OMNIAGENT_JUDGE_URL", raising=False)
     monkeypatch.chdir(tmp_path)  # no .env here
     dataset = h.make_dataset(tmp_path / "data")
     assert main(["eval", "--dataset", str(dataset), "--output-dir", str(tmp_path / "o"), "--no-progress", *argv]) == 2

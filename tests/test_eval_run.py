@@ -278,3 +278,18 @@ def test_a_video_that_fails_to_decode_mid_episode_is_an_error_row(tmp_path):
     (result,) = h.read_results(tmp_path / "out" / "results.jsonl")
     assert result["status"] == "error" and result["end_reason"] == "MEDIA_DECODE_FAIL" and result["steps_used"] == 1
     assert result["error_class"] == "MediaError" and "bad.mp4" in result["error_message"] and not result["correct"]
+
+
+def test_judge_scores_free_form_answers(data, tmp_path, monkeypatch):
+    from omniagent_jax.agent import judge
+
+    asked = []
+
+    def fake_judge(question, prediction, answer):
+        asked.append((question, prediction, answer))
+        return 1.0
+
+    monkeypatch.setattr(judge.LLMJudge, "from_env", classmethod(lambda cls, **kw: fake_judge))
+    assert eval_command(scripted(data, tmp_path / "out", "--sample-indices", "7", "--judge")) == 0
+    (row,) = h.read_results(tmp_path / "out" / "results.jsonl")
+    assert row["scored"] and row["correct"] and asked == [("Describe it.", "squares", "squares")]

@@ -123,7 +123,7 @@ def collect_command(args: argparse.Namespace, policy=None, *, load_policy=None, 
                 key = f"{i}.{attempt}"
 
                 def make(key: str = key, item: EvalItem = by_index[i]) -> VideoEnvironment:
-                    env = VideoEnvironment(item.sample, p.config, token_counter=counter)
+                    env = VideoEnvironment(item.sample, p.config, judge=p.judge, token_counter=counter)
                     envs[key] = env
                     return env
 

@@ -23,6 +23,7 @@ from omniagent_jax.agent.cli import (
 )
 from omniagent_jax.agent.environment import EnvConfig, TokenCounter
 from omniagent_jax.agent.policy import ConcurrentPolicy, Policy, ScriptedPolicy
+from omniagent_jax.agent.rewards import Judge
 from omniagent_jax.eval import merge, metadata, results_file
 from omniagent_jax.eval.dataset import EvalItem, SelectionError, load_dataset, parse_indices, select
 from omniagent_jax.eval.run import gpu_label, metadata_name, pending, play, print_line, results_name
@@ -45,6 +46,7 @@ class Plan:
     done: dict[int, dict[str, Any]]
     config: EnvConfig
     meta: dict[str, Any]
+    judge: Judge | None = None
 
     @property
     def results_path(self) -> pathlib.Path:
@@ -129,7 +131,19 @@ def plan(args: argparse.Namespace, *, token_limit: bool) -> Plan:
             metadata.check_resume(previous, meta)
         except metadata.ResumeError as e:
             raise UsageError(str(e)) from None
-    return Plan(args, out_dir, shard, selection, mine, todo, done, config, meta)
+    return Plan(args, out_dir, shard, selection, mine, todo, done, config, meta, build_judge(args))
+
+
+def build_judge(args: argparse.Namespace) -> Judge | None:
+    """The LLM judge of FF answers with `--judge` (configured by the environment or .env), else None."""
+    if not args.judge:
+        return None
+    from omniagent_jax.agent.judge import LLMJudge
+
+    judge = LLMJudge.from_env()
+    if judge is None:
+        raise UsageError("--judge needs OMNIAGENT_JUDGE_URL and OMNIAGENT_JUDGE_MODEL (environment or .env)")
+    return judge
 
 
 def scripted_policy(path: str, keys: Sequence[str]) -> ScriptedPolicy:
@@ -200,7 +214,7 @@ def eval_command(args: argparse.Namespace, policy: Policy | ConcurrentPolicy | N
     played = None
     if p.todo:
         played = play(p.todo, policy, config=p.config, run_seed=args.seed, results_path=p.results_path, run=run,
-                      token_counter=counter, max_live=default_max_live(args, policy), workers=args.workers,
+                      judge=p.judge, token_counter=counter, max_live=default_max_live(args, policy), workers=args.workers,
                       sample_timeout=args.sample_timeout, progress=args.progress, media_opener=media_opener)
     rows = results_file.compact(p.results_path)
     mine = [rows[i.index] for i in p.items if i.index in rows]
