@@ -97,7 +97,10 @@ def test_eval_writes_every_file_and_its_summary_equals_a_by_hand_computation(bas
 
 def test_resume_skips_finished_samples_retries_errors_and_refuses_another_configuration(data, baseline, tmp_path, capsys):
     out = tmp_path / "out"
-    assert eval_command(scripted(data, out, "--max-samples", "3")) == 0
+    args = scripted(data, out, "--max-samples", "3")
+    args.progress = True
+    assert eval_command(args) == 0
+    assert "acc=1.000" in capsys.readouterr().err  # the progress bar shows the accuracy so far
     assert eval_command(scripted(data, out)) == 0  # the other 5 samples join
     assert_same_rows(out, baseline)
     assert "3 already done, 5 to play" in capsys.readouterr().out
@@ -293,3 +296,17 @@ def test_judge_scores_free_form_answers(data, tmp_path, monkeypatch):
     assert eval_command(scripted(data, tmp_path / "out", "--sample-indices", "7", "--judge")) == 0
     (row,) = h.read_results(tmp_path / "out" / "results.jsonl")
     assert row["scored"] and row["correct"] and asked == [("Describe it.", "squares", "squares")]
+
+
+def test_relative_video_paths_resolve_under_the_video_root(data, tmp_path):
+    moved = tmp_path / "elsewhere" / "data.jsonl"
+    moved.parent.mkdir()
+    moved.write_text(data[0].read_text())
+    args = h.eval_args(moved, tmp_path / "out", "--policy", "scripted", "--scripted-outputs", str(data[1]),
+                       "--sample-indices", "0", "--video-root", str(data[0].parent))
+    assert eval_command(args) == 0
+    (row,) = h.read_results(tmp_path / "out" / "results.jsonl")
+    assert row["status"] == "ok" and row["video"] == str(data[0].parent / "a.mp4")
+    assert eval_command(h.eval_args(moved, tmp_path / "o2", "--policy", "scripted", "--scripted-outputs", str(data[1]),
+                                    "--sample-indices", "0")) == 0  # default root: the dataset's folder, no video there
+    assert h.read_results(tmp_path / "o2" / "results.jsonl")[0]["error_class"] == "MediaError"
