@@ -16,12 +16,22 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import gradio as gr
+
 from omniagent_jax.agent import prompts, rewards
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import Sample
 from omniagent_jax.agent.environment import EnvConfig
-from omniagent_jax.agent.limits import DEFAULT_MAX_AUDIO, DEFAULT_MAX_CLIP, DEFAULT_MAX_FRAMES, DEFAULT_MAX_STEPS, EpisodeLimits
+from omniagent_jax.agent.limits import (
+    DEFAULT_MAX_AUDIO,
+    DEFAULT_MAX_CLIP,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_STEPS,
+    MIN_MAX_STEPS,
+    EpisodeLimits,
+)
 from omniagent_jax.demo import render
+from omniagent_jax.demo.cli import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
 from omniagent_jax.demo.examples import ASSETS, Example, ExampleError, example_by_name, load_examples
 from omniagent_jax.demo.export import export_zip
 from omniagent_jax.demo.hub import Backend, SamplingSettings
@@ -35,9 +45,6 @@ from omniagent_jax.processing.policy_contract import (
     sampling_problem,
 )
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
-DEFAULT_CONCURRENCY = 8
 TITLE = "OmniAgent (JAX) — active perception over video and audio"
 
 
@@ -83,7 +90,7 @@ class DemoApp:
             return found.video, found.video.name
         raise InputError("pick an example or upload a video")
 
-    def video_card(self, example: str | None, upload: str | None, request: Any = None) -> str:
+    def video_card(self, example: str | None, upload: str | None, request: gr.Request = None) -> str:
         """The card of the chosen video: its facts probed by the media layer, or why it cannot be read."""
         from omniagent_jax.media import MediaError, probe
 
@@ -118,13 +125,13 @@ class DemoApp:
     def _config(self, max_steps, max_frames, max_audio, max_clip, dynamic) -> EnvConfig:
         try:
             limits = EpisodeLimits(max_frames=int(max_frames), max_audio=int(max_audio), max_clip=int(max_clip))
-            budget = StepBudget(max_steps=int(max_steps), dynamic=bool(dynamic), min_max_steps=min(int(max_steps), 3))
+            budget = StepBudget(max_steps=int(max_steps), dynamic=bool(dynamic), min_max_steps=min(int(max_steps), MIN_MAX_STEPS))
             return EnvConfig(limits=limits, budget=budget)
         except ValueError as e:
             raise InputError(str(e)) from None
 
     def run(self, example, upload, question, qtype, options, answer, backend, max_steps, max_frames, max_audio, max_clip,
-            dynamic, temperature, top_p, top_k, max_new_tokens, seed, request: Any = None) -> Iterator[tuple]:
+            dynamic, temperature, top_p, top_k, max_new_tokens, seed, request: gr.Request = None) -> Iterator[tuple]:
         """The streaming handler: one episode; yields the page's outputs after every turn."""
         from omniagent_jax.media import MediaError, probe
 
@@ -160,25 +167,23 @@ class DemoApp:
         return (render.trace_html(trace, url), render.timeline_html(trace) if trace else "",
                 status or render.status_line(trace), result.get("final_answer", ""), reward, trace or None)
 
-    def stop(self, request: Any = None) -> str:
+    def stop(self, request: gr.Request = None) -> str:
         stopped = self.sessions.stop(request.session_hash if request is not None else "api")
         return "⏹️ stopping…" if stopped else "nothing is running"
 
-    def export(self, request: Any = None) -> str | None:
+    def export(self, request: gr.Request = None) -> str | None:
         session = self.sessions.get(request.session_hash if request is not None else "api")
         if session.run is None:
             return None
         trace = session.run.snapshot()
         return str(export_zip(trace, session.run.run_dir, session.run.run_dir / "omniagent_episode.zip"))
 
-    def close_session(self, request: Any = None) -> None:
+    def close_session(self, request: gr.Request = None) -> None:
         if request is not None:
             self.sessions.close(request.session_hash)
 
     # ------------------------------------------------------------------------------- layout
     def _build(self):
-        import gradio as gr
-
         first = next(iter(self.backends.values()))
         with gr.Blocks(title="OmniAgent demo", analytics_enabled=False) as blocks:
             gr.Markdown(f"## 🎬 {TITLE}")
@@ -199,8 +204,8 @@ class DemoApp:
                                           label="Policy", visible=len(self.backends) > 1, elem_id="backend")
                     with gr.Accordion("⚙️ Runtime settings", open=False):
                         max_steps = gr.Slider(1, 50, value=DEFAULT_MAX_STEPS, step=1, label="Max steps", elem_id="max-steps")
-                        dynamic = gr.Checkbox(value=True, label="Dynamic step budget (min(3 + duration / max clip, max steps))",
-                                              elem_id="dynamic")
+                        dynamic = gr.Checkbox(value=True, elem_id="dynamic",
+                                              label=f"Dynamic step budget: min({MIN_MAX_STEPS} + duration / max clip, max steps)")
                         max_frames = gr.Slider(1, 100, value=DEFAULT_MAX_FRAMES, step=1, label="Max frames per request")
                         max_audio = gr.Slider(1, 600, value=DEFAULT_MAX_AUDIO, step=1, label="Max audio (s)")
                         max_clip = gr.Slider(1, 120, value=DEFAULT_MAX_CLIP, step=1, label="Max clip (s)")
@@ -218,7 +223,7 @@ class DemoApp:
                     with gr.Row():
                         final = gr.Textbox(label="🎯 Final answer", interactive=False, elem_id="final-answer")
                         reward = gr.Textbox(label="💰 Reward", interactive=False, elem_id="reward")
-                    export_file = gr.File(label="Report ZIP", interactive=False, elem_id="export-file")
+                    export_file = gr.File(label="Report ZIP", interactive=False, height=90, elem_id="export-file")
                 with gr.Column(scale=3, min_width=560):
                     gr.Markdown("### 🗺️ Where the agent looked")
                     timeline = gr.HTML(render.timeline_html({}), elem_id="timeline")
@@ -241,8 +246,6 @@ class DemoApp:
     def launch(self, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False, block: bool = True):
         """Serves the page on `host` (loopback unless asked), without a public link unless `share`; uploads over
         the limit are refused by the server; only the examples and the sessions' folders are served as files."""
-        import gradio as gr
-
         self.blocks.queue(default_concurrency_limit=self.concurrency)
         return self.blocks.launch(
             server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=not block,

@@ -12,10 +12,12 @@ import argparse
 import pathlib
 import sys
 
-from omniagent_jax.demo.app import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
 from omniagent_jax.demo.uploads import DEFAULT_MAX_UPLOAD_MB
 
 PROG = "omniagent demo"
+DEFAULT_HOST = "127.0.0.1"  # loopback only unless --host says otherwise
+DEFAULT_PORT = 8080
+DEFAULT_CONCURRENCY = 8  # episodes played at once over all browser sessions (the Gradio queue's limit)
 TINY_MAX_NEW_TOKENS = 256  # random weights never stop on their own; keep their turns short by default
 # Where the toy-world issue's trained agent is installed (a JAX checkpoint directory); the default --model when present.
 SHIPPED_AGENT = pathlib.Path(__file__).resolve().parents[2] / "assets" / "toy_agent"

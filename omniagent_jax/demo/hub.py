@@ -68,6 +68,10 @@ class PolicyHub:
         """Turns submitted and not yet finished or cancelled."""
         return len(self._owners)
 
+    def keys(self) -> list[str]:
+        """The policy's keys of the turns in flight (``<client>:<turn key>``)."""
+        return list(self._owners)
+
     def close(self) -> None:
         self._closed.set()
         self._inbox.put(("wake",))

@@ -82,7 +82,7 @@ def _media_html(step: dict[str, Any], url: UrlFor) -> str:
         out.append(f"<div class='oa-strip' data-testid='frames'>{figs}</div>")
     for f in files:
         if f["kind"] == "audio":
-            out.append(f"<audio controls preload='none' data-testid='audio' src='{esc(url(f['file']))}'></audio>")
+            out.append(f"<audio controls preload='metadata' data-testid='audio' src='{esc(url(f['file']))}'></audio>")
         elif f["kind"] == "video":
             out.append(f"<video controls preload='metadata' data-testid='clip' src='{esc(url(f['file']))}'></video>")
     media = step.get("media")
@@ -135,7 +135,7 @@ def timeline_html(trace: dict[str, Any]) -> str:
     duration = float((trace.get("video") or {}).get("duration") or 0.0)
     if duration <= 0:
         return "<div class='oa-empty'>No video.</div>"
-    width, left, right = 800.0, 58.0, 10.0
+    width, left, right = 800.0, 58.0, 24.0
     span = width - left - right
     lanes = {"frames": 18.0, "audio": 44.0, "clip": 70.0}
 

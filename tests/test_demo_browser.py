@@ -1,0 +1,252 @@
+"""`omniagent demo` in a real browser: headless Debian chromium driven by Playwright (never `playwright install`),
+plus the app's API through gradio_client and the server's upload and binding limits.
+
+One app server for the module, with two policies: a scripted replay (slowed so turns arrive one by one)
+and the tiny JAX model (random weights) on its engine, for Stop. Screenshots go to build/test-artifacts/demo.
+Without chromium these tests skip, saying why; with OMNIAGENT_BROWSER_TESTS=1 (`.ci/run`) they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import time
+import zipfile
+
+import httpx
+import pytest
+from test_demo_units import SCRIPT, wait_for
+
+from omniagent_jax.agent.policy import ScriptedPolicy
+from omniagent_jax.demo.examples import ASSETS, load_examples
+from omniagent_jax.demo.hub import per_episode_backend, shared_backend
+
+# Gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
+
+CHROMIUM = os.environ.get("OMNIAGENT_CHROMIUM", "/usr/bin/chromium")
+REQUIRED = os.environ.get("OMNIAGENT_BROWSER_TESTS") == "1"
+ARTIFACTS = pathlib.Path(__file__).resolve().parents[1] / "build" / "test-artifacts" / "demo"
+EXAMPLE = next(iter(load_examples()))  # the colour question on assets/example.mp4, answer C
+TURN_SECONDS = 0.4
+JAX_TOKENS = 6000  # long enough that Stop lands mid-generation
+
+
+def unavailable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason} (OMNIAGENT_BROWSER_TESTS=1 requires the browser tests)")
+    pytest.skip(reason)
+
+
+class SlowScript(ScriptedPolicy):
+    """The scripted replay, each turn taking a moment, so the page visibly streams."""
+
+    def generate(self, messages, *, unchanged_prefix=0, seed=None):
+        time.sleep(TURN_SECONDS)
+        return super().generate(messages, unchanged_prefix=unchanged_prefix, seed=seed)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    pytest.importorskip("gradio")
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from omniagent_jax.demo.app import DemoApp
+    from omniagent_jax.engine import Engine, SamplingParams
+    from omniagent_jax.engine.policy import JaxPolicy
+    from omniagent_jax.model import Thinker, config
+    from omniagent_jax.processing import OmniProcessor
+
+    model = Thinker(config.tiny(), dtype=jnp.float32, rngs=nnx.Rngs(0))
+    engine = Engine(model, page_size=16, num_pages=1024, max_batch=4, decode_steps=4)
+    jax_policy = JaxPolicy(engine, OmniProcessor.from_pretrained(),
+                           SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=16, stop_token_ids=()))
+    backends = [per_episode_backend("scripted", "scripted replay (test)", lambda s: SlowScript(SCRIPT)),
+                shared_backend("jax", "tiny JAX model (random weights)", jax_policy)]
+    app = DemoApp(backends, max_upload_mb=1)
+    _, url, _ = app.launch(port=free_port(), block=False)  # the default host
+    yield app, url, jax_policy
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser(demo):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed (pip install -e '.[test]')")
+    if not os.access(CHROMIUM, os.X_OK):
+        unavailable(f"Debian's chromium is not at {CHROMIUM}: `apt-get install chromium` (`make test` installs it as root)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def open_page(browser, url):
+    """A new browser session (its own context) on the demo page."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True).new_page()
+    page.goto(url)
+    page.wait_for_selector("#run")
+    return page
+
+
+def choose(page, dropdown: str, option: str) -> None:
+    page.click(f"{dropdown} input")
+    page.get_by_role("option", name=option).click()
+
+
+def status(page) -> str:
+    return page.input_value("#status textarea")
+
+
+def wait_status(page, text: str, timeout: float = 60) -> None:
+    page.wait_for_function("t => document.querySelector('#status textarea').value.includes(t)", arg=text, timeout=timeout * 1000)
+
+
+def test_server_binds_loopback_without_a_share_link(demo):
+    app, url, _ = demo
+    assert app.blocks.server_name == "127.0.0.1" and url.startswith("http://127.0.0.1:")
+    assert not app.blocks.share and app.blocks.share_url is None
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    outside = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1", "127.0.1.1"}
+    for ip in outside:  # the same port on this machine's other addresses is closed
+        with socket.socket() as s, pytest.raises(OSError):
+            s.settimeout(2)
+            s.connect((ip, port))
+
+
+def test_oversized_and_wrong_type_uploads_are_refused(demo, tmp_path):
+    app, url, _ = demo
+    r = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.mp4", b"\0" * (2 * 2**20), "video/mp4")}, timeout=30)
+    assert r.status_code == 413, r.text
+    from gradio_client import Client, handle_file
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video")
+    client = Client(url, verbose=False)
+    try:
+        out = client.predict(None, handle_file(str(notes)), "What?", "FF", "", "", "scripted", 32, 60, 300, 60, True,
+                             1.0, 0.95, 20, 256, 0, api_name="/run_episode")
+    except Exception as e:  # Gradio's own file-type check may refuse it first
+        assert "file type" in str(e).lower() or "not an accepted video type" in str(e)
+    else:
+        assert "not an accepted video type" in out[2]
+
+
+def test_gradio_client_plays_a_whole_episode(demo):
+    from gradio_client import Client
+
+    _, url, _ = demo
+    example = load_examples()[EXAMPLE]
+    out = Client(url, verbose=False).predict(EXAMPLE, None, example.question, "MCQ", "\n".join(example.options), "C", "scripted",
+                                             32, 60, 300, 60, True, 1.0, 0.95, 20, 256, 0, api_name="/run_episode")
+    cards, timeline, state, answer, reward, trace = out
+    assert state.startswith("✅ answered") and answer == "C" and reward == "1.000"
+    assert [s["action_type"] for s in trace["steps"]] == ["get_frames", "get_audio", "get_clip", "answer"]
+    assert cards.count("data-testid='step-card'") == 4 and "data-spans='3'" in timeline
+
+
+def test_episode_streams_step_cards_with_media_then_exports(demo, browser, tmp_path):
+    _, url, _ = demo
+    page = open_page(browser, url)
+    choose(page, "#example", EXAMPLE)
+    page.wait_for_selector("[data-testid=video-info]")
+    assert "12.00 s · 10.00 fps · 320×240 · with audio" in page.inner_text("#video-card")
+    page.click("#run")
+    counts, deadline = [], time.monotonic() + 60
+    while "answered" not in status(page):
+        n = page.locator("[data-testid=step-card]").count()
+        if not counts or counts[-1] != n:
+            counts.append(n)
+        assert len(counts) < 10 and time.monotonic() < deadline
+        page.wait_for_timeout(40)
+    assert counts[:4] == [0, 1, 2, 3] or counts[1:4] == [1, 2, 3], counts  # one card per finished turn, as it finished
+    assert page.locator("[data-testid=step-card]").count() == 4
+    assert page.input_value("#final-answer textarea") == "C" and page.input_value("#reward textarea") == "1.000"
+    widths = page.eval_on_selector_all("[data-testid=frames] img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+    assert len(widths) == 4 and all(w > 0 for w in widths)
+    for sel in ("[data-testid=audio]", "[data-testid=clip]"):
+        assert page.request.get(url.rstrip("/") + page.get_attribute(sel, "src")).ok
+    timeline = page.locator("[data-testid=timeline]")
+    assert timeline.get_attribute("data-spans") == "3" and timeline.locator(".oa-span").count() == 4 + 1 + 1
+    page.screenshot(path=str(ARTIFACTS / "episode.png"), full_page=True)
+
+    page.click("#export")
+    page.wait_for_selector("#export-file a")
+    with page.expect_download() as download:
+        page.locator("#export-file a").first.click()
+    path = tmp_path / "episode.zip"
+    download.value.save_as(path)
+    with zipfile.ZipFile(path) as z:
+        names = sorted(z.namelist())
+        trace = json.loads(z.read("trace.json"))
+        report = z.read("report.html").decode()
+    media = [f"media/step01_frame0{i}.jpg" for i in range(4)] + ["media/step02_audio.wav", "media/step03_clip.mp4"]
+    assert names == sorted(["report.html", "trace.json", *media])
+    assert trace["result"]["final_answer"] == "C" and all(m in report for m in media) and "<script" not in report
+
+
+def test_corrupt_upload_shows_the_media_error_then_an_example_runs(demo, browser, tmp_path):
+    from omniagent_jax.media import MediaError, probe
+
+    _, url, _ = demo
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes((ASSETS / "example.mp4").read_bytes()[:600])
+    with pytest.raises(MediaError) as error:
+        probe(corrupt)
+    page = open_page(browser, url)
+    page.set_input_files("#upload input[type=file]", str(corrupt))
+    page.wait_for_selector("[data-testid=video-error]")
+    shown = page.inner_text("[data-testid=video-error]")
+    assert error.value.message.split(":")[0] in shown and "corrupt.mp4" in shown
+    page.click("#run")
+    wait_status(page, "❌")
+    choose(page, "#example", EXAMPLE)
+    page.wait_for_selector("[data-testid=video-info]")
+    page.click("#run")
+    wait_status(page, "answered")
+    page.screenshot(path=str(ARTIFACTS / "after_corrupt_upload.png"), full_page=True)
+
+
+def test_stop_cancels_the_engine_request_of_one_session_only(demo, browser):
+    app, url, policy = demo
+    hub, engine = app.backends["jax"].hub, policy.engine
+    a, b = open_page(browser, url), open_page(browser, url)
+    for page in (a, b):
+        choose(page, "#example", EXAMPLE)
+        page.wait_for_selector("[data-testid=video-info]")
+    choose(a, "#backend", "tiny JAX model (random weights)")
+    a.get_by_text("Runtime settings").click()
+    tokens = a.locator("#max-new-tokens input[type=number]")
+    tokens.fill(str(JAX_TOKENS))
+    tokens.press("Enter")
+    a.click("#run")
+
+    def generated() -> list[int]:
+        ids = [policy.engine_request(k) for k in hub.keys()]
+        return [len(engine.generated(r) or []) for r in ids if r is not None]
+
+    wait_for(lambda: generated() and generated()[0] > 8, timeout=120)  # compiled, and decoding
+    request = policy.engine_request(hub.keys()[0])
+    b.click("#run")  # the other session's episode plays on while `a` stops
+    before = generated()[0]
+    a.click("#stop")
+    wait_status(a, "stopped", timeout=10)
+    wait_for(lambda: not engine.has_work(), timeout=10)
+    assert engine.generated(request) is None and request not in engine.finished
+    assert before < JAX_TOKENS  # it was stopped mid-generation
+    assert engine.pool.num_free == engine.pool.num_pages - 1  # the cancelled request's pages are back
+    assert hub.in_flight() == 0 and hub.cancelled == 1
+    wait_status(b, "answered")
+    a.screenshot(path=str(ARTIFACTS / "stopped.png"), full_page=True)
