@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most connections at once; more get 503 (default: no limit)")
     serve.set_defaults(func=_cmd_serve)
 
-    from omniagent_jax.eval.cli import add_eval_commands; add_eval_commands(sub)  # noqa: E702, I001
+    from omniagent_jax.eval.cli import add_eval_commands; add_eval_commands(sub, _engine_arguments, load_jax_policy)  # noqa: E702, I001, E501
     from omniagent_jax.train.cli import add_train_arguments
 
     add_train_arguments(sub)
