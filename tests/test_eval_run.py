@@ -5,6 +5,7 @@ the uninterrupted run's rows, two shards merged equal to one run."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -100,7 +101,8 @@ def test_resume_skips_finished_samples_retries_errors_and_refuses_another_config
     args = scripted(data, out, "--max-samples", "3")
     args.progress = True
     assert eval_command(args) == 0
-    assert "acc=1.000" in capsys.readouterr().err  # the progress bar shows the accuracy so far
+    bar = capsys.readouterr().err  # the progress bar's last state: accuracy so far, errors, samples/min
+    assert "3/3" in bar and "acc=0.667, err=0, per_min=" in bar
     assert eval_command(scripted(data, out)) == 0  # the other 5 samples join
     assert_same_rows(out, baseline)
     assert "3 already done, 5 to play" in capsys.readouterr().out
@@ -122,11 +124,45 @@ def test_resume_skips_finished_samples_retries_errors_and_refuses_another_config
     (["--sample-timeout", "0"], "--sample-timeout must be > 0"),
     (["--video", "x.mp4"], "reads its questions from --dataset"),
     (["--max-live", "0"], "--max-live must be >= 1"),
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--num-shards", "0"], "--num-shards must be >= 1"),
+    (["--sample-indices", "2,2"], "an index is listed twice"),
+    (["--dataset", "/nonexistent/data.jsonl"], "cannot read --dataset /nonexistent/data.jsonl"),
+    (["--output-dir", str(pathlib.Path(__file__))], "is a file"),
 ])
 def test_bad_arguments_exit_2_with_one_line(data, tmp_path, capsys, argv, message):
     assert eval_command(scripted(data, tmp_path / "o", *argv)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("omniagent eval: error:") and message in err and "\n" not in err
+
+
+def test_missing_flags_and_bad_scripts_exit_2(data, tmp_path, capsys):
+    args = scripted(data, tmp_path / "o")
+    for name, message in (("dataset", "--dataset is required"), ("output_dir", "--output-dir is required")):
+        assert eval_command(argparse.Namespace(**{**vars(args), name: None})) == 2
+        assert message in capsys.readouterr().err
+    assert eval_command(h.eval_args(data[0], tmp_path / "o", "--scripted-outputs", str(data[1]))) == 2
+    assert "--scripted-outputs needs --policy scripted" in capsys.readouterr().err
+    for text, message in (("{oops", "is not a JSON object"), ('{"0": "not a list"}', "every value must be a list of strings")):
+        bad = tmp_path / "scripts.json"
+        bad.write_text(text)
+        assert eval_command(h.eval_args(data[0], tmp_path / "o", "--policy", "scripted", "--scripted-outputs", str(bad))) == 2
+        assert message in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert eval_command(scripted(data, tmp_path / "o3", "--dataset", str(empty))) == 2
+    assert "holds no rows" in capsys.readouterr().err
+    assert main(["eval", "merge", str(tmp_path)]) == 2 and "--output-dir is required" in capsys.readouterr().err
+    (tmp_path / "norows").mkdir()
+    assert main(["eval", "merge", str(tmp_path / "norows"), "--output-dir", str(tmp_path / "m")]) == 2
+    assert "holds no results.jsonl" in capsys.readouterr().err
+    assert main(["sweep", "--dataset", str(data[0]), "--max-steps", "2"]) == 2
+    assert "--output-dir is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--dataset", str(data[0]), "--output-dir", str(tmp_path / "s"), "--max-steps", "2,x"])
+    assert "not a comma-separated list of integers" in capsys.readouterr().err
+    assert main(["export-sft", str(data[0]), "--out", str(tmp_path / "x.jsonl"), "--max-steps", "0"]) == 2
+    assert "--max-steps must be >= 1" in capsys.readouterr().err
 
 
 def test_a_broken_dataset_or_results_file_is_a_clear_error(data, tmp_path, capsys):
@@ -139,6 +175,17 @@ def test_a_broken_dataset_or_results_file_is_a_clear_error(data, tmp_path, capsy
     (out / "results.jsonl").write_text('{"sample_index": 0}\nnot json\n')
     assert eval_command(scripted(data, out)) == 2
     assert "results.jsonl:2 is not a results row" in capsys.readouterr().err
+    (out / "results.jsonl").write_text('{"sample_index": "0"}\n')
+    assert eval_command(scripted(data, out)) == 2
+    assert "sample_index must be an integer" in capsys.readouterr().err
+    (out / "results.jsonl").write_text("")
+    (out / "run_metadata.json").write_text("{not json")
+    assert eval_command(scripted(data, out)) == 2
+    assert "run_metadata.json is not valid JSON" in capsys.readouterr().err
+    row = dict(h.SAMPLES[2][0], answer="soon")
+    bad.write_text(json.dumps(row) + "\n")
+    assert eval_command(h.eval_args(bad, tmp_path / "o4", "--policy", "scripted", "--scripted-outputs", str(data[1]))) == 2
+    assert f"{bad}:1: bad TR answer 'soon'" in capsys.readouterr().err
 
 
 class SimulatedKill(BaseException):
