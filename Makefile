@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MODEL ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean demo chromium
 
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,14 @@ run: $(VENV)/.core $(EXAMPLE_VIDEO)
 		--options "A. Red" "B. Green" "C. Blue" "D. Yellow" --answer C \
 		$(RUN_ARGS) $(if $(MODEL),--model $(MODEL),)
 
-test: $(VENV)/.test
+# The demo's browser tests drive Debian's chromium (never `playwright install`); installed here when running as
+# root and missing. Elsewhere those tests skip, saying why (.ci/run sets OMNIAGENT_BROWSER_TESTS=1: they must run).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; apt-get install -y chromium || (apt-get update && apt-get install -y chromium); fi
+
+test: $(VENV)/.test chromium
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -42,6 +49,15 @@ test: $(VENV)/.test
 BENCHMARKS := decoder_forward towers engine media convert_memory serve episodes
 bench: $(VENV)/.test
 	set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(PY) benchmarks/$$b.py; done
+
+# The Gradio demo on http://127.0.0.1:8080 (MODEL=path for a checkpoint; DEMO_ARGS="--port 9000 --share" etc.).
+DEMO_ARGS ?=
+$(VENV)/.demo: $(VENV)/.core
+	$(PIP) install -e '.[demo]'
+	touch $@
+
+demo: $(VENV)/.demo $(EXAMPLE_VIDEO)
+	$(VENV)/bin/omniagent demo $(DEMO_ARGS) $(if $(MODEL),--model $(MODEL),)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

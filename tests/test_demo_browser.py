@@ -56,7 +56,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def demo():
-    pytest.importorskip("gradio")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        unavailable("gradio is not installed (pip install -e '.[test]')")
     import jax.numpy as jnp
     from flax import nnx
 
@@ -79,7 +82,7 @@ def demo():
 
 
 @pytest.fixture(scope="module")
-def browser(demo):
+def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -157,7 +160,7 @@ def test_gradio_client_plays_a_whole_episode(demo):
     assert cards.count("data-testid='step-card'") == 4 and "data-spans='3'" in timeline
 
 
-def test_episode_streams_step_cards_with_media_then_exports(demo, browser, tmp_path):
+def test_episode_streams_step_cards_with_media_then_exports(browser, demo, tmp_path):
     _, url, _ = demo
     page = open_page(browser, url)
     choose(page, "#example", EXAMPLE)
@@ -180,6 +183,7 @@ def test_episode_streams_step_cards_with_media_then_exports(demo, browser, tmp_p
         assert page.request.get(url.rstrip("/") + page.get_attribute(sel, "src")).ok
     timeline = page.locator("[data-testid=timeline]")
     assert timeline.get_attribute("data-spans") == "3" and timeline.locator(".oa-span").count() == 4 + 1 + 1
+    page.wait_for_function("document.querySelector('[data-testid=clip]').readyState >= 2")  # chromium decodes the clip
     page.screenshot(path=str(ARTIFACTS / "episode.png"), full_page=True)
 
     page.click("#export")
@@ -197,7 +201,7 @@ def test_episode_streams_step_cards_with_media_then_exports(demo, browser, tmp_p
     assert trace["result"]["final_answer"] == "C" and all(m in report for m in media) and "<script" not in report
 
 
-def test_corrupt_upload_shows_the_media_error_then_an_example_runs(demo, browser, tmp_path):
+def test_corrupt_upload_shows_the_media_error_then_an_example_runs(browser, demo, tmp_path):
     from omniagent_jax.media import MediaError, probe
 
     _, url, _ = demo
@@ -219,7 +223,7 @@ def test_corrupt_upload_shows_the_media_error_then_an_example_runs(demo, browser
     page.screenshot(path=str(ARTIFACTS / "after_corrupt_upload.png"), full_page=True)
 
 
-def test_stop_cancels_the_engine_request_of_one_session_only(demo, browser):
+def test_stop_cancels_the_engine_request_of_one_session_only(browser, demo):
     app, url, policy = demo
     hub, engine = app.backends["jax"].hub, policy.engine
     a, b = open_page(browser, url), open_page(browser, url)

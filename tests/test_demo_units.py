@@ -32,14 +32,17 @@ from omniagent_jax.processing.policy_contract import PolicyOutput
 EXAMPLE = ASSETS / "example.mp4"
 
 
-def turn(observation: str, action: dict, confidence: float = 0.5) -> str:
-    return json.dumps({"observation": observation, "think": "plan", "confidence": confidence, "action": action})
+def turn(observation: str, think: str, action: dict, confidence: float = 0.5) -> str:
+    return json.dumps({"observation": observation, "think": think, "confidence": confidence, "action": action})
 
 
-SCRIPT = [turn("start", {"type": "get_frames", "start": 0, "end": 12, "num": 4}),
-          turn("a square", {"type": "get_audio", "start": 8, "end": 11}),
-          turn("a tone", {"type": "get_clip", "start": 8.5, "end": 10.5}),
-          turn("blue <b>bold</b>", {"type": "answer", "content": "C"}, 0.9)]
+SCRIPT = [turn("Nothing observed yet.", "Scan the whole video with a few frames first.",
+               {"type": "get_frames", "start": 0, "end": 12, "num": 4}, 0.2),
+          turn("A square moves right; it is red, then green, then blue.", "The high tone decides it: listen to the second half.",
+               {"type": "get_audio", "start": 8, "end": 11}, 0.4),
+          turn("A high-pitched tone plays at about 9-10 s.", "Check the square's colour while it plays.",
+               {"type": "get_clip", "start": 8.5, "end": 10.5}, 0.6),
+          turn("During the high tone the square is blue.", "Blue is option C.", {"type": "answer", "content": "C"}, 0.9)]
 
 
 class HeldPolicy:

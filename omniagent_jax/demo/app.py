@@ -171,12 +171,13 @@ class DemoApp:
         stopped = self.sessions.stop(request.session_hash if request is not None else "api")
         return "⏹️ stopping…" if stopped else "nothing is running"
 
-    def export(self, request: gr.Request = None) -> str | None:
+    def export(self, request: gr.Request = None) -> Any:
+        """The ZIP of this session's latest episode (as it stands now), shown for download."""
         session = self.sessions.get(request.session_hash if request is not None else "api")
         if session.run is None:
-            return None
-        trace = session.run.snapshot()
-        return str(export_zip(trace, session.run.run_dir, session.run.run_dir / "omniagent_episode.zip"))
+            return gr.File(value=None, visible=False)
+        path = export_zip(session.run.snapshot(), session.run.run_dir, session.run.run_dir / "omniagent_episode.zip")
+        return gr.File(value=str(path), visible=True)
 
     def close_session(self, request: gr.Request = None) -> None:
         if request is not None:
@@ -223,7 +224,7 @@ class DemoApp:
                     with gr.Row():
                         final = gr.Textbox(label="🎯 Final answer", interactive=False, elem_id="final-answer")
                         reward = gr.Textbox(label="💰 Reward", interactive=False, elem_id="reward")
-                    export_file = gr.File(label="Report ZIP", interactive=False, height=90, elem_id="export-file")
+                    export_file = gr.File(label="Report ZIP", interactive=False, visible=False, elem_id="export-file")
                 with gr.Column(scale=3, min_width=560):
                     gr.Markdown("### 🗺️ Where the agent looked")
                     timeline = gr.HTML(render.timeline_html({}), elem_id="timeline")
