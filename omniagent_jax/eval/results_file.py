@@ -94,17 +94,22 @@ class ResultsWriter:
         self.close()
 
 
-def write_rows(path: str | pathlib.Path, rows: Iterable[Mapping[str, Any]]) -> pathlib.Path:
-    """Writes a whole results file atomically (a temporary file renamed over `path`)."""
+def write_text_atomic(path: str | pathlib.Path, text: str) -> pathlib.Path:
+    """Writes `path` whole or not at all: a temporary file of this process, renamed over it (shards that
+    finish together may write the same combined files at once)."""
     p = pathlib.Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, p)
     return p
+
+
+def write_rows(path: str | pathlib.Path, rows: Iterable[Mapping[str, Any]]) -> pathlib.Path:
+    """Writes a whole results file atomically."""
+    return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def compact(path: str | pathlib.Path) -> dict[int, dict[str, Any]]:

@@ -11,6 +11,7 @@ For TR the reward is the temporal IoU and for SIZE/NUM the mean relative accurac
 from __future__ import annotations
 
 import csv
+import io
 import json
 import pathlib
 import statistics
@@ -18,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from omniagent_jax.eval.results_file import write_text_atomic
 from omniagent_jax.eval.rows import STATUS_OK
 
 BREAKDOWN_FIELDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
@@ -123,11 +125,12 @@ def write_csv(path: pathlib.Path, rows: Iterable[Mapping[str, Any]], fields: Seq
     rows = list(rows)
     if fields is None:
         fields = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: _csv_value(r.get(k)) for k in fields})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _csv_value(r.get(k)) for k in fields})
+    write_text_atomic(path, buffer.getvalue())
 
 
 SAMPLE_FIELDS = (
@@ -158,11 +161,11 @@ def write_summaries(out_dir: pathlib.Path, rows: Sequence[Mapping[str, Any]], ex
     """Writes summary.json/.csv, samples.csv, breakdowns.json and summary_by_<field>.csv; returns the summary."""
     rows = sorted(rows, key=lambda r: r["sample_index"])
     summary = {**extra, **group_metrics(rows)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_csv(out_dir / "summary.csv", [summary])
     write_csv(out_dir / "samples.csv", [sample_csv_row(r) for r in rows], SAMPLE_FIELDS)
     groups = breakdowns(rows)
-    (out_dir / "breakdowns.json").write_text(json.dumps(groups, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(out_dir / "breakdowns.json", json.dumps(groups, indent=2, ensure_ascii=False) + "\n")
     for field, groups_of in groups.items():
         write_csv(out_dir / f"summary_by_{field}.csv", [{field: k, **m} for k, m in groups_of.items()])
     return summary
