@@ -129,6 +129,34 @@ def test_server_binds_loopback_without_a_share_link(demo):
             s.connect((ip, port))
 
 
+def test_demo_command_serves_the_page_on_loopback_and_stops_on_interrupt(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "turns.json"
+    script.write_text(json.dumps(SCRIPT))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "omniagent_jax.cli", "demo", "--policy", "scripted", "--scripted-outputs",
+                             str(script), "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/") or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, proc.stderr.read()
+        assert f"scripted replay of {script}" in httpx.get(f"http://127.0.0.1:{port}/config", timeout=10).text  # the page's label
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert f"serving on http://127.0.0.1:{port} (local only; --share for a public link)" in err
+    assert proc.returncode == 0, err
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def test_oversized_and_wrong_type_uploads_are_refused(demo, tmp_path):
     app, url, _ = demo
     r = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.mp4", b"\0" * (2 * 2**20), "video/mp4")}, timeout=30)
@@ -223,7 +251,13 @@ def test_corrupt_upload_shows_the_media_error_then_an_example_runs(browser, demo
     page.screenshot(path=str(ARTIFACTS / "after_corrupt_upload.png"), full_page=True)
 
 
-def test_stop_cancels_the_engine_request_of_one_session_only(browser, demo):
+def set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_tiny_jax_episode_shows_kv_reuse_then_stop_cancels_one_session_only(browser, demo):
     app, url, policy = demo
     hub, engine = app.backends["jax"].hub, policy.engine
     a, b = open_page(browser, url), open_page(browser, url)
@@ -232,16 +266,23 @@ def test_stop_cancels_the_engine_request_of_one_session_only(browser, demo):
         page.wait_for_selector("[data-testid=video-info]")
     choose(a, "#backend", "tiny JAX model (random weights)")
     a.get_by_text("Runtime settings").click()
-    tokens = a.locator("#max-new-tokens input[type=number]")
-    tokens.fill(str(JAX_TOKENS))
-    tokens.press("Enter")
+    set_number(a, "max-steps", 2)
+    set_number(a, "max-new-tokens", 16)
+    a.click("#run")  # random weights: two invalid turns, the second reusing the first's prompt pages
+    wait_status(a, "ended without an answer", timeout=120)
+    assert a.locator("[data-testid=step-card]").count() == 2 and a.locator("[data-testid=error-code]").count() >= 1
+    reused = a.locator("[data-testid=step-card]").nth(1).locator("[data-testid=kv]").inner_text()
+    assert int(reused.split(": ")[1].split(" reused")[0]) > 0, reused
+    a.screenshot(path=str(ARTIFACTS / "tiny_jax_episode.png"), full_page=True)
+
+    set_number(a, "max-new-tokens", JAX_TOKENS)
     a.click("#run")
 
     def generated() -> list[int]:
         ids = [policy.engine_request(k) for k in hub.keys()]
         return [len(engine.generated(r) or []) for r in ids if r is not None]
 
-    wait_for(lambda: generated() and generated()[0] > 8, timeout=120)  # compiled, and decoding
+    wait_for(lambda: generated() and generated()[0] > 8, timeout=120)  # decoding
     request = policy.engine_request(hub.keys()[0])
     b.click("#run")  # the other session's episode plays on while `a` stops
     before = generated()[0]
@@ -254,3 +295,6 @@ def test_stop_cancels_the_engine_request_of_one_session_only(browser, demo):
     assert hub.in_flight() == 0 and hub.cancelled == 1
     wait_status(b, "answered")
     a.screenshot(path=str(ARTIFACTS / "stopped.png"), full_page=True)
+    sessions = len(app.sessions)
+    b.context.close()  # a closed tab's session folder goes
+    wait_for(lambda: len(app.sessions) == sessions - 1, timeout=30)

@@ -180,6 +180,7 @@ def test_rendering_escapes_model_text_and_draws_spans_and_kv_reuse():
     assert "<script>" not in cards and "&lt;script&gt;" in cards
     assert cards.count("data-testid='step-card'") == 3 and "PARSE_ERROR" in cards and "/f/media/a.jpg" in cards
     assert "75 reused from the KV cache, 25 prefilled (75% reused)" in cards
+    assert "Over 2 turn(s): 200 prompt tokens, 150 reused from the KV cache (75%), 50 prefilled." in cards
     timeline = render.timeline_html(trace)
     assert "data-spans='2'" in timeline and timeline.count("class='oa-span'") == 3  # two frame ticks, one clip bar
     assert "turn 4 generating" in render.status_line(trace)

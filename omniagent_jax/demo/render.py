@@ -127,7 +127,18 @@ def trace_html(trace: dict[str, Any], url: UrlFor) -> str:
     if not steps:
         return "<div class='oa-empty'>The step cards appear here as each turn finishes.</div>"
     max_steps = (trace.get("result") or {}).get("max_steps") or trace.get("max_steps")
-    return f"<div class='oa-trace'>{''.join(step_card(s, url, max_steps) for s in steps)}</div>"
+    return f"<div class='oa-trace'>{kv_summary(steps)}{''.join(step_card(s, url, max_steps) for s in steps)}</div>"
+
+
+def kv_summary(steps: list[dict[str, Any]]) -> str:
+    """The episode's prompt tokens: how many came from the KV cache and how many were prefilled."""
+    reported = [s["tokens"] for s in steps if s.get("tokens", {}).get("cached") is not None and s["tokens"].get("prompt")]
+    if not reported:
+        return ""
+    prompt, cached = sum(t["prompt"] for t in reported), sum(t["cached"] for t in reported)
+    prefilled = sum(t.get("prefilled") or 0 for t in reported)
+    return (f"<div class='oa-kvtext' data-testid='kv-summary'>Over {len(reported)} turn(s): {prompt} prompt tokens, {cached} "
+            f"reused from the KV cache ({100.0 * cached / prompt:.0f}%), {prefilled} prefilled.</div>")
 
 
 def timeline_html(trace: dict[str, Any]) -> str:
