@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from omniagent_jax.processing import tokens
 from omniagent_jax.processing.qwen_bpe import (
+    PRETOKENIZE_REGEX,
     QWEN_TIKTOKEN_SHA256,
     TokenizerError,
     build_backend,
@@ -300,10 +301,19 @@ def save_pretrained_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os
     written = [pathlib.Path(p) for p in tokenizer.save_pretrained(str(directory), save_jinja_files=False)]
     config_file = directory / "tokenizer_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    if config.get("tokenizer_class") in (None, "TokenizersBackend", "PreTrainedTokenizerFast"):
+    # Only a tokenizer that splits text as Qwen's does may be labelled Qwen2Tokenizer: that class rebuilds its
+    # own pre-tokenizer on load, which would silently re-split another vocabulary's text (e.g. the toy BPE's).
+    if config.get("tokenizer_class") in (None, "TokenizersBackend", "PreTrainedTokenizerFast") and _splits_as_qwen(tokenizer):
         config["tokenizer_class"] = "Qwen2Tokenizer"
         _atomic_write_text(config_file, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return sorted({p for p in written if p.is_file()})
+
+
+def _splits_as_qwen(tokenizer: PreTrainedTokenizerFast) -> bool:
+    """Whether the tokenizer's pre-tokenizer is the Qwen2 one (`qwen_bpe.PRETOKENIZE_REGEX` then byte-level)."""
+    pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers") or []
+    return bool(steps) and steps[0].get("type") == "Split" and (steps[0].get("pattern") or {}).get("Regex") == PRETOKENIZE_REGEX
 
 
 __all__ = [

@@ -1,0 +1,38 @@
+"""The toy world's episode settings (docs/toy.md §3): a short system prompt and limits that keep every
+row of an expert trajectory within :data:`MAX_ROW_TOKENS` tokens of the toy tokenizer."""
+
+from __future__ import annotations
+
+from omniagent_jax.agent.budget import StepBudget
+from omniagent_jax.agent.environment import EnvConfig
+from omniagent_jax.agent.limits import EpisodeLimits
+from omniagent_jax.toy.world import MAX_FRAMES
+
+MAX_AUDIO = 6  # seconds per get_audio: 150 audio tokens
+MAX_CLIP = 4  # clips are allowed but costly (their frames are upscaled to the clip budget); the expert never uses them
+MAX_STEPS = 5
+MAX_ROW_TOKENS = 512
+LIMITS = EpisodeLimits(max_frames=MAX_FRAMES, max_audio=MAX_AUDIO, max_clip=MAX_CLIP)
+
+# A template with the three limit slots, like --system-prompt-file takes (docs/protocol.md §1).
+SYSTEM_PROMPT_TEMPLATE = """Answer a question about a video by inspecting it step by step. Each turn reply with ONE JSON line:
+{"observation": "what the last media showed", "think": "your reasoning", "confidence": 0.5, "action": {...}}
+Actions, one per turn:
+{"type": "get_frames", "start": s, "end": e, "num": n} (Max {max_frames} frames)
+{"type": "get_audio", "start": s, "end": e} (Max {max_audio}s)
+{"type": "get_clip", "start": s, "end": e} (Max {max_clip}s)
+{"type": "answer", "content": "..."} (not on the first turn)
+Times are seconds from 0.00 to the duration. Old media becomes a placeholder: note what you saw in observation. \
+Copy timestamps as printed. \
+Confidence: 0.5 while searching, 0.9 when answering."""
+
+
+def env_config(*, max_prompt_tokens: int | None = None) -> EnvConfig:
+    """The toy episode: toy limits and prompt, a fixed step budget, strict confidence (as in training)."""
+    return EnvConfig(
+        limits=LIMITS,
+        budget=StepBudget(max_steps=MAX_STEPS, dynamic=False),
+        system_prompt_template=SYSTEM_PROMPT_TEMPLATE,
+        strict_confidence=True,
+        max_prompt_tokens=max_prompt_tokens,
+    )

@@ -1,0 +1,112 @@
+"""The toy expert (docs/toy.md §2): it answers from the media it asked for, never from the ground truth, copies
+every number it writes from its context, fits every row in the toy tokenizer's 512 tokens, and beats a
+uniform scan with the same frame budget by far."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import toy_helpers
+
+from omniagent_jax.agent.data import iter_samples
+from omniagent_jax.agent.driver import Episode, EpisodeDriver
+from omniagent_jax.agent.environment import VideoEnvironment
+from omniagent_jax.agent.messages import message_text, system_message, text_part, user_message
+from omniagent_jax.agent.policy import ConcurrentPolicy, Policy
+from omniagent_jax.agent.runner import run_episode
+from omniagent_jax.model.config import REPO_CONFIGS
+from omniagent_jax.processing.policy_contract import PolicyError
+from omniagent_jax.processing.processor import OmniProcessor
+from omniagent_jax.processing.tokenizer import load_tokenizer, save_pretrained_tokenizer
+from omniagent_jax.toy import settings, splits, tokenizer
+from omniagent_jax.toy.expert import ExpertPolicy, UniformScanPolicy
+
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+@pytest.fixture(scope="module")
+def played(tmp_path_factory):
+    """(samples, expert results, uniform-scan results) on the sample split."""
+    rows = toy_helpers.sample_split(tmp_path_factory)
+    samples = list(iter_samples(rows, resolve_videos=True))
+    expert = [r for _, r in splits.play(rows, "expert", progress=False)]
+    uniform = [r for _, r in splits.play(rows, "uniform", progress=False)]
+    return samples, expert, uniform
+
+
+def test_expert_answers_all_and_a_uniform_scan_far_fewer(played):
+    samples, expert, uniform = played
+    assert isinstance(ExpertPolicy(), Policy) and isinstance(ExpertPolicy(), ConcurrentPolicy)
+    assert all(r.correct for r in expert)
+    # A coarse scan, one focused look, the answer (SIZE answers from the scan when a scan frame shows the square lit).
+    assert [len(r.steps) for r in expert] == [3, 3, 3, 2, 3, 3, 3, 2]
+    uniform_accuracy = sum(r.correct for r in uniform) / len(uniform)
+    assert uniform_accuracy <= 0.5 and all(len(r.steps) == 2 for r in uniform)
+    # The audio questions need the audio: the expert listened, the baseline could not.
+    audio = [i for i, s in enumerate(samples) if s.major_type in ("MCQ", "NUM")]
+    assert all(expert[i].steps[1].action["type"] == "get_audio" for i in audio)
+
+
+def test_expert_never_reads_the_ground_truth(played):
+    samples, expert, _ = played
+    for sample, result in zip(samples[:4], expert):
+        answer = "[[0.0, 1.0]]" if sample.major_type == "TR" else "Z" if sample.options else "999"
+        wrong = dataclasses.replace(sample, answer=answer)
+        with VideoEnvironment(wrong, settings.env_config()) as env:
+            again = run_episode(env, ExpertPolicy())
+        assert [s.output for s in again.steps] == [s.output for s in result.steps] and not again.correct
+
+
+def test_every_number_the_expert_writes_is_in_its_context(played):
+    _, expert, _ = played
+    for result in expert:
+        for step in result.steps:
+            context = " ".join(message_text(m) for m in step.raw_input)
+            written = set(NUMBER.findall(step.output))
+            assert written and written <= set(NUMBER.findall(context)), (step.output, written - set(NUMBER.findall(context)))
+
+
+def test_rows_fit_the_toy_tokenizer(played, tmp_path):
+    _, expert, _ = played
+    tok = load_tokenizer(REPO_CONFIGS / "toy" / "tokenizer")
+    assert len(tok) == tokenizer.VOCAB_SIZE
+    # Saved and reloaded, it still splits text its own way (numbers whole), not as Qwen2Tokenizer would.
+    save_pretrained_tokenizer(tok, tmp_path / "copy")
+    again = load_tokenizer(tmp_path / "copy")
+    text = expert[0].steps[1].output
+    assert again(text)["input_ids"] == tok(text)["input_ids"] and "16.36" in again.tokenize("16.36 s")
+    processor = OmniProcessor(tok)
+    assert processor.special_ids == tokenizer.special_ids()
+    lengths = tokenizer.row_lengths(processor, expert)
+    assert lengths.max <= settings.MAX_ROW_TOKENS
+    system = expert[0].steps[0].raw_input[0]
+    assert len(tok(message_text(system))["input_ids"]) <= 150
+    with pytest.raises(ValueError, match="the toy corpus yields only .* BPE tokens"):
+        tokenizer.train_tokenizer(["far too little text"])
+
+
+def test_concurrent_play_matches_one_by_one(played):
+    samples, expert, _ = played
+    episodes = [Episode(f"e{i}", VideoEnvironment(s, settings.env_config())) for i, s in enumerate(samples)]
+    results = EpisodeDriver(ExpertPolicy(), max_live=4, workers=2).run(episodes)
+    assert [[s.output for s in r.steps] for r in results] == [[s.output for s in r.steps] for r in expert]
+    for e in episodes:
+        e.env.close()
+
+
+def test_expert_refuses_a_history_it_cannot_read():
+    policy = ExpertPolicy()
+    with pytest.raises(PolicyError, match="no duration in the prompt"):
+        policy.generate([system_message("(Max 12 frames)"), user_message([text_part("Question: hi")])])
+    first = "Video META:\n- duration_seconds: 30.00\n- fps: 2.00\n- has_audio: True\n\nQuestion: When is the red square lit?"
+    history = [system_message("(Max 12 frames)"), user_message([text_part(first)]),
+               {"role": "assistant", "content": [text_part("{}")]}, user_message([text_part("[ERROR] INVALID_JSON")])]
+    with pytest.raises(PolicyError, match="expected frames"):
+        policy.generate(history)
+    with pytest.raises(PolicyError, match="expected audio"):
+        policy.generate(history[:1] + [user_message([text_part(first.replace("When is the red square lit?", "x") +
+                                                               "\nOptions:\nA. red\nWhen answering, set action.content to "
+                                                               "ONE uppercase letter (A, B, C …).")])] + history[2:] * 2)
+    assert isinstance(UniformScanPolicy(), ExpertPolicy)
