@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     from omniagent_jax.train.cli import add_train_arguments
 
     add_train_arguments(sub)
-    from omniagent_jax.demo.cli import add_demo_command; add_demo_command(sub)  # noqa: E702, I001
+    from omniagent_jax.demo.cli import add_demo_command; add_demo_command(sub, _engine_arguments, load_jax_policy)  # noqa: E702, I001
     return parser
 
 

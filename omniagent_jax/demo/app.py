@@ -31,7 +31,7 @@ from omniagent_jax.agent.limits import (
     EpisodeLimits,
 )
 from omniagent_jax.demo import render
-from omniagent_jax.demo.cli import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
+from omniagent_jax.demo.defaults import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
 from omniagent_jax.demo.examples import ASSETS, Example, ExampleError, example_by_name, load_examples
 from omniagent_jax.demo.export import export_zip
 from omniagent_jax.demo.hub import Backend, SamplingSettings

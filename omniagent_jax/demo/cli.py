@@ -11,22 +11,21 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+from collections.abc import Callable
 
+from omniagent_jax.demo.defaults import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
 from omniagent_jax.demo.uploads import DEFAULT_MAX_UPLOAD_MB
 
 PROG = "omniagent demo"
-DEFAULT_HOST = "127.0.0.1"  # loopback only unless --host says otherwise
-DEFAULT_PORT = 8080
-DEFAULT_CONCURRENCY = 8  # episodes played at once over all browser sessions (the Gradio queue's limit)
 TINY_MAX_NEW_TOKENS = 256  # random weights never stop on their own; keep their turns short by default
 # Where the toy-world issue's trained agent is installed (a JAX checkpoint directory); the default --model when present.
 SHIPPED_AGENT = pathlib.Path(__file__).resolve().parents[2] / "assets" / "toy_agent"
 
 
-def add_demo_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Registers ``demo`` on the top-level command's subparsers."""
-    from omniagent_jax.cli import _engine_arguments
-
+def add_demo_command(sub: argparse._SubParsersAction, engine_arguments: Callable[[argparse.ArgumentParser], None],
+                     load_jax_policy: Callable[..., object]) -> argparse.ArgumentParser:
+    """Registers ``demo`` on the top-level command's subparsers, with its engine flags and JAX policy loader
+    (the top-level CLI's, passed in so this module does not import it back)."""
     p = sub.add_parser("demo", help="the Gradio demo: watch the agent look, listen and answer")
     p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default loopback only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -40,8 +39,8 @@ def add_demo_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload accepted")
     p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="episodes played at once (all sessions)")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # the page's seed field overrides it per episode
-    _engine_arguments(p)
-    p.set_defaults(func=cmd_demo)
+    engine_arguments(p)
+    p.set_defaults(func=lambda args: cmd_demo(args, load_jax_policy))
     return p
 
 
@@ -64,7 +63,7 @@ def check_demo_args(args: argparse.Namespace) -> None:
         raise UsageError("the demo needs Gradio: pip install -e '.[demo]' (or `make demo`)") from None
 
 
-def build_backend(args: argparse.Namespace):
+def build_backend(args: argparse.Namespace, load_jax_policy: Callable[..., object]):
     """The page's policy backend, and its default max new tokens per turn."""
     from omniagent_jax.agent.cli import UsageError, read_scripted_outputs
     from omniagent_jax.agent.policy import OpenAIPolicy, ScriptedPolicy
@@ -86,8 +85,6 @@ def build_backend(args: argparse.Namespace):
         label = f"OpenAI-compatible endpoint {', '.join(c.url for c in probe.clients)} (model {probe.model})"
         probe.close()
         return per_episode_backend("openai", label, make), args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-    from omniagent_jax.cli import load_jax_policy
-
     if args.model is None and (SHIPPED_AGENT / "config.json").is_file():
         args.model = str(SHIPPED_AGENT)
     tiny = args.model is None
@@ -99,16 +96,12 @@ def build_backend(args: argparse.Namespace):
     return shared_backend("jax", label, policy), max_new
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, load_jax_policy: Callable[..., object]) -> int:
     from omniagent_jax.agent.cli import UsageError, report_usage_error
 
     try:
         check_demo_args(args)
-        if args.policy == "jax":
-            from omniagent_jax.cli import check_engine_args
-
-            check_engine_args(args)
-        backend, max_new = build_backend(args)
+        backend, max_new = build_backend(args, load_jax_policy)  # the JAX loader checks the engine flags first
     except UsageError as e:
         return report_usage_error(PROG, e)
     from omniagent_jax.demo.app import DemoApp
