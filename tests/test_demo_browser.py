@@ -175,6 +175,13 @@ def test_oversized_and_wrong_type_uploads_are_refused(demo, tmp_path):
         assert "not an accepted video type" in out[2]
 
 
+def test_only_example_videos_and_session_files_are_served(demo):
+    app, url, _ = demo
+    files = {ASSETS / "example.mp4": 200, ASSETS / "examples.json": 403, pathlib.Path(__file__): 403}
+    for path, code in files.items():
+        assert httpx.get(f"{url}gradio_api/file={path.resolve()}", timeout=10).status_code == code, path
+
+
 def test_gradio_client_plays_a_whole_episode(demo):
     from gradio_client import Client
 

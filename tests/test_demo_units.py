@@ -264,6 +264,16 @@ def test_demo_command_rejects_bad_arguments_before_loading(argv, message, capsys
     assert err == [f"omniagent demo: error: {err[0].split('error: ', 1)[1]}"] and message in err[0]
 
 
+def test_demo_command_needs_an_endpoint_for_the_openai_policy(tmp_path, monkeypatch, capsys):
+    from omniagent_jax.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no .env here
+    for name in ("OMNIAGENT_OPENAI_URL", "OMNIAGENT_OPENAI_MODEL", "OMNIAGENT_OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["demo", "--policy", "openai"]) == 2
+    assert "omniagent demo: error: OpenAIPolicy needs an endpoint URL" in capsys.readouterr().err
+
+
 def test_demo_command_binds_loopback_without_share_by_default():
     from omniagent_jax.cli import build_parser
 

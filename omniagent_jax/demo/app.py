@@ -186,7 +186,8 @@ class DemoApp:
     # ------------------------------------------------------------------------------- layout
     def _build(self):
         first = next(iter(self.backends.values()))
-        with gr.Blocks(title="OmniAgent demo", analytics_enabled=False) as blocks:
+        # Gradio's own copies of uploads (before ours are made in the session folder) are deleted within the hour.
+        with gr.Blocks(title="OmniAgent demo", analytics_enabled=False, delete_cache=(1800, 1800)) as blocks:
             gr.Markdown(f"## 🎬 {TITLE}")
             banner = gr.Markdown(f"**Policy:** {first.label}", elem_id="policy-label")
             with gr.Row():
@@ -246,11 +247,11 @@ class DemoApp:
 
     def launch(self, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False, block: bool = True):
         """Serves the page on `host` (loopback unless asked), without a public link unless `share`; uploads over
-        the limit are refused by the server; only the examples and the sessions' folders are served as files."""
+        the limit are refused by the server; only the example videos and the sessions' folders are served as files."""
         self.blocks.queue(default_concurrency_limit=self.concurrency)
         return self.blocks.launch(
             server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=not block,
-            max_file_size=self.max_upload_bytes, allowed_paths=[str(self.examples_dir), str(self.root)],
+            max_file_size=self.max_upload_bytes, allowed_paths=[*(str(e.video) for e in self.examples.values()), str(self.root)],
             footer_links=["api"], theme=gr.themes.Soft(primary_hue="indigo"), css=render.CSS, show_error=False,
         )
 
