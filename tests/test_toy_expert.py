@@ -10,11 +10,13 @@ import re
 import pytest
 import toy_helpers
 
+from omniagent_jax.agent import prompts
 from omniagent_jax.agent.data import iter_samples
 from omniagent_jax.agent.driver import Episode, EpisodeDriver
 from omniagent_jax.agent.environment import VideoEnvironment
 from omniagent_jax.agent.messages import message_text, system_message, text_part, user_message
 from omniagent_jax.agent.policy import ConcurrentPolicy, Policy
+from omniagent_jax.agent.prompts import load_system_prompt_template
 from omniagent_jax.agent.runner import run_episode
 from omniagent_jax.model.config import REPO_CONFIGS
 from omniagent_jax.processing.policy_contract import PolicyError
@@ -83,6 +85,8 @@ def test_rows_fit_the_toy_tokenizer(played, tmp_path):
     assert lengths.max <= settings.MAX_ROW_TOKENS
     system = expert[0].steps[0].raw_input[0]
     assert len(tok(message_text(system))["input_ids"]) <= 150
+    # The same template as a file, for the CLIs' --system-prompt-file.
+    assert load_system_prompt_template(REPO_CONFIGS / "toy" / "system_prompt.txt") == settings.SYSTEM_PROMPT_TEMPLATE
     with pytest.raises(ValueError, match="the toy corpus yields only .* BPE tokens"):
         tokenizer.train_tokenizer(["far too little text"])
 
@@ -100,13 +104,14 @@ def test_expert_refuses_a_history_it_cannot_read():
     policy = ExpertPolicy()
     with pytest.raises(PolicyError, match="no duration in the prompt"):
         policy.generate([system_message("(Max 12 frames)"), user_message([text_part("Question: hi")])])
-    first = "Video META:\n- duration_seconds: 30.00\n- fps: 2.00\n- has_audio: True\n\nQuestion: When is the red square lit?"
-    history = [system_message("(Max 12 frames)"), user_message([text_part(first)]),
-               {"role": "assistant", "content": [text_part("{}")]}, user_message([text_part("[ERROR] INVALID_JSON")])]
+    meta = "Video META:\n- duration_seconds: 30.00\n- fps: 2.00\n- has_audio: True\n\nQuestion: "
+    tr = meta + "When is the red square lit?" + prompts.ANSWER_GUIDES["TR"]
+    question = "What colour is the square that flashes with the high tone?"
+    mcq = meta + question + prompts.OPTIONS_HEADER + "A. red\nB. blue" + prompts.ANSWER_GUIDES["MCQ"]
+    failed_turn = [{"role": "assistant", "content": [text_part("{}")]}, user_message([text_part("[ERROR] INVALID_JSON")])]
+    # After a failed turn the last media message is not the frames or audio the plan needs next.
     with pytest.raises(PolicyError, match="expected frames"):
-        policy.generate(history)
+        policy.generate([system_message("(Max 12 frames)"), user_message([text_part(tr)]), *failed_turn])
     with pytest.raises(PolicyError, match="expected audio"):
-        policy.generate(history[:1] + [user_message([text_part(first.replace("When is the red square lit?", "x") +
-                                                               "\nOptions:\nA. red\nWhen answering, set action.content to "
-                                                               "ONE uppercase letter (A, B, C …).")])] + history[2:] * 2)
+        policy.generate([system_message("(Max 12 frames)"), user_message([text_part(mcq)]), *failed_turn, *failed_turn])
     assert isinstance(UniformScanPolicy(), ExpertPolicy)

@@ -16,7 +16,7 @@ import numpy as np
 
 from omniagent_jax.media import open_video
 from omniagent_jax.toy import perceive
-from omniagent_jax.toy.world import FPS, Task
+from omniagent_jax.toy.world import BEEP_PERIOD, FPS, Task
 
 ONSET_TOLERANCE_S = 0.05
 
@@ -34,8 +34,6 @@ def expected_frame(task: Task, index: int) -> list[perceive.Seen]:
 
 def expected_sounds(task: Task) -> list[tuple[float, str]]:
     """(onset seconds, pitch) of every tone or beep of ``task``, in time order."""
-    from omniagent_jax.toy.world import BEEP_PERIOD
-
     out = []
     for e in task.events:
         out += [(e.start + k * BEEP_PERIOD, e.pitch) for k in range(max(e.beeps, 1))]

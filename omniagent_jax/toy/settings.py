@@ -14,7 +14,8 @@ MAX_STEPS = 5
 MAX_ROW_TOKENS = 512
 LIMITS = EpisodeLimits(max_frames=MAX_FRAMES, max_audio=MAX_AUDIO, max_clip=MAX_CLIP)
 
-# A template with the three limit slots, like --system-prompt-file takes (docs/protocol.md §1).
+# A template with the three limit slots, like --system-prompt-file takes (docs/protocol.md §1); configs/toy/system_prompt.txt
+# holds the same text for the CLIs.
 SYSTEM_PROMPT_TEMPLATE = """Answer a question about a video by inspecting it step by step. Each turn reply with ONE JSON line:
 {"observation": "what the last media showed", "think": "your reasoning", "confidence": 0.5, "action": {...}}
 Actions, one per turn:
