@@ -167,9 +167,10 @@ class DemoApp:
         return (render.trace_html(trace, url), render.timeline_html(trace) if trace else "",
                 status or render.status_line(trace), result.get("final_answer", ""), reward, trace or None)
 
-    def stop(self, request: gr.Request = None) -> str:
-        stopped = self.sessions.stop(request.session_hash if request is not None else "api")
-        return "⏹️ stopping…" if stopped else "nothing is running"
+    def stop(self, request: gr.Request = None) -> None:
+        """Cancels this tab's episode; its streaming handler then shows it stopped (only that one writes the status,
+        so a late reply here cannot overwrite the final state)."""
+        self.sessions.stop(request.session_hash if request is not None else "api")
 
     def export(self, request: gr.Request = None) -> Any:
         """The ZIP of this session's latest episode (as it stands now), shown for download."""
@@ -240,7 +241,7 @@ class DemoApp:
                       dynamic, temperature, top_p, top_k, max_new, seed]
             run_btn.click(self.run, inputs, [cards, timeline, status, final, reward, history], api_name="run_episode",
                           concurrency_limit=self.concurrency, concurrency_id="episodes")
-            stop_btn.click(self.stop, None, status, api_name="stop", concurrency_limit=None)
+            stop_btn.click(self.stop, None, None, api_name="stop", concurrency_limit=None)
             export_btn.click(self.export, None, export_file, api_name="export", concurrency_limit=None)
             blocks.unload(self.close_session)
         return blocks
