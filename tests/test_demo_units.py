@@ -245,6 +245,10 @@ def test_sessions_are_private_and_removed(tmp_path):
     assert sessions.stop("a") is False  # nothing running
     sessions.close("a")
     assert not a.files.path.exists() and b.files.path.exists() and len(sessions) == 1
+    sessions.max_idle_seconds = 0.0  # a session nobody closed goes once idle
+    time.sleep(0.01)
+    sessions.get("c")
+    assert not b.files.path.exists() and len(sessions) == 1
 
 
 # ---------------------------------------------------------------------------------------- CLI

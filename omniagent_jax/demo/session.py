@@ -147,20 +147,32 @@ class Session:
 
 
 class Sessions:
-    """The browser sessions by Gradio's session hash: each has a private folder and at most one running episode."""
+    """The browser sessions by Gradio's session hash: each has a private folder and at most one running episode.
+    A closed tab's session goes at once (the page's unload); one never closed (an API client) goes once it has
+    been idle for `max_idle_seconds` with nothing running."""
 
-    def __init__(self, root: pathlib.Path) -> None:
+    def __init__(self, root: pathlib.Path, *, max_idle_seconds: float = 6 * 3600) -> None:
         self.root = root
+        self.max_idle_seconds = max_idle_seconds
         self._by_hash: dict[str, Session] = {}
         self._lock = threading.Lock()
 
     def get(self, session_hash: str) -> Session:
+        self._sweep(keep=session_hash)
         with self._lock:
             if session_hash not in self._by_hash:
                 self._by_hash[session_hash] = Session(SessionFiles(self.root))
             session = self._by_hash[session_hash]
             session.last_seen = time.monotonic()
             return session
+
+    def _sweep(self, keep: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [k for k, s in self._by_hash.items() if k != keep and now - s.last_seen > self.max_idle_seconds
+                    and (s.run is None or s.run.finished.is_set())]
+        for key in idle:
+            self.close(key)
 
     def stop(self, session_hash: str) -> bool:
         """Stops that session's running episode; False if it has none running."""
