@@ -1,1 +1,3 @@
-"""The Gradio demo: a reserved room, filled by later work (docs/architecture.md §2.7)."""
+"""The Gradio demo, `omniagent demo` (docs/architecture.md §2.7): `app` (the page), `session` (episodes through
+the episode driver, streamed), `hub` (one engine thread shared by all sessions), `render`, `media_files`,
+`export`, `uploads`, `examples`, `cli`. Gradio is imported only by `app` (the `[demo]` extra)."""
