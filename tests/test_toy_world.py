@@ -13,7 +13,7 @@ import toy_helpers
 
 from omniagent_jax.agent import rewards
 from omniagent_jax.agent.data import iter_samples, sample_from_row
-from omniagent_jax.toy import check, cli, render, splits, world
+from omniagent_jax.toy import check, cli, perceive, render, splits, world
 
 
 def test_tasks_are_deterministic_per_seed(tmp_path):
@@ -112,3 +112,27 @@ def test_write_split_is_resumable_and_cli_errors_exit_2(tmp_path, capsys):
         assert err.startswith(f"omniagent toy {argv[0]}: error: ") and message in err and "\n" not in err
     with pytest.raises(ValueError, match="unknown toy policy 'oracle'"):
         splits.play(path, "oracle")
+
+
+def test_decoding_checks_name_what_is_wrong(tmp_path_factory):
+    mcq, tr, num = (world.generate_task("test", toy_helpers.SAMPLE_START + k) for k in (0, 1, 2))
+    lit = np.stack([render.frame(mcq, i) for i in range(mcq.duration * world.FPS)])
+    empty = np.stack([render.background(mcq, i / world.FPS) for i in range(mcq.duration * world.FPS)])
+    high = next(e for e in mcq.events if e.pitch == "high")
+    tone = [perceive.Sound(high.start, high.end, "high")]
+    assert check.decoded_answer(mcq, lit, tone) == mcq.answer
+    with pytest.raises(check.ToyCheckError, match="0 high tones decoded, expected 1"):
+        check.decoded_answer(mcq, lit, [])
+    with pytest.raises(check.ToyCheckError, match="0 squares lit while the high tone plays"):
+        check.decoded_answer(mcq, empty, tone)
+    with pytest.raises(check.ToyCheckError, match=r"the \w+ square is never lit"):
+        check.decoded_answer(tr, empty[: tr.duration], [])
+    with pytest.raises(check.ToyCheckError, match="no square named"):
+        check.decoded_answer(dataclasses.replace(tr, question="When?"), empty, [])
+    # One beep more in the task than in its video.
+    rows = toy_helpers.sample_split(tmp_path_factory)
+    more = tuple(dataclasses.replace(e, beeps=e.beeps + 1) if e.beeps else e for e in num.events)
+    with pytest.raises(check.ToyCheckError, match="decoded sounds .* differ"):
+        check.check_video(dataclasses.replace(num, events=more), rows.parent / splits.VIDEO_DIR / num.video_name)
+    with pytest.raises(RuntimeError, match="cannot place 2 events in 20s"):
+        world._place(np.random.default_rng(0), 20, [10.0, 10.0], gap=5.0)
