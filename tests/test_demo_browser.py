@@ -182,6 +182,24 @@ def test_only_example_videos_and_session_files_are_served(demo):
         assert httpx.get(f"{url}gradio_api/file={path.resolve()}", timeout=10).status_code == code, path
 
 
+@pytest.mark.parametrize("change, shown", [
+    ({"example": None}, "pick an example or upload a video"),
+    ({"question": " "}, "the question is empty"),
+    ({"options": ""}, "needs options"),
+    ({"top_p": 0.0}, "top p must be in (0, 1]"),
+    ({"max_steps": 0}, "max_steps"),
+])
+def test_bad_inputs_are_reported_on_the_status_line(demo, change, shown):
+    app, _, _ = demo
+    example = load_examples()[EXAMPLE]
+    inputs = {"example": EXAMPLE, "upload": None, "question": example.question, "qtype": "MCQ",
+              "options": "\n".join(example.options), "answer": "C", "backend": "scripted", "max_steps": 8, "max_frames": 60,
+              "max_audio": 300, "max_clip": 60, "dynamic": True, "temperature": 1.0, "top_p": 0.95, "top_k": 20,
+              "max_new_tokens": 64, "seed": 0} | change
+    (page,) = list(app.run(*inputs.values()))
+    assert page[2].startswith("❌") and shown in page[2], page[2]
+
+
 def test_gradio_client_plays_a_whole_episode(demo):
     from gradio_client import Client
 

@@ -121,6 +121,10 @@ def test_examples_resolve_inside_their_folder(tmp_path):
     (tmp_path.parent / "outside.mp4").write_bytes(b"0")
     with pytest.raises(ExampleError, match="not a file inside"):
         load_examples(tmp_path)
+    (tmp_path / "examples.json").write_text(json.dumps([{"name": "x", "video": "v.mp4"}]))
+    (tmp_path / "v.mp4").write_bytes(b"0")
+    with pytest.raises(ExampleError, match="entry 0: 'question'"):
+        load_examples(tmp_path)
     (tmp_path / "examples.json").write_text("[{")
     with pytest.raises(ExampleError, match="not valid JSON"):
         load_examples(tmp_path)
@@ -276,6 +280,15 @@ def test_demo_command_needs_an_endpoint_for_the_openai_policy(tmp_path, monkeypa
         monkeypatch.delenv(name, raising=False)
     assert main(["demo", "--policy", "openai"]) == 2
     assert "omniagent demo: error: OpenAIPolicy needs an endpoint URL" in capsys.readouterr().err
+
+
+def test_demo_command_needs_gradio(monkeypatch, capsys):
+    import omniagent_jax.demo.cli as demo_cli
+    from omniagent_jax.cli import main
+
+    monkeypatch.setattr(demo_cli.importlib.util, "find_spec", lambda name: None)
+    assert main(["demo"]) == 2
+    assert "omniagent demo: error: the demo needs Gradio: pip install -e '.[demo]'" in capsys.readouterr().err
 
 
 def test_demo_command_binds_loopback_without_share_by_default():

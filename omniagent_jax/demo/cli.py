@@ -9,6 +9,7 @@ Every argument is checked before a model loads; bad input exits 2 with one ``omn
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
 import sys
 from collections.abc import Callable
@@ -57,10 +58,8 @@ def check_demo_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.policy == "scripted" and not args.scripted_outputs:
         raise UsageError("--policy scripted needs --scripted-outputs FILE")
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise UsageError("the demo needs Gradio: pip install -e '.[demo]' (or `make demo`)") from None
+    if importlib.util.find_spec("gradio") is None:
+        raise UsageError("the demo needs Gradio: pip install -e '.[demo]' (or `make demo`)")
 
 
 def build_backend(args: argparse.Namespace, load_jax_policy: Callable[..., object]):
