@@ -17,10 +17,10 @@ import zipfile
 
 import httpx
 import pytest
-from test_demo_units import SCRIPT, wait_for
+from test_demo_units import EXAMPLE_NAME, SCRIPT, wait_for, write_examples
 
 from omniagent_jax.agent.policy import ScriptedPolicy
-from omniagent_jax.demo.examples import ASSETS, load_examples
+from omniagent_jax.demo.examples import ASSETS
 from omniagent_jax.demo.hub import per_episode_backend, shared_backend
 
 # Gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 CHROMIUM = os.environ.get("OMNIAGENT_CHROMIUM", "/usr/bin/chromium")
 REQUIRED = os.environ.get("OMNIAGENT_BROWSER_TESTS") == "1"
 ARTIFACTS = pathlib.Path(__file__).resolve().parents[1] / "build" / "test-artifacts" / "demo"
-EXAMPLE = next(iter(load_examples()))  # the colour question on assets/example.mp4, answer C
+EXAMPLE = EXAMPLE_NAME  # the tests' own example (test_demo_units.write_examples): 12 s, 10 fps, sound; answer C
 TURN_SECONDS = 0.5
 JAX_TOKENS = 6000  # long enough that Stop lands mid-generation
 
@@ -55,7 +55,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def demo():
+def examples(tmp_path_factory) -> pathlib.Path:
+    return write_examples(tmp_path_factory.mktemp("examples"))
+
+
+@pytest.fixture(scope="module")
+def demo(examples):
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -75,7 +80,7 @@ def demo():
                            SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=16, stop_token_ids=()))
     backends = [per_episode_backend("scripted", "scripted replay (test)", lambda s: SlowScript(SCRIPT)),
                 shared_backend("jax", "tiny JAX model (random weights)", jax_policy)]
-    app = DemoApp(backends, max_upload_mb=1)
+    app = DemoApp(backends, examples_dir=examples, max_upload_mb=1)
     _, url, _ = app.launch(port=free_port(), block=False)  # the default host
     yield app, url, jax_policy
     app.close()
@@ -175,9 +180,10 @@ def test_oversized_and_wrong_type_uploads_are_refused(demo, tmp_path):
         assert "not an accepted video type" in out[2]
 
 
-def test_only_example_videos_and_session_files_are_served(demo):
+def test_only_example_videos_and_session_files_are_served(demo, examples):
     app, url, _ = demo
-    files = {ASSETS / "example.mp4": 200, ASSETS / "examples.json": 403, pathlib.Path(__file__): 403}
+    files = {examples / "video.mp4": 200, examples / "examples.json": 403, ASSETS / "examples.json": 403,
+             pathlib.Path(__file__): 403}
     for path, code in files.items():
         assert httpx.get(f"{url}gradio_api/file={path.resolve()}", timeout=10).status_code == code, path
 
@@ -191,7 +197,7 @@ def test_only_example_videos_and_session_files_are_served(demo):
 ])
 def test_bad_inputs_are_reported_on_the_status_line(demo, change, shown):
     app, _, _ = demo
-    example = load_examples()[EXAMPLE]
+    example = app.examples[EXAMPLE]
     inputs = {"example": EXAMPLE, "upload": None, "question": example.question, "qtype": "MCQ",
               "options": "\n".join(example.options), "answer": "C", "backend": "scripted", "max_steps": 8, "max_frames": 60,
               "max_audio": 300, "max_clip": 60, "dynamic": True, "temperature": 1.0, "top_p": 0.95, "top_k": 20,
@@ -203,8 +209,8 @@ def test_bad_inputs_are_reported_on_the_status_line(demo, change, shown):
 def test_gradio_client_plays_a_whole_episode(demo):
     from gradio_client import Client
 
-    _, url, _ = demo
-    example = load_examples()[EXAMPLE]
+    app, url, _ = demo
+    example = app.examples[EXAMPLE]
     out = Client(url, verbose=False).predict(EXAMPLE, None, example.question, "MCQ", "\n".join(example.options), "C", "scripted",
                                              32, 60, 300, 60, True, 1.0, 0.95, 20, 256, 0, api_name="/run_episode")
     cards, timeline, state, answer, reward, trace = out
@@ -218,7 +224,7 @@ def test_episode_streams_step_cards_with_media_then_exports(browser, demo, tmp_p
     page = open_page(browser, url)
     choose(page, "#example", EXAMPLE)
     page.wait_for_selector("[data-testid=video-info]")
-    assert "12.00 s · 10.00 fps · 320×240 · with audio" in page.inner_text("#video-card")
+    assert "video.mp4 · 12.00 s · 10.00 fps · 160×120 · with audio" in page.inner_text("#video-card")
     page.click("#run")
     counts, deadline = [], time.monotonic() + 60
     while "answered" not in status(page):
@@ -255,12 +261,12 @@ def test_episode_streams_step_cards_with_media_then_exports(browser, demo, tmp_p
     assert trace["result"]["final_answer"] == "C" and all(m in report for m in media) and "<script" not in report
 
 
-def test_corrupt_upload_shows_the_media_error_then_an_example_runs(browser, demo, tmp_path):
+def test_corrupt_upload_shows_the_media_error_then_an_example_runs(browser, demo, examples, tmp_path):
     from omniagent_jax.media import MediaError, probe
 
     _, url, _ = demo
     corrupt = tmp_path / "corrupt.mp4"
-    corrupt.write_bytes((ASSETS / "example.mp4").read_bytes()[:600])
+    corrupt.write_bytes((examples / "video.mp4").read_bytes()[:600])
     with pytest.raises(MediaError) as error:
         probe(corrupt)
     page = open_page(browser, url)

@@ -24,12 +24,28 @@ from omniagent_jax.demo.examples import ASSETS, ExampleError, example_by_name, l
 from omniagent_jax.demo.export import REPORT, TRACE, export_zip
 from omniagent_jax.demo.hub import PolicyHub, SamplingSettings, per_episode_backend, shared_backend
 from omniagent_jax.demo.media_files import write_turn_media
-from omniagent_jax.demo.session import EpisodeRun, Sessions, video_facts
+from omniagent_jax.demo.session import EpisodeRun, Sessions
 from omniagent_jax.demo.uploads import SessionFiles, UploadError, check_upload
 from omniagent_jax.media import Clip, probe
 from omniagent_jax.processing.policy_contract import PolicyOutput
 
-EXAMPLE = ASSETS / "example.mp4"
+EXAMPLE_NAME = "Test: colour at the tone (MCQ)"
+
+
+def write_examples(folder: pathlib.Path) -> pathlib.Path:
+    """An examples folder of the tests' own (the bundled one may change): a 12 s, 10 fps video with sound and one
+    MCQ question whose answer the scripted replay gives."""
+    folder.mkdir(parents=True, exist_ok=True)
+    media_factory.make_video(folder / "video.mp4", duration=12.0, fps=10, width=160, height=120, audio=True)
+    (folder / "examples.json").write_text(json.dumps([{
+        "name": EXAMPLE_NAME, "video": "video.mp4", "question": "What colour is the square when the high tone plays?",
+        "question_type": "MCQ", "options": ["A. Red", "B. Green", "C. Blue", "D. Yellow"], "answer": "C"}]))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def examples_dir(tmp_path_factory) -> pathlib.Path:
+    return write_examples(tmp_path_factory.mktemp("examples"))
 
 
 def turn(observation: str, think: str, action: dict, confidence: float = 0.5) -> str:
@@ -130,20 +146,21 @@ def test_examples_resolve_inside_their_folder(tmp_path):
         load_examples(tmp_path)
 
 
-def test_uploads_refuse_wrong_type_oversized_and_fake_containers(tmp_path):
+def test_uploads_refuse_wrong_type_oversized_and_fake_containers(tmp_path, examples_dir):
+    video = examples_dir / "video.mp4"
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     with pytest.raises(UploadError, match="not an accepted video type"):
         check_upload(text, 2**20)
     with pytest.raises(UploadError, match="over the 0 MB upload limit"):
-        check_upload(EXAMPLE, 1000)
+        check_upload(video, 1000)
     fake = tmp_path / "fake.mp4"
     fake.write_bytes(b"<html>not a video</html>")
     with pytest.raises(UploadError, match="not a mp4 container"):
         check_upload(fake, 2**20)
     files = SessionFiles(tmp_path)
-    kept = files.accept_upload(EXAMPLE, 2**24)
-    assert kept.parent.parent == files.path and kept.read_bytes() == EXAMPLE.read_bytes()
+    kept = files.accept_upload(video, 2**24)
+    assert kept.parent.parent == files.path and kept.read_bytes() == video.read_bytes()
     files.close()
     assert not files.path.exists()
 
@@ -207,12 +224,12 @@ def test_export_zip_holds_report_trace_and_only_fetched_media(tmp_path):
 def play(backend, sample, tmp_path, **kw) -> EpisodeRun:
     config = EnvConfig(budget=StepBudget(max_steps=6, dynamic=False))
     return EpisodeRun(sample, config, backend, SamplingSettings(1.0, 1.0, 0, 16), run_dir=tmp_path,
-                      video=video_facts(probe(EXAMPLE), "example.mp4"), **kw)
+                      video={"name": "video.mp4", "duration": 12.0}, **kw)
 
 
-def test_episode_run_streams_each_turn_with_its_media(tmp_path):
-    sample = Sample(video=str(EXAMPLE), question_type="MCQ", question="Colour?", options=("A. Red", "B. Green", "C. Blue"),
-                    answer="C")
+def test_episode_run_streams_each_turn_with_its_media(tmp_path, examples_dir):
+    sample = Sample(video=str(examples_dir / "video.mp4"), question_type="MCQ", question="Colour?",
+                    options=("A. Red", "B. Green", "C. Blue"), answer="C")
     run = play(per_episode_backend("s", "scripted", lambda s: ScriptedPolicy(SCRIPT)), sample, tmp_path)
     seen = [len(t["steps"]) for t in run.updates()]
     trace = run.snapshot()
@@ -223,9 +240,9 @@ def test_episode_run_streams_each_turn_with_its_media(tmp_path):
     assert all((tmp_path / f["file"]).is_file() for s in trace["steps"][:3] for f in s["media"]["files"])
 
 
-def test_episode_run_reports_an_unreadable_video_and_stop_cancels(tmp_path):
+def test_episode_run_reports_an_unreadable_video_and_stop_cancels(tmp_path, examples_dir):
     corrupt = tmp_path / "corrupt.mp4"
-    corrupt.write_bytes(EXAMPLE.read_bytes()[:600])
+    corrupt.write_bytes((examples_dir / "video.mp4").read_bytes()[:600])
     sample = Sample(video=str(corrupt), question_type="FF", question="What?")
     run = play(per_episode_backend("s", "scripted", lambda s: ScriptedPolicy(SCRIPT)), sample, tmp_path)
     list(run.updates())
@@ -233,7 +250,7 @@ def test_episode_run_reports_an_unreadable_video_and_stop_cancels(tmp_path):
     held = HeldPolicy()
     backend = shared_backend("held", "held", held)
     try:
-        run = play(backend, Sample(video=str(EXAMPLE), question_type="FF", question="What?"), tmp_path)
+        run = play(backend, Sample(video=str(examples_dir / "video.mp4"), question_type="FF", question="What?"), tmp_path)
         wait_for(lambda: held.seen)
         run.stop()
         assert run.finished.wait(5) and run.snapshot()["status"] == "stopped"
@@ -298,9 +315,8 @@ def test_demo_command_binds_loopback_without_share_by_default():
     assert (args.host, args.port, args.share, args.policy) == ("127.0.0.1", 8080, False, "jax")
 
 
-def test_example_video_factory_is_still_readable(tmp_path):
-    # The browser tests upload a cut-short copy of a real video; it must still be an mp4 container.
-    video = media_factory.make_video(tmp_path / "v.mp4", duration=1.0, fps=5, audio=False)
+def test_a_cut_short_video_passes_the_upload_check(tmp_path, examples_dir):
+    # The browser tests upload a cut-short copy of a real video: it must reach the media layer (and fail there).
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(pathlib.Path(video).read_bytes()[:600])
+    cut.write_bytes((examples_dir / "video.mp4").read_bytes()[:600])
     assert check_upload(cut, 2**20) == cut
