@@ -236,6 +236,7 @@ class DemoApp:
                         history = gr.JSON(elem_id="history")
             example.change(self.pick_example, example, [card, question, qtype, options, answer, upload])
             upload.upload(self.video_card, [example, upload], card)
+            upload.clear(self.video_card, [example, upload], card)
             backend.change(lambda name: f"**Policy:** {self.backends[name].label}", backend, banner)
             inputs = [example, upload, question, qtype, options, answer, backend, max_steps, max_frames, max_audio, max_clip,
                       dynamic, temperature, top_p, top_k, max_new, seed]
