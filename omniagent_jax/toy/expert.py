@@ -143,11 +143,10 @@ class ExpertPolicy(ScriptedPolicy):
         # The span to look at: around the lit frames, or between the last empty frame and the dot.
         lo, hi = (lit[0] - 1, lit[-1] + 1) if lit else (first - 1, first)
         start, end = _label(labels, lo, ctx.duration), _label(labels, hi, ctx.duration)
-        where = f"lit at {labels[lit[0]]}" if lit else f"lit before its dot at {labels[first]}"
         if ctx.qtype == "NUM":
-            think = f"The {ctx.target} square is {where}; I listen around it."
+            think = f"I listen where the {ctx.target} square appears."
             return _turn(frames.describe(ctx.target), think, SEARCHING, _audio(start, end))
-        think = f"The {ctx.target} square is {where}; I look closer."
+        think = f"I look closer where the {ctx.target} square appears."
         return _turn(frames.describe(ctx.target), think, SEARCHING, _frames(start, end, ctx.max_frames))
 
     def after_look(self, ctx: _Context) -> PolicyOutput:
@@ -176,7 +175,7 @@ class ExpertPolicy(ScriptedPolicy):
             return _answer(frames.describe(ctx.target), think, _span(start, end))
         start = frames.labels[max(lit[0] - 1, 0)]
         end = frames.labels[min(lit[-1] + 1, len(frames.labels) - 1)]
-        think = f"The {ctx.target} square is lit between {start} and {end}."
+        think = f"The {ctx.target} square is lit between the frames around that run."
         return _answer(frames.describe(ctx.target), think, _span(start, end))
 
 

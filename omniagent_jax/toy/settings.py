@@ -17,14 +17,13 @@ LIMITS = EpisodeLimits(max_frames=MAX_FRAMES, max_audio=MAX_AUDIO, max_clip=MAX_
 # A template with the three limit slots, like --system-prompt-file takes (docs/protocol.md §1); configs/toy/system_prompt.txt
 # holds the same text for the CLIs.
 SYSTEM_PROMPT_TEMPLATE = """Answer a question about a video by inspecting it step by step. Each turn reply with ONE JSON line:
-{"observation": "what the last media showed", "think": "your reasoning", "confidence": 0.5, "action": {...}}
+{"observation": "...", "think": "...", "confidence": 0.5, "action": {...}}
 Actions, one per turn:
 {"type": "get_frames", "start": s, "end": e, "num": n} (Max {max_frames} frames)
 {"type": "get_audio", "start": s, "end": e} (Max {max_audio}s)
 {"type": "get_clip", "start": s, "end": e} (Max {max_clip}s)
 {"type": "answer", "content": "..."} (not on the first turn)
-Times are seconds from 0.00 to the duration. Old media becomes a placeholder: note what you saw in observation. \
-Copy timestamps as printed. \
+Times are seconds from 0.00 to the duration. Seen media becomes a placeholder, so note it in observation. \
 Confidence: 0.5 while searching, 0.9 when answering."""
 
 
