@@ -95,7 +95,7 @@ def test_splash_kernel_in_the_pallas_interpreter_matches_dense():
     left = np.ones((B, t), bool)
     left[1, :100] = False
     mask = AttentionMask.causal_padding(left)
-    got = attention_kernels.splash_attention(q, k, v, mask, AttentionImpl("splash", block_q=128, block_k=128), interpret=True)
+    got = attention_kernels.splash_attention(q, k, v, mask, block_q=128, block_k=128, interpret=True)
     want = dense_attention(q, k, v, mask.dense(t, t))
     real = np.asarray(mask.dense(t, t)).any(-1)  # padding rows differ by design (finite, never read)
     np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5)

@@ -9,7 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from omniagent_jax.model.attention import AttentionImpl, AttentionMask
+from omniagent_jax.model.attention_mask import AttentionMask
 
 
 def cudnn_attention(
@@ -54,7 +54,8 @@ def _splash_kernel(t: int, s: int, heads: int, causal: bool, block_q: int, block
 
 
 def splash_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, impl: AttentionImpl, *, interpret: bool = False
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, block_q: int = 512, block_k: int = 512,
+    interpret: bool = False,
 ) -> jax.Array:
     """Pallas splash attention (MaxText's TPU path): q pre-scaled, heads-major, vmapped over the batch;
     GQA by repeating key/value heads; padding and segments as segment ids. `interpret` runs the kernel
@@ -63,7 +64,7 @@ def splash_attention(
 
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
-    run = _splash_kernel(t, s, h, mask.causal, impl.block_q, impl.block_k, interpret)
+    run = _splash_kernel(t, s, h, mask.causal, block_q, block_k, interpret)
     qh = jnp.swapaxes(q * jnp.asarray(d**-0.5, q.dtype), 1, 2)  # [B, H, T, D]
     kh = jnp.repeat(jnp.swapaxes(k, 1, 2), h // kv, axis=1)
     vh = jnp.repeat(jnp.swapaxes(v, 1, 2), h // kv, axis=1)
