@@ -124,6 +124,7 @@ class ExpertPolicy(ScriptedPolicy):
         return self.after_look(ctx)
 
     def after_scan(self, ctx: _Context) -> PolicyOutput:
+        """The turn after the coarse scan: one focused look (or, for SIZE seen lit, the answer)."""
         frames = ctx.frames()
         labels = frames.labels
         if ctx.qtype == "MCQ":
@@ -150,6 +151,7 @@ class ExpertPolicy(ScriptedPolicy):
         return _turn(frames.describe(ctx.target), think, SEARCHING, _frames(start, end, ctx.max_frames))
 
     def after_look(self, ctx: _Context) -> PolicyOutput:
+        """The answer, from the focused look (and, for MCQ, the colours its scan observation recorded)."""
         if ctx.qtype == "MCQ":
             sounds = ctx.audio()
             colours = re.findall(r"(\w+) square lit at", ctx.turns[-1].get("observation", ""))
@@ -183,6 +185,7 @@ class UniformScanPolicy(ExpertPolicy):
     """The baseline: the expert's coarse scan with the same frame budget, then an answer from it alone."""
 
     def after_scan(self, ctx: _Context) -> PolicyOutput:
+        """The answer, from the coarse scan alone."""
         frames = ctx.frames()
         labels = frames.labels
         if ctx.qtype == "MCQ":
