@@ -62,6 +62,7 @@ def _engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
     g.add_argument("--decode-steps", type=int, default=8, help="decode steps per dispatch (host work once per this many tokens)")
     g.add_argument("--no-compilation-cache", action="store_true", help="do not keep compiled programs under $OMNIAGENT_CACHE/xla")
+    g.add_argument("--tensor-parallel", type=int, default=1, help="shard the engine over this many local devices (heads, MLP)")
 
 
 def check_engine_args(args: argparse.Namespace) -> None:
@@ -73,6 +74,12 @@ def check_engine_args(args: argparse.Namespace) -> None:
                              ("--max-batch", args.max_batch, 1), ("--decode-steps", args.decode_steps, 1)):
         if value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
+    tp = getattr(args, "tensor_parallel", 1)
+    if tp != 1:
+        import jax
+
+        if not 1 <= tp <= jax.local_device_count():
+            raise UsageError(f"--tensor-parallel must be in [1, {jax.local_device_count()}] (this process's devices), got {tp}")
 
 
 def check_model_dir(path: str) -> None:
@@ -100,6 +107,7 @@ def load_jax_policy(args: argparse.Namespace, *, temperature: float, top_p: floa
 
     from omniagent_jax.agent.cli import UsageError
     from omniagent_jax.engine import SamplingParams
+    from omniagent_jax.engine.placement import engine_mesh
     from omniagent_jax.engine.policy import JaxPolicy
     from omniagent_jax.model.safetensors_io import CheckpointError
 
@@ -110,11 +118,12 @@ def load_jax_policy(args: argparse.Namespace, *, temperature: float, top_p: floa
         enable_compilation_cache()
     path = args.model or tiny_checkpoint()
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=args.seed)
+    tp = getattr(args, "tensor_parallel", 1)
     try:
         policy = JaxPolicy.from_pretrained(
             path, dtype=getattr(jnp, args.dtype) if args.dtype else None, sampling=sampling,
             page_size=args.page_size, num_pages=args.num_pages, max_batch=args.max_batch,
-            decode_steps=args.decode_steps,
+            decode_steps=args.decode_steps, **({"mesh": engine_mesh(tp)} if tp > 1 else {}),
         )
     except CheckpointError as e:  # found while loading: a shape or key mismatch, a tensor cut short
         raise UsageError(f"--model {path}: {e}") from None

@@ -16,23 +16,23 @@ batch only; if it consumed the donated KV buffers, they are rebuilt and the othe
 
 The engine starts on the model's own arrays (no second copy of the weights); `update_weights` is the
 only way new ones come in, copied into buffers the engine owns (the copy survives the caller donating
-or deleting its arrays, as a train step does). Host state per sequence lives in `sequence.py`, the
-jitted steps in `steps.py`.
+or deleting its arrays, as a train step does). With a `mesh`, weights and KV pages are sharded over its
+`tensor` axis (`placement.py`). Per-sequence host state: `sequence.py`; jitted steps: `steps.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from omniagent_jax.engine import steps, weights
-from omniagent_jax.engine.paged_cache import PagedKVCache
+from omniagent_jax.engine import placement, steps, weights
 from omniagent_jax.engine.pages import OutOfPages, PagePool
 from omniagent_jax.engine.requests import Completion, EngineStats, Request, RequestError, check_request
 from omniagent_jax.engine.sampling import sample_tokens
@@ -50,16 +50,20 @@ class Engine:
     """
 
     def __init__(self, model: Thinker, *, page_size: int = 16, num_pages: int = 1024, max_batch: int = 16,
-                 prefill_chunk: int = 512, decode_steps: int = 8):
+                 prefill_chunk: int = 512, decode_steps: int = 8, mesh: Mesh | None = None):
+        """`mesh`: weights and KV pages sharded over its `tensor` axis (`placement`); None: the default device."""
         if decode_steps < 1:
             raise ValueError("decode_steps must be >= 1")
+        self.mesh = None if mesh is None else placement.check_mesh(mesh)
         graphdef, state = nnx.split(model)
         # A module of its own over the model's arrays, not copies: a 7B engine must not hold its weights
-        # twice. Those arrays stay the caller's (never donated) until `update_weights` brings the
-        # engine's own buffers.
-        self.model: Thinker = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))  # new Variables, same arrays
+        # twice. Arrays already where the mesh wants them stay the caller's (never donated) until
+        # `update_weights` brings the engine's own buffers; the others are moved tensor by tensor.
+        leaves, owned = placement.place(jax.tree.leaves(state), placement.param_shardings(state, mesh, model.config))
+        self._shared = {id(x) for x, mine in zip(leaves, owned) if not mine}  # the caller's arrays we run on
+        self.model: Thinker = nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(state), leaves))  # new Variables
         self._graphdef = graphdef
-        self._owns_weights = False
+        self._kv_sharding = placement.kv_sharding(mesh, model.config.text.num_key_value_heads)
         self._take_snapshot()
         self.decode_steps = decode_steps  # decode steps per dispatch: host work once per this many tokens
         self.pool = PagePool(num_pages, page_size)
@@ -76,22 +80,24 @@ class Engine:
 
     # ------------------------------------------------------------------ public API
 
-    def update_weights(self, params: nnx.State | Mapping) -> None:
+    def update_weights(self, params: nnx.State | Mapping, *, on_tensor: Callable[[int], None] | None = None) -> None:
         """Takes new weights: `params` is `nnx.state(model, nnx.Param)` of a model with this engine's
         structure (or the same as a pure dict, `nnx.to_pure_dict(state)`), every parameter with the same
-        shape and dtype. They are copied into the engine's own buffers (the caller's arrays stay
-        theirs: donating or deleting them afterwards is safe), and every prefix-cache entry is dropped,
-        since pages computed with the old weights must never be reused. Requests in flight would mix
-        old and new weights, so the engine must be idle (finish or cancel them first)."""
+        shape and dtype, in any layout (the trainer's FSDP/tensor shardings over all devices included).
+        They are copied into the engine's own buffers in the engine's layout (the caller's arrays stay
+        theirs: donating or deleting them afterwards is safe) — from another layout tensor by tensor, each
+        old one freed as its new one lands (`placement.reshard`; `on_tensor(i)` after each) — and every
+        prefix-cache entry is dropped, since pages computed with the old weights must never be reused.
+        Requests in flight would mix old and new weights, so the engine must be idle."""
         if self.has_work():
-            raise RuntimeError(
-                f"update_weights needs an idle engine: {len(self.running)} running and {len(self.waiting)} waiting requests"
-            )
+            raise RuntimeError(f"update_weights needs an idle engine: {len(self.running)} running and "
+                               f"{len(self.waiting)} waiting requests")
         current = nnx.state(self.model, nnx.Param)
         old_leaves, treedef = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(current))
         new_leaves = weights.matching_leaves(old_leaves, params)
-        copies = steps.copy_into([x for _, x in old_leaves], new_leaves, donate=self._owns_weights)
-        self._owns_weights = True
+        old = [x for _, x in old_leaves]
+        copies = weights.copy_in(old, new_leaves, [id(x) not in self._shared for x in old], on_tensor)
+        self._shared = set()
         nnx.replace_by_pure_dict(current, jax.tree_util.tree_unflatten(treedef, copies))
         nnx.update(self.model, current)
         self._take_snapshot()
@@ -101,7 +107,7 @@ class Engine:
         # The steps take the weights as a flat list: flattening the module on every step costs host time.
         _, state = nnx.split(self.model)
         self._leaves, treedef = jax.tree_util.tree_flatten(state)
-        self._forward, self._decode_loop = steps.compiled(self._graphdef, treedef)
+        self._forward, self._decode_loop = steps.compiled(self._graphdef, treedef, self._kv_sharding)
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -259,11 +265,8 @@ class Engine:
             return [], None, None, None
         b = steps.bucket(len(kept))
         t = steps.bucket(max(e - s for _, s, e in kept), minimum=steps.MIN_PREFILL_TOKENS)
-        ids = np.zeros((b, t), np.int32)
-        positions = np.zeros((3, b, t), np.int32)
-        context_len = np.zeros(b, np.int32)
-        num_new = np.zeros(b, np.int32)
-        media_mask = np.zeros((b, t), bool)
+        ids, positions, media_mask = np.zeros((b, t), np.int32), np.zeros((3, b, t), np.int32), np.zeros((b, t), bool)
+        context_len, num_new = np.zeros(b, np.int32), np.zeros(b, np.int32)
         media_rows = None
         for i, ((seq, start, end), (slots, rows)) in enumerate(zip(kept, media)):
             ids[i, : end - start] = seq.tokens[start:end]
@@ -279,8 +282,7 @@ class Engine:
         try:
             logits, greedy, finite, self.k_pages, self.v_pages = self._forward(
                 self._leaves, self.k_pages, self.v_pages, steps.page_table([s.pages for s, _, _ in kept], b), context_len,
-                num_new, ids, media_rows, media_mask, positions
-            )
+                num_new, ids, media_rows, media_mask, positions)
             finite = np.asarray(finite)[: len(kept)]
         except Exception as e:
             self._device_failure([s for s, _, _ in kept], e)
@@ -421,10 +423,8 @@ class Engine:
 
     def _allocate_cache(self) -> None:
         text = self.model.config.text
-        self.k_pages, self.v_pages = PagedKVCache.allocate(
-            num_layers=text.num_hidden_layers, num_pages=self.pool.num_pages, page_size=self.page_size,
-            num_kv_heads=text.num_key_value_heads, head_dim=text.head_dim, dtype=self.model.dtype,
-        )
+        shape = (text.num_hidden_layers, text.num_key_value_heads, self.pool.num_pages, self.page_size, text.head_dim)
+        self.k_pages, self.v_pages = placement.allocate_pages(shape, self.model.dtype, self._kv_sharding)
 
     def _finish(self, seq: SequenceState, reason: str, error: str | None = None) -> None:
         if seq.pages:

@@ -50,8 +50,13 @@ def _merge(graphdef, treedef, leaves) -> Thinker:
     return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
 
 
-def forward(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows, media_mask,
-            positions):
+def _pin(pages: jax.Array, sharding) -> jax.Array:
+    """Keeps the KV pages in their sharding across a step (so the donated buffers are reused in place)."""
+    return pages if sharding is None else jax.lax.with_sharding_constraint(pages, sharding)
+
+
+def forward(graphdef, treedef, kv_sharding, leaves, k_pages, v_pages, page_table, context_len, num_new, ids, media_rows,
+            media_mask, positions):
     """One step over `[B, T]` new tokens → logits at each row's last real token, their argmax (so greedy
     rows need no second dispatch), whether each row's logits are all finite, and the updated pages."""
     model = _merge(graphdef, treedef, leaves)
@@ -60,11 +65,12 @@ def forward(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len
     hidden, cache = model.decode(embeds, positions, cache)
     last = hidden[jnp.arange(ids.shape[0]), jnp.maximum(num_new - 1, 0)]
     logits = model.logits(last)
-    return logits, greedy_tokens(logits), jnp.all(jnp.isfinite(logits), axis=-1), cache.k_pages, cache.v_pages
+    finite = jnp.all(jnp.isfinite(logits), axis=-1)
+    return logits, greedy_tokens(logits), finite, _pin(cache.k_pages, kv_sharding), _pin(cache.v_pages, kv_sharding)
 
 
-def decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context_len, limit, ids, rope_delta, stop_ids,
-                temperature, top_k, top_p, seeds, steps, *, num_steps: int, sample: bool, with_stats: bool):
+def decode_loop(graphdef, treedef, kv_sharding, leaves, k_pages, v_pages, page_table, context_len, limit, ids, rope_delta,
+                stop_ids, temperature, top_k, top_p, seeds, steps, *, num_steps: int, sample: bool, with_stats: bool):
     """`num_steps` decode steps in one dispatch. Row b feeds `ids[b]` at position `context_len[b]`, then
     its own sampled tokens; it runs while `i < limit[b]` and it has not sampled a stop id (later steps
     write to the null page and their tokens are dropped by the host). Returns `[num_steps, B]` tokens,
@@ -87,7 +93,8 @@ def decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context
             logp = entropy = jnp.full((batch,), jnp.nan, jnp.float32)
         stopped = jnp.any(token[:, None] == stop_ids, axis=1)
         bad = bad | (active & ~jnp.all(jnp.isfinite(logits), axis=-1))
-        return (cache.k_pages, cache.v_pages, token, active & ~stopped, bad), (token, logp, entropy)
+        pages = _pin(cache.k_pages, kv_sharding), _pin(cache.v_pages, kv_sharding)
+        return (*pages, token, active & ~stopped, bad), (token, logp, entropy)
 
     (k_pages, v_pages, _, _, bad), (tokens, logps, entropies) = jax.lax.scan(
         step, (k_pages, v_pages, ids, jnp.ones(batch, bool), jnp.zeros(batch, bool)), jnp.arange(num_steps)
@@ -96,10 +103,10 @@ def decode_loop(graphdef, treedef, leaves, k_pages, v_pages, page_table, context
 
 
 @functools.lru_cache(maxsize=8)
-def compiled(graphdef, treedef):
-    """The jitted model steps for one model structure (shared by every engine on an equal structure)."""
-    fwd = jax.jit(functools.partial(forward, graphdef, treedef), donate_argnums=(1, 2))
-    dec = jax.jit(functools.partial(decode_loop, graphdef, treedef), donate_argnums=(1, 2),
+def compiled(graphdef, treedef, kv_sharding=None):
+    """The jitted model steps for one model structure and KV-page sharding (shared by every engine on equal ones)."""
+    fwd = jax.jit(functools.partial(forward, graphdef, treedef, kv_sharding), donate_argnums=(1, 2))
+    dec = jax.jit(functools.partial(decode_loop, graphdef, treedef, kv_sharding), donate_argnums=(1, 2),
                   static_argnames=("num_steps", "sample", "with_stats"))
     return fwd, dec
 

@@ -11,7 +11,7 @@ The loader places checkpoint tensors with these shardings; training builds its m
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 from flax import nnx
@@ -36,9 +36,16 @@ LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
 
 
 def logical_to_spec(
-    names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh, rules: dict[str, tuple[str, ...] | None] = LOGICAL_RULES
+    names: Sequence[str | None] | None,
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: dict[str, tuple[str, ...] | None] = LOGICAL_RULES,
+    units: Mapping[str, int] | None = None,
 ) -> PartitionSpec:
-    """PartitionSpec for an array of `shape` with logical dimension `names`."""
+    """PartitionSpec for an array of `shape` with logical dimension `names`. `units` gives, per logical
+    name, how many indivisible units its dimension holds (attention heads): such a dimension is split only
+    when its unit count divides evenly, so a head is never cut across devices (fewer KV heads than the
+    tensor axis: they stay replicated)."""
     if names is None:
         return PartitionSpec()
     if len(names) != len(shape):
@@ -50,7 +57,8 @@ def logical_to_spec(
             raise KeyError(f"no sharding rule for logical axis {name!r}; known: {sorted(rules)}")
         axes = tuple(a for a in (rules.get(name) or ()) if mesh.shape[a] > 1) if name is not None else ()
         size = math.prod(mesh.shape[a] for a in axes)
-        if not axes or used & set(axes) or dim % size:
+        count = (units or {}).get(name, dim) if name is not None else dim
+        if not axes or used & set(axes) or dim % size or count % size:
             spec.append(None)
         else:
             used |= set(axes)
@@ -58,11 +66,30 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
-def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules=LOGICAL_RULES) -> nnx.State:
-    """The NamedSharding of every variable of an (abstract) NNX state, from its logical names."""
+def state_shardings(
+    abstract_state: nnx.State, mesh: Mesh, rules=LOGICAL_RULES, units: Callable[[tuple], Mapping[str, int]] | None = None
+) -> nnx.State:
+    """The NamedSharding of every variable of an (abstract) NNX state, from its logical names; `units(path)`
+    gives a variable's head counts (`logical_to_spec`)."""
 
-    def one(var):
+    def one(path, var):
         names = var.get_metadata().get("out_sharding")
-        return NamedSharding(mesh, logical_to_spec(names, var.get_value().shape, mesh, rules))
+        found = None if units is None else units(path)
+        return NamedSharding(mesh, logical_to_spec(names, var.get_value().shape, mesh, rules, found))
 
-    return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def thinker_head_units(config) -> Callable[[tuple], Mapping[str, int]]:
+    """`units` for a thinker's state (a `ThinkerConfig`): each tower's attention head counts by the path's first key."""
+    by_part = {
+        "model": {"heads": config.text.num_attention_heads, "kv_heads": config.text.num_key_value_heads},
+        "visual": {"heads": config.vision.num_heads},
+        "audio_tower": {"heads": config.audio.encoder_attention_heads},
+    }
+
+    def units(path: tuple) -> Mapping[str, int]:
+        first = path[0]
+        return by_part.get(getattr(first, "key", getattr(first, "name", first)), {})
+
+    return units
