@@ -35,8 +35,10 @@ class JaxPolicy:
     The processor's special ids (from its tokenizer) must be the ones the model reads: ValueError otherwise.
     """
 
-    def __init__(self, engine: Engine, processor, sampling: SamplingParams = DEFAULT_SAMPLING, *, logprobs: bool = False):
+    def __init__(self, engine: Engine, processor, sampling: SamplingParams = DEFAULT_SAMPLING, *, logprobs: bool = False,
+                 keep_prompts: bool = False):
         engine.model.config.check_special_ids(processor.special_ids)
+        self.keep_prompts = keep_prompts  # each PolicyOutput carries its engine Request (RL builds rows from it)
         self.engine = engine
         self.processor = processor
         self.sampling = dataclasses.replace(sampling, logprobs=logprobs or sampling.logprobs)
@@ -86,7 +88,8 @@ class JaxPolicy:
         except Exception as e:  # the processor or the engine's checks refuse this prompt: this turn fails alone
             self._ready[key] = PolicyError(f"turn {key} was not accepted: {type(e).__name__}: {e}")
             return
-        self._in_flight[request_id] = _Turn(key, time.perf_counter() - t0, time.perf_counter())
+        kept = request if self.keep_prompts else None
+        self._in_flight[request_id] = _Turn(key, time.perf_counter() - t0, time.perf_counter(), kept)
         self._request_of[key] = request_id
 
     def collect(self, timeout: float | None = None) -> list[tuple[str, PolicyOutput | Exception]]:
@@ -145,6 +148,7 @@ class JaxPolicy:
                 generation_seconds=time.perf_counter() - turn.submitted,
                 prefix_caching=True,  # the engine always shares prompt pages by content
             ),
+            prompt=turn.request,
         )
 
     def _fail_all(self, error: Exception) -> None:
@@ -175,6 +179,7 @@ class _Turn:
     key: str
     prep_seconds: float
     submitted: float
+    request: Request | None = None
 
 
 _POLICIES = itertools.count()

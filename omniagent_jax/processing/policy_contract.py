@@ -88,7 +88,8 @@ class PolicyOutput:
 
     `token_ids` are the generated ids (stop token included) when the policy sees them; `logprobs` and
     `entropies` are per generated token, of the model's raw distribution, when requested.
-    `finish_reason` is "stop" or "length" when known.
+    `finish_reason` is "stop" or "length" when known. `prompt` is what the model was given for the turn
+    (the JAX policy's engine `Request`: prompt ids and media) when the policy was asked to keep it (RL rows).
     """
 
     text: str
@@ -97,6 +98,7 @@ class PolicyOutput:
     entropies: list[float] | None = None
     finish_reason: str | None = None
     metrics: PolicyMetrics = dataclasses.field(default_factory=PolicyMetrics)
+    prompt: object | None = None
 
 
 def turn_seed(episode_seed: int, turn: int) -> int:

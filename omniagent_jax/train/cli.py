@@ -1,4 +1,4 @@
-"""`omniagent train sft --config configs/sft/tiny.yaml key=value ...`.
+"""`omniagent train sft --config configs/sft/tiny.yaml key=value ...` (and `train rl`: train/rl/cli.py).
 
 Wire into the top-level CLI with `add_train_arguments(subparsers)` and dispatch
 `args.func(args)`; or run `python -m omniagent_jax.train.cli sft ...` directly.
@@ -31,6 +31,9 @@ def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
     sft.add_argument("--dry-run", action="store_true", help="check the config and its inputs, print it resolved, and exit")
     sft.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-5 data.batch_size=8")
     sft.set_defaults(func=run_sft)
+    from omniagent_jax.train.rl.cli import add_rl_command
+
+    add_rl_command(stages)
     return train
 
 

@@ -1,4 +1,4 @@
-"""Turn rows → fixed-shape micro-batches (docs/training.md §10.4).
+"""Turn rows → fixed-shape micro-batches (docs/training.md §10).
 
 Rows are packed by length bucket (`grouping.bucket_length`); each micro-batch has exactly
 `rows_per_micro` rows (padded with zero-mask rows), so the jitted update compiles once per bucket length

@@ -1,4 +1,4 @@
-"""The RL update: micro-batches accumulated into one optimizer step (docs/training.md §10.4).
+"""The RL update: micro-batches accumulated into one optimizer step (docs/training.md §10).
 
 Each micro-batch is one jitted call (one compile per bucket length) that adds its gradient of the summed
 per-token loss into a donated accumulator; the sum is divided by the whole (mini-)batch's response-token
