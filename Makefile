@@ -46,7 +46,7 @@ test: $(VENV)/.test chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Benchmarks run outside the test suite; each prints its baseline, ours and the ratio.
-BENCHMARKS := decoder_forward towers engine media convert_memory serve episodes accelerator
+BENCHMARKS := decoder_forward towers engine media convert_memory serve episodes accelerator rl
 bench: $(VENV)/.test
 	set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(PY) benchmarks/$$b.py; done
 

@@ -73,3 +73,31 @@ def test_cli_input_checks(tmp_path):
     with pytest.raises(ConfigError, match="holds no rows"):
         check_rl_inputs(load_rl_config("configs/rl/tiny.yaml", ["bandit_dir=", f"data.train_file={tmp_path / 'empty.jsonl'}",
                                                                f"data.data_root={tmp_path}"]))
+
+
+def test_launch_scripts_run_the_rl_stage():
+    import subprocess
+
+    gpu = subprocess.run(["bash", "launch/slurm_gpu.sh", "--dry-run", "--stage", "rl", "--", "--config", "configs/rl/taura.yaml"],
+                         capture_output=True, text=True, timeout=30)
+    assert gpu.returncode == 0 and "omniagent train rl --config configs/rl/taura.yaml" in gpu.stdout, gpu.stderr
+    multi = subprocess.run(["bash", "launch/slurm_gpu.sh", "--dry-run", "--stage", "rl", "--nodes", "2", "--", "x"],
+                           capture_output=True, text=True, timeout=30)
+    assert multi.returncode == 2 and "use --nodes 1" in multi.stderr
+    tpu = subprocess.run(["bash", "launch/tpu_pod.sh", "--dry-run", "--stage", "rl", "--tpu", "t", "--zone", "z", "--", "c"],
+                         capture_output=True, text=True, timeout=30)
+    assert tpu.returncode == 0 and "omniagent train rl c" in tpu.stdout
+    wrong = subprocess.run(["bash", "launch/tpu_pod.sh", "--stage", "ppo", "--tpu", "t", "--zone", "z"], capture_output=True,
+                           text=True, timeout=30)
+    assert wrong.returncode == 2 and "--stage must be sft or rl" in wrong.stderr
+
+
+def test_rl_refuses_several_processes(monkeypatch, tmp_path):
+    import jax
+
+    from omniagent_jax.train.rl import trainer
+
+    monkeypatch.setattr(trainer, "initialize", lambda: None)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(RuntimeError, match="runs as one process"):
+        trainer.train(load_rl_config("configs/rl/tiny.yaml", [f"output_dir={tmp_path}"]))

@@ -81,6 +81,9 @@ def _engine_params(graphdef, state, frozen, other):
 def train(cfg: RLConfig, *, stop_after: int | None = None, processor: Any = None) -> RLResult:
     """Runs (or resumes) an RL run; `stop_after` ends the call after that many steps in total, as a kill would."""
     initialize()
+    if jax.process_count() > 1:
+        raise RuntimeError("omniagent train rl runs as one process (every local device in its mesh); "
+                           "rollouts spread over several hosts are not implemented")
     cfg = with_bandit(cfg)
     out = cfg.output_dir
     os.makedirs(out, exist_ok=True)
