@@ -9,7 +9,7 @@ import agent_helpers as h
 import pytest
 
 from omniagent_jax.agent.budget import StepBudget
-from omniagent_jax.agent.data import DataError, Sample, load_samples, sample_from_row
+from omniagent_jax.agent.data import DataError, Sample, iter_samples, load_samples, sample_from_row
 from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment
 from omniagent_jax.agent.limits import EpisodeLimits
 from omniagent_jax.agent.policy import ScriptedPolicy
@@ -218,3 +218,7 @@ def test_broken_file_names_the_line(tmp_path):
     assert s.index == 7 and s.video == str(tmp_path / "v.mp4")
     with pytest.raises(DataError, match="cannot read"):
         load_samples(tmp_path / "missing.jsonl")
+    p.write_bytes(json.dumps(good).encode() + b"\n\xff\xfe bad\n")
+    with pytest.raises(DataError, match=r"d.jsonl:2: not UTF-8 text"):
+        load_samples(p)
+    assert next(iter_samples(p, video_root="/videos")).video == "/videos/v.mp4"

@@ -127,7 +127,7 @@ def test_resume_skips_finished_samples_retries_errors_and_refuses_another_config
     (["--workers", "0"], "--workers must be >= 1"),
     (["--num-shards", "0"], "--num-shards must be >= 1"),
     (["--sample-indices", "2,2"], "an index is listed twice"),
-    (["--dataset", "/nonexistent/data.jsonl"], "cannot read --dataset /nonexistent/data.jsonl"),
+    (["--dataset", "/nonexistent/data.jsonl"], "--dataset: cannot read /nonexistent/data.jsonl"),
     (["--output-dir", str(pathlib.Path(__file__))], "is a file"),
 ])
 def test_bad_arguments_exit_2_with_one_line(data, tmp_path, capsys, argv, message):

@@ -114,18 +114,24 @@ def sample_from_row(row: Any, *, index: int | None = None, base_dir: str | pathl
     )
 
 
-def iter_samples(path: str | pathlib.Path, *, resolve_videos: bool = False) -> Iterator[Sample]:
-    """Yield the samples of a JSONL file (blank lines skipped); a broken row raises
-    :class:`DataError` naming ``path:line``. ``index`` defaults to the 0-based row number."""
+def iter_samples(path: str | pathlib.Path, *, resolve_videos: bool = False,
+                 video_root: str | pathlib.Path | None = None) -> Iterator[Sample]:
+    """Yield the samples of a JSONL file (blank lines skipped); a broken row or an unreadable file raises
+    :class:`DataError` naming ``path:line``. ``index`` defaults to the 0-based row number. Relative video
+    paths are taken under ``video_root`` when given, else under the file's folder with ``resolve_videos``."""
     p = pathlib.Path(path)
-    base = p.parent if resolve_videos else None
+    base = pathlib.Path(video_root) if video_root is not None else p.parent if resolve_videos else None
     try:
-        handle = p.open(encoding="utf-8")
+        handle = p.open("rb")  # decoded line by line, so a bad byte is reported on its own line
     except OSError as e:
         raise DataError(f"cannot read {p}: {e.strerror or e}") from None
     with handle:
         row_number = 0
-        for lineno, line in enumerate(handle, 1):
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{p}:{lineno}: not UTF-8 text ({e.reason})") from None
             if not line.strip():
                 continue
             try:

@@ -9,11 +9,10 @@ cover the selection exactly once (docs/protocol.md §11).
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from collections.abc import Sequence
 
-from omniagent_jax.agent.data import DataError, Sample, sample_from_row
+from omniagent_jax.agent.data import DataError, Sample, iter_samples
 
 
 class SelectionError(ValueError):
@@ -59,22 +58,9 @@ def load_dataset(path: str | pathlib.Path, video_root: str | pathlib.Path | None
     p = pathlib.Path(path)
     root = pathlib.Path(video_root) if video_root is not None else p.parent
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SelectionError(f"cannot read --dataset {p}: {getattr(e, 'strerror', None) or e}") from None
-    items: list[EvalItem] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise SelectionError(f"{p}:{lineno}: not valid JSON ({e})") from None
-        try:
-            sample = sample_from_row(row, index=len(items), base_dir=root)
-        except DataError as e:
-            raise SelectionError(f"{p}:{lineno}: {e}") from None
-        items.append(EvalItem(len(items), sample))
+        items = [EvalItem(i, sample) for i, sample in enumerate(iter_samples(p, video_root=root))]
+    except DataError as e:
+        raise SelectionError(f"--dataset: {e}") from None
     if not items:
         raise SelectionError(f"--dataset {p} holds no rows")
     return items
