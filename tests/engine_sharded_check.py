@@ -52,17 +52,14 @@ def spec(x: jax.Array) -> list:
     return [str(a) for a in x.sharding.spec] if hasattr(x.sharding, "spec") else []
 
 
-def per_device_bytes(arrays=None) -> dict[int, int]:
-    """Bytes of device buffers per device, each buffer once (a shard's `.data` is a live array aliasing its parent's)."""
+def per_device_bytes(arrays) -> dict[int, int]:
+    """Bytes per device of `arrays`, from each one's sharding (every device of it holds one shard)."""
     usage: dict[int, int] = defaultdict(int)
-    seen = set()
-    for a in jax.live_arrays() if arrays is None else arrays:
+    for a in arrays:
         if not a.is_deleted():
-            for shard in a.addressable_shards:
-                key = (shard.device.id, shard.data.unsafe_buffer_pointer())
-                if key not in seen:
-                    seen.add(key)
-                    usage[shard.device.id] += shard.data.nbytes
+            shard = int(np.prod(a.sharding.shard_shape(a.shape))) * a.dtype.itemsize
+            for device in a.sharding.device_set:
+                usage[device.id] += shard
     return usage
 
 
@@ -90,16 +87,23 @@ def main() -> None:
     run(engine)  # fills the prefix cache, which the sync must drop
     report["cache_before_sync"] = len(engine.pool.prefix.by_hash)
     old = [x for x in jax.tree.leaves(nnx.state(engine.model, nnx.Param))]
-    before = per_device_bytes()
-    engine_old = per_device_bytes(old)
-    base = {d: before[d] - engine_old[d] for d in before}  # everything but the engine's weights (trainer's, pages, ...)
+    # Every array alive before the sync but the engine's weights (the trainer's, the pages, the first model) is
+    # held on to and left out; so are one-device arrays (shard views `.data` makes: the engine's are on 4 devices).
+    engine_ids = {id(x) for x in old}
+    kept = [a for a in jax.live_arrays() if id(a) not in engine_ids]
+    base_ids = {id(a) for a in kept}
     peak: dict[int, int] = defaultdict(int)
 
     def probe(_: int) -> None:
-        for d, n in per_device_bytes().items():
-            peak[d] = max(peak[d], n - base.get(d, 0))
+        arrays = [a for a in jax.live_arrays() if id(a) not in base_ids and len(a.sharding.device_set) > 1]
+        for d, n in per_device_bytes(arrays).items():
+            peak[d] = max(peak[d], n)
 
     engine.update_weights(params, on_tensor=probe)
+    theirs = {(s.device.id, s.data.unsafe_buffer_pointer()) for x in jax.tree.leaves(params) for s in x.addressable_shards}
+    report["buffers_shared_with_trainer"] = sum((s.device.id, s.data.unsafe_buffer_pointer()) in theirs
+                                                for x in jax.tree.leaves(nnx.state(engine.model, nnx.Param))
+                                                for s in x.addressable_shards)
     report["cache_after_sync"] = len(engine.pool.prefix.by_hash)
     report["synced"] = run(engine)
     report["fresh"] = run(Engine(trainer, mesh=engine_mesh(4), **ENGINE))

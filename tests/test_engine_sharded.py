@@ -57,6 +57,7 @@ def test_trainer_weights_resharded_into_the_engine(report):
     assert report["synced"][0]["tokens"] != report["single"][0]["tokens"]  # the new weights are in use
     assert report["cache_before_sync"] > 0 and report["cache_after_sync"] == 0
     assert report["peak_sync_bytes"] <= report["model_bytes"] / 4 + report["largest_bytes"], report
+    assert report["buffers_shared_with_trainer"] == 0  # replicated tensors are copies, not the trainer's buffers
 
 
 def test_engine_mesh_and_its_checks():
@@ -94,3 +95,17 @@ def test_tensor_parallel_flag_is_checked_before_loading(value, capsys, monkeypat
     assert cli.main(["serve", "--tensor-parallel", value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("omniagent serve: error: --tensor-parallel must be in [1, 1]"), err
+
+
+def test_reshard_copies_and_frees_one_tensor_at_a_time():
+    import jax.numpy as jnp
+
+    from omniagent_jax.engine.placement import reshard
+
+    src, old = jnp.arange(8.0), jnp.ones(8)
+    seen = []
+    (moved,) = reshard([src], [src.sharding], free=[old], on_tensor=lambda i: seen.append((i, old.is_deleted())))
+    assert seen == [(0, False)] and old.is_deleted()  # the old copy goes only once the new one has landed
+    assert moved.unsafe_buffer_pointer() != src.unsafe_buffer_pointer()  # never the caller's buffer
+    src.delete()
+    np.testing.assert_array_equal(np.asarray(moved), np.arange(8.0))

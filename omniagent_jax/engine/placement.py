@@ -88,7 +88,7 @@ def reshard(sources: Sequence[object], shardings: Sequence[jax.sharding.Sharding
     out = []
     for i, (src, sharding) in enumerate(zip(sources, shardings)):
         moved = jax.device_put(src, sharding)
-        if copy and moved is src:
+        if copy and _aliases(moved, src):
             moved = _copier(sharding)(moved)
         out.append(moved)
         if on_tensor is not None:
@@ -98,8 +98,19 @@ def reshard(sources: Sequence[object], shardings: Sequence[jax.sharding.Sharding
     return out
 
 
+def _aliases(moved: jax.Array, src: object) -> bool:
+    """True when `moved` shares a device buffer with `src` (`device_put` reuses the shards a replicated
+    source already has on the target devices): such a copy would die with the caller's donated arrays."""
+    if moved is src:
+        return True
+    if not isinstance(src, jax.Array):
+        return False
+    theirs = {(s.device.id, s.data.unsafe_buffer_pointer()) for s in src.addressable_shards}
+    return any((s.device.id, s.data.unsafe_buffer_pointer()) in theirs for s in moved.addressable_shards)
+
+
 def place(leaves: Sequence[jax.Array], shardings: Sequence[NamedSharding | None]) -> tuple[list[jax.Array], list[bool]]:
     """A model's arrays on the engine's shardings (tensor by tensor; None: left where they are) and, per
     array, whether the engine owns it (a copy it may overwrite) or shares the caller's (never copied twice)."""
     placed = [x if s is None else reshard([x], [s], copy=False)[0] for x, s in zip(leaves, shardings)]
-    return placed, [p is not x for p, x in zip(placed, leaves)]
+    return placed, [not _aliases(p, x) for p, x in zip(placed, leaves)]
