@@ -32,10 +32,10 @@ from omniagent_jax.agent.data import Sample  # noqa: E402
 from omniagent_jax.agent.driver import Episode, EpisodeDriver  # noqa: E402
 from omniagent_jax.agent.environment import EnvConfig, VideoEnvironment  # noqa: E402
 from omniagent_jax.agent.runner import run_episode  # noqa: E402
-from omniagent_jax.cli import tiny_checkpoint  # noqa: E402
 from omniagent_jax.engine import Engine, SamplingParams  # noqa: E402
 from omniagent_jax.engine.policy import JaxPolicy  # noqa: E402
 from omniagent_jax.model import Thinker  # noqa: E402
+from omniagent_jax.policy_flags import tiny_checkpoint  # noqa: E402
 from omniagent_jax.processing import OmniProcessor  # noqa: E402
 from omniagent_jax.processing.policy_contract import episode_seed  # noqa: E402
 

@@ -123,9 +123,10 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the input checks")
 
+    from omniagent_jax import policy_flags
     from omniagent_jax.model import thinker
 
-    monkeypatch.setattr(cli, "tiny_checkpoint", refuse)
+    monkeypatch.setattr(policy_flags, "tiny_checkpoint", refuse)
     monkeypatch.setattr(JaxPolicy, "from_pretrained", refuse)
     monkeypatch.setattr(thinker, "load_thinker", refuse)
 

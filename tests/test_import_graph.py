@@ -118,7 +118,7 @@ def test_imports_resolve_to_modules_and_packages():
     # `from omniagent_jax.model.thinker import X` names the module; `from omniagent_jax import model`
     # names the subpackage; function-level imports count.
     assert {"omniagent_jax.model.thinker", "omniagent_jax.model.config"} <= set(graph["omniagent_jax.model"])
-    assert "omniagent_jax.model.jax_checkpoint" in graph["omniagent_jax.cli"]  # imported inside a function
+    assert "omniagent_jax.model.jax_checkpoint" in graph["omniagent_jax.policy_flags"]  # imported inside a function
 
 
 def test_no_import_cycle():

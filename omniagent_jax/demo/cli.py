@@ -12,10 +12,10 @@ import argparse
 import importlib.util
 import pathlib
 import sys
-from collections.abc import Callable
 
 from omniagent_jax.demo.defaults import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
 from omniagent_jax.demo.uploads import DEFAULT_MAX_UPLOAD_MB
+from omniagent_jax.policy_flags import engine_arguments, load_jax_policy
 
 PROG = "omniagent demo"
 TINY_MAX_NEW_TOKENS = 256  # random weights never stop on their own; keep their turns short by default
@@ -23,10 +23,8 @@ TINY_MAX_NEW_TOKENS = 256  # random weights never stop on their own; keep their 
 SHIPPED_AGENT = pathlib.Path(__file__).resolve().parents[2] / "assets" / "toy_agent"
 
 
-def add_demo_command(sub: argparse._SubParsersAction, engine_arguments: Callable[[argparse.ArgumentParser], None],
-                     load_jax_policy: Callable[..., object]) -> argparse.ArgumentParser:
-    """Registers ``demo`` on the top-level command's subparsers, with its engine flags and JAX policy loader
-    (the top-level CLI's, passed in so this module does not import it back)."""
+def add_demo_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Registers ``demo`` on the top-level command's subparsers, with the engine flags."""
     p = sub.add_parser("demo", help="the Gradio demo: watch the agent look, listen and answer")
     p.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default loopback only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -41,7 +39,7 @@ def add_demo_command(sub: argparse._SubParsersAction, engine_arguments: Callable
     p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="episodes played at once (all sessions)")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # the page's seed field overrides it per episode
     engine_arguments(p)
-    p.set_defaults(func=lambda args: cmd_demo(args, load_jax_policy))
+    p.set_defaults(func=cmd_demo)
     return p
 
 
@@ -62,7 +60,7 @@ def check_demo_args(args: argparse.Namespace) -> None:
         raise UsageError("the demo needs Gradio: pip install -e '.[demo]' (or `make demo`)")
 
 
-def build_backend(args: argparse.Namespace, load_jax_policy: Callable[..., object]):
+def build_backend(args: argparse.Namespace):
     """The page's policy backend, and its default max new tokens per turn."""
     from omniagent_jax.agent.cli import UsageError, read_scripted_outputs
     from omniagent_jax.agent.policy import OpenAIPolicy, ScriptedPolicy
@@ -95,12 +93,12 @@ def build_backend(args: argparse.Namespace, load_jax_policy: Callable[..., objec
     return shared_backend("jax", label, policy), max_new
 
 
-def cmd_demo(args: argparse.Namespace, load_jax_policy: Callable[..., object]) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from omniagent_jax.agent.cli import UsageError, report_usage_error
 
     try:
         check_demo_args(args)
-        backend, max_new = build_backend(args, load_jax_policy)  # the JAX loader checks the engine flags first
+        backend, max_new = build_backend(args)  # the JAX loader checks the engine flags first
     except UsageError as e:
         return report_usage_error(PROG, e)
     from omniagent_jax.demo.app import DemoApp

@@ -2,17 +2,16 @@
 
 Each command takes `omniagent run`'s runtime flags (agent.cli.add_run_arguments: sampling, limits, budget,
 seed, policy) and the engine flags (`--model` ...), with the run's own `--video/--question/--output` hidden.
-The top-level CLI hands in its engine flags and JAX policy loader (`add_eval_commands(sub, _engine_arguments,
-load_jax_policy)`), so this module never imports `omniagent_jax.cli` (which imports it).
+The engine flags and the JAX policy loader are `omniagent_jax.policy_flags`'s, shared with run, serve and demo.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
 
 from omniagent_jax.agent.cli import UsageError, add_run_arguments, report_usage_error
+from omniagent_jax.policy_flags import engine_arguments, load_jax_policy
 
 _RUN_ONLY = ("--video", "--question", "--options", "--question-type", "--answer", "--output")
 
@@ -32,10 +31,7 @@ def steps_list(text: str) -> list[int]:
     return values
 
 
-EngineArguments = Callable[[argparse.ArgumentParser], None]
-
-
-def add_eval_arguments(parser: argparse.ArgumentParser, engine_arguments: EngineArguments, *,
+def add_eval_arguments(parser: argparse.ArgumentParser, *,
                        policies: tuple[str, ...] = ("scripted", "openai")) -> None:
     """The run flags, the engine flags and the eval flags on `parser`."""
     add_run_arguments(parser)
@@ -67,8 +63,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser, engine_arguments: Engine
 def _jax_loader(args: argparse.Namespace) -> Callable:
     """The JAX policy on `--model` and its prompt-length counter, loaded when called."""
     def load():
-        policy = args.load_jax_policy(args, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                      max_new_tokens=args.max_new_tokens)
+        policy = load_jax_policy(args, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                 max_new_tokens=args.max_new_tokens)
         return policy, policy.count_tokens
 
     return load
@@ -117,14 +113,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return export_command(args)
 
 
-def add_eval_commands(sub: argparse._SubParsersAction, engine_arguments: EngineArguments,
-                      load_jax_policy: Callable[..., Any]) -> None:
-    """Registers eval (with `eval merge`), sweep, collect and export-sft on the top-level subparsers;
-    `engine_arguments(parser)` adds the engine flags, `load_jax_policy(args, temperature=, top_p=, top_k=,
-    max_new_tokens=)` builds the JAX policy (the top-level CLI's)."""
+def add_eval_commands(sub: argparse._SubParsersAction) -> None:
+    """Registers eval (with `eval merge`), sweep, collect and export-sft on the top-level subparsers."""
     ev = sub.add_parser("eval", help="evaluate a policy on a dataset (resumable, sharded); `eval merge D1 D2 ...`")
-    add_eval_arguments(ev, engine_arguments)
-    ev.set_defaults(func=_cmd_eval, load_jax_policy=load_jax_policy)
+    add_eval_arguments(ev)
+    ev.set_defaults(func=_cmd_eval)
     nested = ev.add_subparsers(dest="eval_command", metavar="{merge}")
     mg = nested.add_parser("merge", help="merge eval output directories (shards, hosts) into one")
     mg.add_argument("dirs", nargs="+", help="eval output directories")
@@ -133,17 +126,17 @@ def add_eval_commands(sub: argparse._SubParsersAction, engine_arguments: EngineA
     mg.set_defaults(func=_cmd_merge)
 
     sw = sub.add_parser("sweep", help="eval at several step budgets; sweep.csv and sweep.png (test-time scaling)")
-    add_eval_arguments(sw, engine_arguments)
+    add_eval_arguments(sw)
     _action(sw, "--max-steps").type = steps_list
     _action(sw, "--max-steps").default = [6, 12, 22, 32, 42, 52]
     _action(sw, "--max-steps").help = "comma-separated step budgets (default 6,12,22,32,42,52)"
-    sw.set_defaults(func=_cmd_sweep, load_jax_policy=load_jax_policy)
+    sw.set_defaults(func=_cmd_sweep)
 
     co = sub.add_parser("collect", help="best-of-N trajectories with a teacher policy, as SFT step logs")
-    add_eval_arguments(co, engine_arguments, policies=("scripted", "openai", "jax"))
+    add_eval_arguments(co, policies=("scripted", "openai", "jax"))
     co.add_argument("--attempts", type=int, default=1,
                     help="attempts per sample, stopping at the first win (-1: options+1 for MCQ, else 5)")
-    co.set_defaults(func=_cmd_collect, load_jax_policy=load_jax_policy)
+    co.set_defaults(func=_cmd_collect)
 
     ex = sub.add_parser("export-sft", help="the reference's SFT filter over collected step logs")
     ex.add_argument("logs", nargs="+", help="step-log JSONL files (collect's steps.jsonl)")
