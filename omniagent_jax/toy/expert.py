@@ -177,7 +177,7 @@ class ExpertPolicy(ScriptedPolicy):
             return _answer(frames.describe(ctx.target), think, _span(start, end))
         start = frames.labels[max(lit[0] - 1, 0)]
         end = frames.labels[min(lit[-1] + 1, len(frames.labels) - 1)]
-        think = f"The {ctx.target} square is lit between the frames around that run."
+        think = "I bracket the lit frames."
         return _answer(frames.describe(ctx.target), think, _span(start, end))
 
 
