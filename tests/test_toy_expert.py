@@ -4,6 +4,7 @@ uniform scan with the same frame budget by far."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 
@@ -11,6 +12,7 @@ import pytest
 import toy_helpers
 
 from omniagent_jax.agent import prompts
+from omniagent_jax.agent.cli import add_run_arguments, build_config
 from omniagent_jax.agent.data import iter_samples
 from omniagent_jax.agent.driver import Episode, EpisodeDriver
 from omniagent_jax.agent.environment import VideoEnvironment
@@ -85,8 +87,10 @@ def test_rows_fit_the_toy_tokenizer(played, tmp_path):
     assert lengths.max <= settings.MAX_ROW_TOKENS
     system = expert[0].steps[0].raw_input[0]
     assert len(tok(message_text(system))["input_ids"]) <= 150
-    # The same template as a file, for the CLIs' --system-prompt-file.
-    assert load_system_prompt_template(REPO_CONFIGS / "toy" / "system_prompt.txt") == settings.SYSTEM_PROMPT_TEMPLATE
+    # The same template as a file, for the CLIs' --system-prompt-file; the CLI flags play the same episode.
+    assert load_system_prompt_template(settings.SYSTEM_PROMPT_FILE) == settings.SYSTEM_PROMPT_TEMPLATE
+    args = add_run_arguments(argparse.ArgumentParser()).parse_args(["--video", "v.mp4", "--question", "q", *settings.cli_flags()])
+    assert build_config(args) == settings.env_config()
     with pytest.raises(ValueError, match="the toy corpus yields only .* BPE tokens"):
         tokenizer.train_tokenizer(["far too little text"])
 

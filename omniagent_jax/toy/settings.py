@@ -6,6 +6,7 @@ from __future__ import annotations
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.environment import EnvConfig
 from omniagent_jax.agent.limits import EpisodeLimits
+from omniagent_jax.model.config import REPO_CONFIGS
 from omniagent_jax.toy.world import MAX_FRAMES
 
 MAX_AUDIO = 6  # seconds per get_audio: 150 audio tokens
@@ -25,6 +26,15 @@ Actions, one per turn:
 {"type": "answer", "content": "..."} (not on the first turn)
 Times are seconds from 0.00 to the duration. Seen media becomes a placeholder, so note it in observation. \
 Confidence: 0.5 while searching, 0.9 when answering."""
+
+
+SYSTEM_PROMPT_FILE = REPO_CONFIGS / "toy" / "system_prompt.txt"
+
+
+def cli_flags() -> list[str]:
+    """The episode flags of ``omniagent run`` / ``eval`` / ``collect`` that play :func:`env_config`'s episode."""
+    return ["--system-prompt-file", str(SYSTEM_PROMPT_FILE), "--max-frames", str(MAX_FRAMES), "--max-audio", str(MAX_AUDIO),
+            "--max-clip", str(MAX_CLIP), "--max-steps", str(MAX_STEPS), "--fixed-steps", "--strict-confidence"]
 
 
 def env_config(*, max_prompt_tokens: int | None = None) -> EnvConfig:
