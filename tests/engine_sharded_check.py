@@ -18,8 +18,9 @@ from omniagent_jax.engine import Engine, Request, SamplingParams  # noqa: E402
 from omniagent_jax.engine.placement import engine_mesh  # noqa: E402
 from omniagent_jax.model import Thinker  # noqa: E402
 from omniagent_jax.model.config import load_config, with_overrides  # noqa: E402
+from omniagent_jax.model.sharding import state_shardings  # noqa: E402
 from omniagent_jax.train.config import MeshConfig  # noqa: E402
-from omniagent_jax.train.mesh import create_sharded, is_sharded, make_mesh  # noqa: E402
+from omniagent_jax.train.mesh import is_sharded, make_mesh  # noqa: E402
 
 SPECIAL = ("audio_token_id", "image_token_id", "video_token_id", "audio_start_token_id", "audio_end_token_id",
            "vision_start_token_id", "vision_end_token_id", "pad_token_id")
@@ -81,7 +82,10 @@ def main() -> None:
         del engine
 
     # Trainer weights on an FSDP-8 mesh (other values than the engine's), synced into a tensor-4 engine.
-    trainer = create_sharded(lambda: Thinker(CONFIG, rngs=nnx.Rngs(7)), make_mesh(MeshConfig(data=1, fsdp=8, tensor=1)))
+    graphdef, state = nnx.split(Thinker(CONFIG, rngs=nnx.Rngs(7)))
+    fsdp = jax.tree.leaves(state_shardings(state, make_mesh(MeshConfig(data=1, fsdp=8, tensor=1))))
+    trainer = nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(state), [
+        jax.device_put(x, s) for x, s in zip(jax.tree.leaves(state), fsdp)]))  # the trainer's layout
     params = nnx.state(trainer, nnx.Param)
     engine = Engine(model, mesh=engine_mesh(4), **ENGINE)
     run(engine)  # fills the prefix cache, which the sync must drop
