@@ -136,7 +136,7 @@ def _pad_to(x: jax.Array, axis: int, block: int) -> jax.Array:
 
 def _tiles(q, k, v, mask: AttentionMask, bq: int, bk: int):
     """Shared by the forward and both backward passes: padded inputs, tile counts and the tile function
-    `scores(qi, kj) → (fp32 scaled logits with disallowed = -inf [B, KV, G, bq, bk], allowed [B, bq, bk])`."""
+    `scores(qi, kj)` → fp32 scaled logits `[B, KV, G, bq, bk]`, disallowed pairs at -inf."""
     t, s, d = q.shape[1], k.shape[1], q.shape[-1]
     qp, kp, vp = _pad_to(q, 1, bq), _pad_to(k, 1, bk), _pad_to(v, 1, bk)
     scale = jnp.asarray(d**-0.5, q.dtype)
@@ -146,7 +146,7 @@ def _tiles(q, k, v, mask: AttentionMask, bq: int, bk: int):
         k_blk = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=1)
         allowed = mask.block(qi * bq, bq, kj * bk, bk, t, s)
         logits = (jnp.einsum("bqkgd,bskd->bkgqs", q_blk, k_blk) * scale).astype(jnp.float32)
-        return jnp.where(allowed[:, None, None], logits, -jnp.inf), allowed
+        return jnp.where(allowed[:, None, None], logits, -jnp.inf)
 
     return qp, kp, vp, qp.shape[1] // bq, kp.shape[1] // bk, scores
 
@@ -160,7 +160,7 @@ def _forward(q, k, v, mask: AttentionMask, bq: int, bk: int):
         def kv_tile(carry, kj):
             def update(carry):
                 m, total, acc = carry
-                logits, _ = scores(qi, kj)
+                logits = scores(qi, kj)
                 m_new = jnp.maximum(m, logits.max(-1))
                 m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
                 p = jnp.exp(logits - m_safe[..., None])
@@ -213,19 +213,19 @@ def _blockwise_bwd(bq, bk, res, d_out):
     lse_p = _pad_to(lse, 3, bq)
 
     def probs(qi, kj):
-        logits, allowed = scores(qi, kj)
+        logits = scores(qi, kj)
         lse_blk = jax.lax.dynamic_slice_in_dim(lse_p, qi * bq, bq, axis=3)
         p = jnp.exp(logits - lse_blk[..., None])
         do_blk = jax.lax.dynamic_slice_in_dim(do, qi * bq, bq, axis=3)
         v_blk = jax.lax.dynamic_slice_in_dim(vp, kj * bk, bk, axis=1).astype(jnp.float32)
         dp = jnp.einsum("bkgqd,bskd->bkgqs", do_blk, v_blk)
         ds = p * (dp - jax.lax.dynamic_slice_in_dim(delta, qi * bq, bq, axis=3)[..., None])
-        return p, ds, do_blk, jnp.any(allowed)
+        return p, ds, do_blk
 
     def dq_tile(qi):
         def step(acc, kj):
             def add(acc):
-                _, ds, _, _ = probs(qi, kj)
+                _, ds, _ = probs(qi, kj)
                 k_blk = jax.lax.dynamic_slice_in_dim(kp, kj * bk, bk, axis=1).astype(jnp.float32)
                 return acc + jnp.einsum("bkgqs,bskd->bqkgd", ds, k_blk) * scale
 
@@ -238,7 +238,7 @@ def _blockwise_bwd(bq, bk, res, d_out):
         def step(acc, qi):
             def add(acc):
                 dk, dv = acc
-                p, ds, do_blk, _ = probs(qi, kj)
+                p, ds, do_blk = probs(qi, kj)
                 q_blk = jax.lax.dynamic_slice_in_dim(qp, qi * bq, bq, axis=1).astype(jnp.float32)
                 return (dk + jnp.einsum("bkgqs,bqkgd->bskd", ds, q_blk) * scale,
                         dv + jnp.einsum("bkgqs,bkgqd->bskd", p, do_blk))
