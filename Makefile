@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 MODEL ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test bench clean demo chromium
+.PHONY: run test bench clean demo chromium toy
 
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ $(VENV)/.demo: $(VENV)/.core
 
 demo: $(VENV)/.demo $(EXAMPLE_VIDEO)
 	$(VENV)/bin/omniagent demo $(DEMO_ARGS) $(if $(MODEL),--model $(MODEL),)
+
+# The toy world end to end on a CPU (docs/toy.md §4): data -> expert -> SFT -> TAURA -> eval into runs/toy, resumable
+# per stage (rerun after a kill). TOY_ARGS="train_tasks=40 test_tasks=8" etc. overrides configs/toy/pipeline.yaml.
+TOY_ARGS ?=
+toy: $(VENV)/.core
+	$(PY) -m omniagent_jax.toy.pipeline $(TOY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,73 @@
+"""The toy pipeline's configuration (``configs/toy/pipeline.yaml`` plus ``key=value`` overrides)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import yaml
+
+
+class PipelineError(ValueError):
+    """A bad pipeline config, override, or stage input; the message names the key or file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    run_dir: str = "runs/toy"
+    seed: int = 0
+    train_tasks: int = 600
+    test_tasks: int = 100
+    sft_config: str = "configs/toy/sft.yaml"
+    rl_config: str = "configs/toy/taura.yaml"
+    sft: tuple[str, ...] = ()  # key=value overrides of the SFT config
+    rl: tuple[str, ...] = ()  # key=value overrides of the RL config
+    eval_max_new_tokens: int = 160
+    eval_max_live: int = 16
+
+    @property
+    def root(self) -> pathlib.Path:
+        return pathlib.Path(self.run_dir)
+
+
+def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """YAML file (optional) + ``key=value`` overrides (values parsed as YAML) -> a checked :class:`PipelineConfig`."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(pathlib.Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise PipelineError(f"cannot read {path}: {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            raise PipelineError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+        if not isinstance(raw, dict):
+            raise PipelineError(f"{path}: expected a mapping at the top level")
+    for item in overrides:
+        if "=" not in item:
+            raise PipelineError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        raw[key.strip()] = yaml.safe_load(text)
+    fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise PipelineError(f"unknown pipeline key(s) {unknown}; known: {sorted(fields)}")
+    for key in ("sft", "rl"):
+        if key in raw:
+            value = raw[key] or []
+            if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+                raise PipelineError(f"{key} must be a list of key=value strings, got {value!r}")
+            raw[key] = tuple(value)
+    for key in ("seed", "train_tasks", "test_tasks", "eval_max_new_tokens", "eval_max_live"):
+        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
+            raise PipelineError(f"{key} must be an integer, got {raw[key]!r}")
+    cfg = PipelineConfig(**raw)
+    for key in ("train_tasks", "test_tasks", "eval_max_new_tokens", "eval_max_live"):
+        if getattr(cfg, key) < 1:
+            raise PipelineError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    for key in ("sft_config", "rl_config"):
+        if not pathlib.Path(getattr(cfg, key)).is_file():
+            raise PipelineError(f"{key} {getattr(cfg, key)} not found")
+    if cfg.root.is_file():
+        raise PipelineError(f"run_dir {cfg.run_dir} is a file")
+    return cfg

@@ -1,0 +1,240 @@
+"""The toy pipeline's stages (docs/toy.md §4). Each writes under the run directory and is skipped when its
+output is complete; the ones that take long (collect, SFT, RL, eval) also resume part-way through.
+
+    data     runs/toy/data/{train,test}.jsonl + videos/      toy.splits.write_split (each video checked)
+    collect  runs/toy/collect/{results,steps}.jsonl          `omniagent collect` with the scripted expert
+    sft_data runs/toy/sft.jsonl                              `omniagent export-sft` (won trajectories only)
+    init     runs/toy/init/                                   the toy thinker at random init + the toy tokenizer
+    sft      runs/toy/sft/export_jax/ (+ tokenizer)           `omniagent train sft` on configs/toy/sft.yaml
+    rl       runs/toy/taura/export_jax/ (+ tokenizer)         `omniagent train rl` on configs/toy/taura.yaml
+    eval     runs/toy/eval_<name>/summary.json                 `omniagent eval`, greedy, on the test split
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Callable
+
+from omniagent_jax.toy import settings, splits
+from omniagent_jax.toy.pipeline.config import PipelineConfig, PipelineError
+
+TOKENIZER_DIR = settings.REPO_CONFIGS / "toy" / "tokenizer"
+THINKER_CONFIG = settings.REPO_CONFIGS / "toy" / "thinker.yaml"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def log(msg: str) -> None:
+    print(f"[toy] {msg}", file=sys.stderr, flush=True)
+
+
+def _count_lines(path: pathlib.Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.is_file() else -1
+
+
+def _omniagent(argv: list[str]) -> int:
+    """Runs an `omniagent` subcommand in this process (the same parser and checks as the command line)."""
+    from omniagent_jax.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise PipelineError(f"{what} failed (exit {rc})")
+
+
+def with_tokenizer(model_dir: pathlib.Path) -> pathlib.Path:
+    """A checkpoint directory with the toy tokenizer beside its weights (what `--model` and RL `init` load)."""
+    for name in _TOKENIZER_FILES:
+        shutil.copyfile(TOKENIZER_DIR / name, model_dir / name)
+    return model_dir
+
+
+def _has_tokenizer(model_dir: pathlib.Path) -> bool:
+    return all((model_dir / n).is_file() for n in _TOKENIZER_FILES)
+
+
+def stage_data(cfg: PipelineConfig) -> dict[str, pathlib.Path]:
+    """The train and test splits (a split whose JSONL already holds its rows is kept as it is)."""
+    folder = cfg.root / "data"
+    out = {}
+    for split, count in (("train", cfg.train_tasks), ("test", cfg.test_tasks)):
+        path = splits.rows_path(folder, split)
+        if _count_lines(path) == count:
+            log(f"data: {path} complete ({count} tasks), skipped")
+        else:
+            splits.write_split(folder, split, count)
+        out[split] = path
+    return out
+
+
+def stage_collect(cfg: PipelineConfig, train_rows: pathlib.Path) -> pathlib.Path:
+    """Expert trajectories on the train split: `omniagent collect` with the scripted expert as its policy."""
+    from omniagent_jax.eval.collect import collect_command
+    from omniagent_jax.toy.expert import ExpertPolicy
+
+    out = cfg.root / "collect"
+    results = out / "results.jsonl"
+    if _count_lines(results) == cfg.train_tasks:
+        log(f"collect: {results} complete, skipped")
+        return out / "steps.jsonl"
+    from omniagent_jax.cli import build_parser
+
+    args = build_parser().parse_args(["collect", "--dataset", str(train_rows), "--output-dir", str(out),
+                                      "--seed", str(cfg.seed), "--attempts", "1", *settings.cli_flags()])
+    _check(collect_command(args, policy=ExpertPolicy()), "collect")
+    return out / "steps.jsonl"
+
+
+def stage_sft_data(cfg: PipelineConfig, steps: pathlib.Path) -> pathlib.Path:
+    """The SFT rows: `omniagent export-sft` over the expert's step logs (rewritten whenever collect is newer)."""
+    out = cfg.root / "sft.jsonl"
+    if out.is_file() and out.stat().st_mtime >= steps.stat().st_mtime:
+        log(f"sft_data: {out} up to date, skipped")
+        return out
+    _check(_omniagent(["export-sft", str(steps), "--out", str(out)]), "export-sft")
+    if _count_lines(out) < 1:
+        raise PipelineError(f"export-sft kept no rows from {steps} (did the expert win no episode?)")
+    return out
+
+
+def stage_init(cfg: PipelineConfig) -> pathlib.Path:
+    """The toy thinker at its random init (seeded by the pipeline seed) with the toy tokenizer beside it."""
+    out = cfg.root / "init"
+    if out.is_dir() and _has_tokenizer(out):
+        log(f"init: {out} exists, skipped")
+        return out
+    from flax import nnx
+
+    from omniagent_jax.model.config import load_config
+    from omniagent_jax.model.jax_checkpoint import save_jax_checkpoint
+    from omniagent_jax.model.thinker import Thinker
+
+    model = Thinker(load_config(str(THINKER_CONFIG)), rngs=nnx.Rngs(cfg.seed))
+    save_jax_checkpoint(model, out, overwrite=True)
+    return with_tokenizer(out)
+
+
+def stage_sft(cfg: PipelineConfig, init: pathlib.Path, sft_rows: pathlib.Path) -> pathlib.Path:
+    """SFT from ``init`` on the expert rows; its exported JAX checkpoint (with the tokenizer)."""
+    from omniagent_jax.train.config import load_config
+    from omniagent_jax.train.sft import train
+
+    out = cfg.root / "sft"
+    export = out / "export_jax"
+    if export.is_dir() and _has_tokenizer(export):
+        log(f"sft: {export} exists, skipped")
+        return export
+    scfg = load_config(cfg.sft_config, [*cfg.sft, f"init={init}", f"data.train_file={sft_rows}", f"output_dir={out}",
+                                        "export_hf=true"])
+    result = train(scfg)
+    if not export.is_dir():
+        raise PipelineError(f"SFT ended after {result.steps} steps without {export}")
+    last = result.losses[max(result.losses)] if result.losses else float("nan")
+    log(f"sft: {result.steps} steps, last loss {last:.4f}, {result.bad_rows} rows skipped")
+    return with_tokenizer(export)
+
+
+def rl_config(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path, name: str, path: str | None = None):
+    """The RL config the pipeline runs: ``path`` (default ``cfg.rl_config``) with the run's init, data and output."""
+    from omniagent_jax.train.rl.config import load_rl_config
+
+    return load_rl_config(path or cfg.rl_config, [*cfg.rl, f"init={init}", f"data.train_file={train_rows}",
+                                                  f"data.data_root={train_rows.parent}", f"output_dir={cfg.root / name}"])
+
+
+def stage_rl(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path, name: str = "taura",
+             path: str | None = None) -> pathlib.Path:
+    """One RL run from the SFT checkpoint on the train split; its last step exported as a JAX checkpoint."""
+    from omniagent_jax.train.rl.trainer import train
+
+    rcfg = rl_config(cfg, init, train_rows, name, path)
+    export = pathlib.Path(rcfg.output_dir) / "export_jax"
+    if export.is_dir() and _has_tokenizer(export):
+        log(f"rl: {export} exists, skipped")
+        return export
+    result = train(rcfg)
+    last = result.history[max(result.history)] if result.history else {}
+    log(f"rl ({name}): {result.steps} steps, last reward {last.get('reward/mean', float('nan')):.3f}")
+    return with_tokenizer(export_rl(rcfg, export))
+
+
+def export_rl(rcfg, out: pathlib.Path) -> pathlib.Path:
+    """The last RL checkpoint's thinker (trained decoder, frozen towers) as a JAX checkpoint."""
+    from flax import nnx
+
+    from omniagent_jax.model.jax_checkpoint import save_jax_checkpoint
+    from omniagent_jax.train import mesh as mesh_lib
+    from omniagent_jax.train import optim, setup
+    from omniagent_jax.train import step as step_lib
+    from omniagent_jax.train.checkpoint import Checkpointer
+
+    mesh = mesh_lib.make_mesh(rcfg.mesh)
+    scfg = rcfg.model_setup()
+    graphdef, trainable, frozen, other = setup.abstract_model(scfg, mesh)
+    tx = optim.make_optimizer(rcfg.optim, rcfg.steps * rcfg.algo.ppo_epochs * rcfg.algo.mini_batches)
+    target = {"train": step_lib.abstract_state(trainable, tx), "frozen": frozen, "other": other}
+    if rcfg.algo.kl != "none":
+        target["ref"] = trainable
+    ckpt = Checkpointer(pathlib.Path(rcfg.output_dir) / "checkpoints", rcfg.checkpoint)
+    try:
+        step = ckpt.latest_step()
+        if step != rcfg.steps:
+            raise PipelineError(f"RL run {rcfg.output_dir} has no checkpoint of its last step {rcfg.steps} (latest: {step})")
+        restored, _ = ckpt.restore(target, step)
+    finally:
+        ckpt.close()
+    model = nnx.merge(graphdef, restored["train"].params, restored["frozen"], restored["other"])
+    return save_jax_checkpoint(model, out, overwrite=True)
+
+
+def stage_eval(cfg: PipelineConfig, model: pathlib.Path, test_rows: pathlib.Path, name: str) -> dict:
+    """Greedy `omniagent eval` of ``model`` on the test split (resumable); its summary."""
+    out = cfg.root / f"eval_{name}"
+    summary_path = out / "summary.json"
+    argv = ["eval", "--model", str(model), "--dataset", str(test_rows), "--output-dir", str(out), "--temperature", "0",
+            "--max-new-tokens", str(cfg.eval_max_new_tokens), "--max-live", str(cfg.eval_max_live), "--seed", str(cfg.seed),
+            "--max-batch", str(cfg.eval_max_live), *settings.cli_flags()]
+    if not (summary_path.is_file() and json.loads(summary_path.read_text())["num_samples"] == cfg.test_tasks):
+        _check(_omniagent(argv), f"eval of {model}")
+    return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """Every stage in order (each skipped when done); per-stage seconds and the eval summaries, also written
+    to ``run_dir/pipeline.json``."""
+    times: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable, *a):
+        t0 = time.perf_counter()
+        log(f"stage {name}")
+        value = fn(*a)
+        times[name] = round(time.perf_counter() - t0, 1)
+        return value
+
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    rows = timed("data", stage_data, cfg)
+    steps = timed("collect", stage_collect, cfg, rows["train"])
+    sft_rows = timed("sft_data", stage_sft_data, cfg, steps)
+    init = timed("init", stage_init, cfg)
+    sft = timed("sft", stage_sft, cfg, init, sft_rows)
+    summaries = {"sft": timed("eval_sft", stage_eval, cfg, sft, rows["test"], "sft")}
+    rl = timed("rl", stage_rl, cfg, sft, rows["train"])
+    summaries["taura"] = timed("eval_taura", stage_eval, cfg, rl, rows["test"], "taura")
+    report = {"stage_seconds": times, "eval": summaries}
+    (cfg.root / "pipeline.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def main_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m omniagent_jax.toy.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(settings.REPO_CONFIGS / "toy" / "pipeline.yaml"))
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. train_tasks=40 'sft=[max_steps=5]'")
+    return parser.parse_args(argv)
