@@ -133,9 +133,7 @@ def stage_sft(cfg: PipelineConfig, init: pathlib.Path, sft_rows: pathlib.Path) -
         return export
     scfg = load_config(cfg.sft_config, [*cfg.sft, f"init={init}", f"data.train_file={sft_rows}", f"output_dir={out}",
                                         "export_hf=true"])
-    result = train(scfg)
-    if not export.is_dir():
-        raise PipelineError(f"SFT ended after {result.steps} steps without {export}")
+    result = train(scfg)  # export_hf=true: the finished run writes export_jax
     last = result.losses[max(result.losses)] if result.losses else float("nan")
     log(f"sft: {result.steps} steps, last loss {last:.4f}, {result.bad_rows} rows skipped")
     return with_tokenizer(export)

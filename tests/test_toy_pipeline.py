@@ -1,0 +1,105 @@
+"""The toy pipeline (docs/toy.md §4): a shortened run through every stage, its resume, and its error paths."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from omniagent_jax.toy.pipeline import stages
+from omniagent_jax.toy.pipeline.__main__ import main
+from omniagent_jax.toy.pipeline.config import PipelineError, load_pipeline_config
+
+SHORT = ["train_tasks=2", "test_tasks=1", "eval_max_new_tokens=8", "eval_max_live=2",
+         "sft=[max_steps=1, data.batch_size=2, 'data.buckets=[512]', checkpoint.every=0]",
+         "rl=[steps=1, 'data.mix=[MCQ=1]', rollout.n=2, rollout.max_new_tokens=8, rollout.num_pages=256, rollout.max_batch=4, "
+         "rollout.max_live=4, 'buckets=[1024]', rows_per_micro=4, checkpoint.every=0]"]
+
+
+def _lines(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    cfg = load_pipeline_config(None, [f"run_dir={tmp_path_factory.mktemp('toy')}", *SHORT])
+    return cfg, stages.run_pipeline(cfg)
+
+
+def test_short_pipeline_runs_every_stage(short_run):
+    cfg, report = short_run
+    root = cfg.root
+    assert list(report["stage_seconds"]) == ["data", "collect", "sft_data", "init", "sft", "eval_sft", "rl", "eval_taura"]
+    assert len(_lines(root / "data" / "train.jsonl")) == 2 and len(_lines(root / "data" / "test.jsonl")) == 1
+    assert [r["win"] for r in _lines(root / "collect" / "results.jsonl")] == [True, True]  # the expert wins both
+    sft_rows = _lines(root / "sft.jsonl")
+    assert len(sft_rows) >= 4 and all(r["extra_info"]["sample_index"] in (0, 1) for r in sft_rows)
+    for model in (root / "init", root / "sft" / "export_jax", root / "taura" / "export_jax"):
+        assert (model / "tokenizer.json").is_file() and (model / "config.json").is_file(), model
+    assert len(_lines(root / "sft" / "metrics.jsonl")) == 1
+    assert [m["step"] for m in _lines(root / "taura" / "metrics.jsonl")] == [1]
+    for name in ("sft", "taura"):
+        assert report["eval"][name]["num_samples"] == 1
+        assert len(_lines(root / f"eval_{name}" / "results.jsonl")) == 1
+    assert json.loads((root / "pipeline.json").read_text()) == report
+
+
+def test_finished_stages_are_skipped(short_run, monkeypatch):
+    cfg, _ = short_run
+
+    def boom(*a, **k):
+        raise AssertionError("a finished stage ran again")
+
+    for target in ("omniagent_jax.toy.splits.write_split", "omniagent_jax.eval.collect.collect_command",
+                   "omniagent_jax.train.sft.train", "omniagent_jax.train.rl.trainer.train",
+                   "omniagent_jax.toy.pipeline.stages._omniagent"):
+        monkeypatch.setattr(target, boom)
+    report = stages.run_pipeline(cfg)
+    assert report["eval"]["taura"]["num_samples"] == 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["nope=1"], "unknown pipeline key"),
+    (["train_tasks"], "is not key=value"),
+    (["train_tasks=0"], "train_tasks must be >= 1"),
+    (["test_tasks=two"], "test_tasks must be an integer"),
+    (["sft=max_steps"], "sft must be a list of key=value"),
+    (["sft_config=missing.yaml"], "sft_config missing.yaml not found"),
+])
+def test_bad_pipeline_config(overrides, message):
+    with pytest.raises(PipelineError, match=message):
+        load_pipeline_config(None, overrides)
+
+
+def test_bad_config_files(tmp_path):
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    (tmp_path / "bad.yaml").write_text("a: [\n")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PipelineError, match="expected a mapping"):
+        load_pipeline_config(str(tmp_path / "list.yaml"))
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        load_pipeline_config(str(tmp_path / "bad.yaml"))
+    with pytest.raises(PipelineError, match="cannot read"):
+        load_pipeline_config(str(tmp_path / "absent.yaml"))
+    with pytest.raises(PipelineError, match="is a file"):
+        load_pipeline_config(None, [f"run_dir={tmp_path / 'file'}"])
+
+
+def test_cli_reports_a_bad_config_in_one_line(capsys):
+    assert main(["nope=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("omniagent toy pipeline: error: unknown pipeline key")
+
+
+def test_stage_errors(tmp_path):
+    cfg = load_pipeline_config(None, [f"run_dir={tmp_path}"])
+    steps = tmp_path / "steps.jsonl"
+    steps.write_text("")
+    with pytest.raises(PipelineError, match="export-sft kept no rows"):
+        stages.stage_sft_data(cfg, steps)
+    with pytest.raises(PipelineError, match="eval of .* failed \\(exit 2\\)"):
+        stages.stage_eval(cfg, tmp_path / "no_model", tmp_path / "no_test.jsonl", "x")
+    rcfg = stages.rl_config(cfg, tmp_path / "init", tmp_path / "train.jsonl", "rl")
+    with pytest.raises(PipelineError, match="has no checkpoint of its last step"):
+        stages.export_rl(rcfg, tmp_path / "export")
