@@ -11,7 +11,7 @@ from omniagent_jax.toy.pipeline import stages
 from omniagent_jax.toy.pipeline.__main__ import main
 from omniagent_jax.toy.pipeline.config import PipelineError, load_pipeline_config
 
-SHORT = ["train_tasks=2", "test_tasks=1", "eval_max_new_tokens=8", "eval_max_live=2",
+SHORT = ["train_tasks=2", "test_tasks=1", "data_workers=2", "eval_max_new_tokens=8", "eval_max_live=2",
          "sft=[max_steps=1, data.batch_size=2, 'data.buckets=[512]', checkpoint.every=0]",
          "rl=[steps=1, 'data.mix=[MCQ=1]', rollout.n=2, rollout.max_new_tokens=8, rollout.num_pages=256, rollout.max_batch=4, "
          "rollout.max_live=4, 'buckets=[1024]', rows_per_micro=4, checkpoint.every=0]"]
@@ -31,6 +31,11 @@ def test_short_pipeline_runs_every_stage(short_run):
     cfg, report = short_run
     root = cfg.root
     assert list(report["stage_seconds"]) == ["data", "collect", "sft_data", "init", "sft", "eval_sft", "rl", "eval_taura"]
+    from omniagent_jax.toy import world
+
+    # rendered by two processes, in task order
+    assert [r["video"] for r in _lines(root / "data" / "train.jsonl")] == [
+        f"videos/{world.generate_task('train', i).video_name}" for i in range(2)]
     assert len(_lines(root / "data" / "train.jsonl")) == 2 and len(_lines(root / "data" / "test.jsonl")) == 1
     assert [r["win"] for r in _lines(root / "collect" / "results.jsonl")] == [True, True]  # the expert wins both
     sft_rows = _lines(root / "sft.jsonl")
@@ -63,6 +68,7 @@ def test_finished_stages_are_skipped(short_run, monkeypatch):
     (["nope=1"], "unknown pipeline key"),
     (["train_tasks"], "is not key=value"),
     (["train_tasks=0"], "train_tasks must be >= 1"),
+    (["data_workers=0"], "data_workers must be >= 1"),
     (["test_tasks=two"], "test_tasks must be an integer"),
     (["sft=max_steps"], "sft must be a list of key=value"),
     (["sft_config=missing.yaml"], "sft_config missing.yaml not found"),
@@ -90,6 +96,13 @@ def test_cli_reports_a_bad_config_in_one_line(capsys):
     assert main(["nope=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("omniagent toy pipeline: error: unknown pipeline key")
+
+
+def test_split_workers_must_be_positive(tmp_path):
+    from omniagent_jax.toy import splits
+
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        splits.write_split(tmp_path, "test", 1, workers=0)
 
 
 def test_stage_errors(tmp_path):

@@ -8,7 +8,9 @@ and ``videos/<split>_NNNNN.mp4``. Writing is resumable: a video already there is
 from __future__ import annotations
 
 import collections
+import functools
 import json
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -33,26 +35,39 @@ def rows_path(folder: str | pathlib.Path, split: str) -> pathlib.Path:
     return pathlib.Path(folder) / f"{split}.jsonl"
 
 
+def ensure_video(folder: pathlib.Path, split: str, index: int, verify: bool = True) -> dict[str, Any]:
+    """Task ``index`` of ``split``: its video written under ``folder`` unless there, checked unless ``verify`` is
+    False; returns its row."""
+    task = world.generate_task(split, index)
+    video = folder / VIDEO_DIR / task.video_name
+    if not video.exists():
+        partial = video.with_suffix(".part.mp4")
+        render.write_video(task, partial)
+        os.replace(partial, video)  # a crash never leaves a half-written video under the final name
+    if verify:
+        check.check_video(task, video)
+    return task.row(f"{VIDEO_DIR}/{task.video_name}")
+
+
 def write_split(folder: str | pathlib.Path, split: str, count: int, *, start: int = 0, verify: bool = True,
-                progress: bool = True) -> pathlib.Path:
+                progress: bool = True, workers: int = 1) -> pathlib.Path:
     """Write tasks ``start .. start+count-1`` of ``split`` (videos checked by decoding unless ``verify`` is
-    False) and their rows; returns the JSONL path. Raises :class:`~omniagent_jax.toy.check.ToyCheckError`
-    when a written video does not hold its task."""
+    False; ``workers`` processes render them, each video single-threaded) and their rows; returns the JSONL
+    path. Raises :class:`~omniagent_jax.toy.check.ToyCheckError` when a written video does not hold its task."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     folder = pathlib.Path(folder)
     (folder / VIDEO_DIR).mkdir(parents=True, exist_ok=True)
-    rows = []
-    for index in tqdm(range(start, start + count), desc=f"toy {split}", unit="video", file=sys.stderr, disable=not progress):
-        task = world.generate_task(split, index)
-        video = folder / VIDEO_DIR / task.video_name
-        if not video.exists():
-            partial = video.with_suffix(".part.mp4")
-            render.write_video(task, partial)
-            os.replace(partial, video)  # a crash never leaves a half-written video under the final name
-        if verify:
-            check.check_video(task, video)
-        rows.append(task.row(f"{VIDEO_DIR}/{task.video_name}"))
+    indices = range(start, start + count)
+    job = functools.partial(ensure_video, folder, split, verify=verify)
+    bar = functools.partial(tqdm, total=count, desc=f"toy {split}", unit="video", file=sys.stderr, disable=not progress)
+    if workers == 1:
+        rows = [job(i) for i in bar(indices)]
+    else:  # spawned, not forked: the caller may hold JAX's threads
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            rows = list(bar(pool.imap(job, indices)))
     path = rows_path(folder, split)
     tmp = path.with_suffix(".jsonl.part")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

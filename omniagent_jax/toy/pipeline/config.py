@@ -19,6 +19,7 @@ class PipelineConfig:
     seed: int = 0
     train_tasks: int = 600
     test_tasks: int = 100
+    data_workers: int = 2  # processes rendering and checking videos
     sft_config: str = "configs/toy/sft.yaml"
     rl_config: str = "configs/toy/taura.yaml"
     sft: tuple[str, ...] = ()  # key=value overrides of the SFT config
@@ -58,11 +59,11 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
             if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
                 raise PipelineError(f"{key} must be a list of key=value strings, got {value!r}")
             raw[key] = tuple(value)
-    for key in ("seed", "train_tasks", "test_tasks", "eval_max_new_tokens", "eval_max_live"):
+    for key in ("seed", "train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live"):
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
             raise PipelineError(f"{key} must be an integer, got {raw[key]!r}")
     cfg = PipelineConfig(**raw)
-    for key in ("train_tasks", "test_tasks", "eval_max_new_tokens", "eval_max_live"):
+    for key in ("train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live"):
         if getattr(cfg, key) < 1:
             raise PipelineError(f"{key} must be >= 1, got {getattr(cfg, key)}")
     for key in ("sft_config", "rl_config"):

@@ -69,7 +69,7 @@ def stage_data(cfg: PipelineConfig) -> dict[str, pathlib.Path]:
         if _count_lines(path) == count:
             log(f"data: {path} complete ({count} tasks), skipped")
         else:
-            splits.write_split(folder, split, count)
+            splits.write_split(folder, split, count, workers=cfg.data_workers)
         out[split] = path
     return out
 
