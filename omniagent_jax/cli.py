@@ -6,6 +6,7 @@
     omniagent eval --dataset X.jsonl --output-dir D [...]   a benchmark, resumable and sharded; `eval merge D1 D2 ...`
     omniagent sweep / collect / export-sft   turn-budget sweep (sweep.png), best-of-N SFT trajectories, the SFT filter
     omniagent demo  [--model PATH] [--port 8080]    the Gradio demo on 127.0.0.1 (watch each turn, timeline, export)
+    omniagent toy   generate|score|tokenizer|pipeline   the CPU-scale toy world and `make toy` (docs/toy.md)
 
 `run` uses the JAX engine by default (`--model PATH`, an HF or converted JAX checkpoint); without
 `--model` it builds the tiny preset with RANDOM weights (created once, cached on disk), which only
@@ -109,11 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from omniagent_jax.demo.cli import add_demo_command
     from omniagent_jax.eval.cli import add_eval_commands
+    from omniagent_jax.toy.cli import add_toy_command
     from omniagent_jax.train.cli import add_train_arguments
 
     add_eval_commands(sub)
     add_train_arguments(sub)
     add_demo_command(sub)
+    add_toy_command(sub)
     return parser
 
 

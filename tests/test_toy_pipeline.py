@@ -92,8 +92,11 @@ def test_bad_config_files(tmp_path):
         load_pipeline_config(None, [f"run_dir={tmp_path / 'file'}"])
 
 
-def test_cli_reports_a_bad_config_in_one_line(capsys):
-    assert main(["nope=1"]) == 2
+@pytest.mark.parametrize("entry", ["module", "omniagent"])
+def test_cli_reports_a_bad_config_in_one_line(capsys, entry):
+    from omniagent_jax.cli import main as omniagent
+
+    assert (main(["nope=1"]) if entry == "module" else omniagent(["toy", "pipeline", "nope=1"])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("omniagent toy pipeline: error: unknown pipeline key")
 

@@ -3,6 +3,9 @@
     python -m omniagent_jax.toy.cli generate --split test --count 50 --out data/toy   videos + test.jsonl, each checked
     python -m omniagent_jax.toy.cli score --rows data/toy/test.jsonl --policy expert   accuracy by type (JSON)
     python -m omniagent_jax.toy.cli tokenizer --rows data/toy/train.jsonl --out configs/toy/tokenizer   the toy BPE
+    python -m omniagent_jax.toy.cli pipeline [key=value ...]   `make toy`: data -> expert -> SFT -> TAURA -> eval (§4)
+
+The same commands are `omniagent toy generate|score|tokenizer|pipeline`.
 
 Bad input exits 2 with one ``omniagent toy <command>: error: ...`` line.
 """
@@ -22,7 +25,22 @@ from omniagent_jax.toy import splits, world
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omniagent toy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def add_toy_command(sub: argparse._SubParsersAction) -> None:
+    """Registers `omniagent toy <command>` on the top-level subparsers."""
+    toy = sub.add_parser("toy", help="the toy world: generate | score | tokenizer | pipeline (docs/toy.md)",
+                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_commands(toy.add_subparsers(dest="command", required=True))
+    toy.set_defaults(func=run)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The toy subcommands (their ``dest`` is ``command``)."""
+    from omniagent_jax.toy.pipeline.config import add_pipeline_arguments
+
     gen = sub.add_parser("generate", help="write a split's videos and JSONL rows to a folder (resumable)")
     gen.add_argument("--split", required=True, choices=sorted(world.SPLITS))
     gen.add_argument("--count", type=int, required=True, help="number of tasks")
@@ -38,11 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--rows", required=True, help="a (train) split's JSONL")
     tok.add_argument("--limit", type=int, default=None, help="play only the first N rows")
     tok.add_argument("--out", required=True, help="folder for tokenizer.json / tokenizer_config.json")
-    return parser
+    add_pipeline_arguments(sub.add_parser("pipeline", help="make toy: data -> expert -> SFT -> TAURA -> eval (resumable)"))
 
 
 def check_args(args: argparse.Namespace) -> None:
     """UsageError for input that cannot work, before any work starts."""
+    if args.command == "pipeline":
+        return  # the pipeline checks its own config
     if args.command == "generate":
         if args.count < 1:
             raise UsageError(f"--count must be >= 1, got {args.count}")
@@ -61,8 +81,16 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs a parsed toy command; returns the exit code."""
     prog = f"omniagent toy {args.command}"
+    if args.command == "pipeline":  # imported here: the pipeline is the toy room's JAX code
+        from omniagent_jax.toy.pipeline.__main__ import run_args
+
+        return run_args(args)
     try:
         check_args(args)
     except UsageError as e:

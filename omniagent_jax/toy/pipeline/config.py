@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import pathlib
 from typing import Any
 
 import yaml
+
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[3] / "configs" / "toy" / "pipeline.yaml"
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pipeline's flags: ``--config`` and ``key=value`` overrides."""
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML (default configs/toy/pipeline.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. train_tasks=40 'sft=[max_steps=5]'")
 
 
 class PipelineError(ValueError):

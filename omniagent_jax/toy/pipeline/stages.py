@@ -36,11 +36,18 @@ def _count_lines(path: pathlib.Path) -> int:
     return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) if path.is_file() else -1
 
 
-def _omniagent(argv: list[str]) -> int:
-    """Runs an `omniagent` subcommand in this process (the same parser and checks as the command line)."""
-    from omniagent_jax.cli import build_parser
+def _eval_args(argv: list[str]) -> argparse.Namespace:
+    """`omniagent eval | collect | export-sft` arguments, parsed by those commands' own parser."""
+    from omniagent_jax.eval.cli import add_eval_commands
 
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(prog="omniagent")
+    add_eval_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def _omniagent(argv: list[str]) -> int:
+    """Runs an `omniagent` eval-family command in this process (the same checks as the command line)."""
+    args = _eval_args(argv)
     return args.func(args)
 
 
@@ -84,9 +91,7 @@ def stage_collect(cfg: PipelineConfig, train_rows: pathlib.Path) -> pathlib.Path
     if _count_lines(results) == cfg.train_tasks:
         log(f"collect: {results} complete, skipped")
         return out / "steps.jsonl"
-    from omniagent_jax.cli import build_parser
-
-    args = build_parser().parse_args(["collect", "--dataset", str(train_rows), "--output-dir", str(out),
+    args = _eval_args(["collect", "--dataset", str(train_rows), "--output-dir", str(out),
                                       "--seed", str(cfg.seed), "--attempts", "1", *settings.cli_flags()])
     _check(collect_command(args, policy=ExpertPolicy()), "collect")
     return out / "steps.jsonl"
@@ -228,11 +233,3 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     report = {"stage_seconds": times, "eval": summaries}
     (cfg.root / "pipeline.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
-
-
-def main_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m omniagent_jax.toy.pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(settings.REPO_CONFIGS / "toy" / "pipeline.yaml"))
-    parser.add_argument("overrides", nargs="*", help="key=value, e.g. train_tasks=40 'sft=[max_steps=5]'")
-    return parser.parse_args(argv)
