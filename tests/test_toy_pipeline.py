@@ -50,6 +50,21 @@ def test_short_pipeline_runs_every_stage(short_run):
     assert json.loads((root / "pipeline.json").read_text()) == report
 
 
+def test_export_checkpoint_of_sft_run(short_run, tmp_path):
+    """Any saved step of a run exports (what an accuracy-vs-step curve evaluates); its decoder is the run's."""
+    import numpy as np
+
+    from omniagent_jax.model.thinker import Thinker
+    from omniagent_jax.toy.pipeline.export import export_checkpoint
+    from omniagent_jax.train.config import load_config
+
+    cfg, _ = short_run
+    scfg = load_config(cfg.sft_config, [f"init={cfg.root / 'init'}"])
+    out = export_checkpoint(scfg, cfg.root / "sft", tmp_path / "step1", step=1)
+    a, b = Thinker.from_pretrained(out), Thinker.from_pretrained(cfg.root / "sft" / "export_jax")
+    np.testing.assert_array_equal(np.asarray(a.lm_head.kernel.value), np.asarray(b.lm_head.kernel.value))
+
+
 def test_finished_stages_are_skipped(short_run, monkeypatch):
     cfg, _ = short_run
 
@@ -117,5 +132,5 @@ def test_stage_errors(tmp_path):
     with pytest.raises(PipelineError, match="eval of .* failed \\(exit 2\\)"):
         stages.stage_eval(cfg, tmp_path / "no_model", tmp_path / "no_test.jsonl", "x")
     rcfg = stages.rl_config(cfg, tmp_path / "init", tmp_path / "train.jsonl", "rl")
-    with pytest.raises(PipelineError, match="has no checkpoint of its last step"):
+    with pytest.raises(PipelineError, match="has no checkpoint of step 30"):
         stages.export_rl(rcfg, tmp_path / "export")

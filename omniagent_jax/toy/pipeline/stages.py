@@ -169,32 +169,10 @@ def stage_rl(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path, 
 
 
 def export_rl(rcfg, out: pathlib.Path) -> pathlib.Path:
-    """The last RL checkpoint's thinker (trained decoder, frozen towers) as a JAX checkpoint."""
-    from flax import nnx
+    """The RL run's last step (``rcfg.steps``) as a JAX checkpoint."""
+    from omniagent_jax.toy.pipeline.export import export_checkpoint
 
-    from omniagent_jax.model.jax_checkpoint import save_jax_checkpoint
-    from omniagent_jax.train import mesh as mesh_lib
-    from omniagent_jax.train import optim, setup
-    from omniagent_jax.train import step as step_lib
-    from omniagent_jax.train.checkpoint import Checkpointer
-
-    mesh = mesh_lib.make_mesh(rcfg.mesh)
-    scfg = rcfg.model_setup()
-    graphdef, trainable, frozen, other = setup.abstract_model(scfg, mesh)
-    tx = optim.make_optimizer(rcfg.optim, rcfg.steps * rcfg.algo.ppo_epochs * rcfg.algo.mini_batches)
-    target = {"train": step_lib.abstract_state(trainable, tx), "frozen": frozen, "other": other}
-    if rcfg.algo.kl != "none":
-        target["ref"] = trainable
-    ckpt = Checkpointer(pathlib.Path(rcfg.output_dir) / "checkpoints", rcfg.checkpoint)
-    try:
-        step = ckpt.latest_step()
-        if step != rcfg.steps:
-            raise PipelineError(f"RL run {rcfg.output_dir} has no checkpoint of its last step {rcfg.steps} (latest: {step})")
-        restored, _ = ckpt.restore(target, step)
-    finally:
-        ckpt.close()
-    model = nnx.merge(graphdef, restored["train"].params, restored["frozen"], restored["other"])
-    return save_jax_checkpoint(model, out, overwrite=True)
+    return export_checkpoint(rcfg.model_setup(), rcfg.output_dir, out, step=rcfg.steps, with_ref=rcfg.algo.kl != "none")
 
 
 def stage_eval(cfg: PipelineConfig, model: pathlib.Path, test_rows: pathlib.Path, name: str) -> dict:
