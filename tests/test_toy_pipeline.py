@@ -93,6 +93,10 @@ def test_bad_pipeline_config(overrides, message):
         load_pipeline_config(None, overrides)
 
 
+def test_run_dir_is_absolute():
+    assert load_pipeline_config(None, ["run_dir=runs/toy"]).root == pathlib.Path("runs/toy").resolve()
+
+
 def test_bad_config_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n")
     (tmp_path / "bad.yaml").write_text("a: [\n")

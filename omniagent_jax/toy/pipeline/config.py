@@ -38,7 +38,8 @@ class PipelineConfig:
 
     @property
     def root(self) -> pathlib.Path:
-        return pathlib.Path(self.run_dir)
+        """The run directory, absolute (orbax refuses relative checkpoint paths)."""
+        return pathlib.Path(self.run_dir).resolve()
 
 
 def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
