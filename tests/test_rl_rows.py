@@ -98,3 +98,18 @@ def test_retry_on_format_error_drops_invalid_non_terminal_turns():
     rows = [row(1, False, False), row(2, True, False), row(3, False, True), row(4, True, True, n=0)]
     assert [r.turn for r in keep_rows(rows, True)] == [2, 3]
     assert [r.turn for r in keep_rows(rows, False)] == [1, 2, 3]
+
+
+def test_epochs_mini_batches_and_kl_take_a_separate_old_pass(played):
+    cfg, model, _, batch = played
+    graphdef, params, frozen, other = optim.split_model(model, (r"^audio_tower\.", r"^visual\."))
+    algo = dataclasses.replace(cfg.algo, ppo_epochs=2, mini_batches=2, kl="k3", kl_coef=0.1)
+    c = dataclasses.replace(cfg, algo=algo)
+    tx = optax.sgd(1e-2)
+    fns = make_fns(c, graphdef, tx)
+    assert fns.old_given and not fns.forward_entropy
+    state = step_lib.init_state(jax.tree.map(jnp.copy, params), tx, 0)
+    new, m = update_on_rows(c, fns, state, frozen, other, model, batch, PUT, ref=params)
+    assert int(new.step) == 4 and np.isfinite(m["loss"]) and m["entropy_weight/std"] > 0
+    # The second epoch sees a ratio away from 1: the old log-probs are the batch's, not the current weights'.
+    assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params))) > 0
