@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from omniagent_jax.train.config import ConfigError, DataConfig, SFTConfig, load_config
+from omniagent_jax.train.model_check import check_model as _check_model
 
 PROG = "omniagent train sft"
 # Rows of the train file parsed before a run (the run itself skips, and counts, bad rows later on).
@@ -35,29 +36,6 @@ def add_train_arguments(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
     add_rl_command(stages)
     return train
-
-
-def _check_model(cfg: SFTConfig) -> None:
-    import yaml
-
-    from omniagent_jax.model.config import PRESETS
-    from omniagent_jax.model.loading import open_params
-    from omniagent_jax.train import setup
-
-    if cfg.model not in PRESETS and not Path(cfg.model).exists():
-        raise ConfigError(f"model {cfg.model!r} is neither a preset ({', '.join(sorted(PRESETS))}) "
-                          "nor an existing model YAML file or checkpoint directory")
-    try:
-        setup.model_config(cfg)
-    except (ValueError, TypeError, OSError, yaml.YAMLError) as e:  # in the file `model` names, or vocab_remap
-        raise ConfigError(f"model {cfg.model}: {e}") from None
-    if not cfg.init:
-        return
-    try:
-        found = open_params(cfg.init).config  # config and weight headers: no tensor is read
-        setup.check_init_config(cfg, found)
-    except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
-        raise ConfigError(f"init: {e}") from None
 
 
 def _check_data(data: DataConfig) -> None:

@@ -32,7 +32,7 @@ def add_rl_command(stages: argparse._SubParsersAction) -> argparse.ArgumentParse
 def check_rl_inputs(cfg: RLConfig) -> None:
     """What the run reads first, checked without loading anything; ConfigError naming the key."""
     from omniagent_jax.agent.data import DataError, sample_from_row
-    from omniagent_jax.train.cli import _check_model
+    from omniagent_jax.train.model_check import check_model
 
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
@@ -41,7 +41,7 @@ def check_rl_inputs(cfg: RLConfig) -> None:
         if Path(cfg.bandit_dir).exists() and not Path(cfg.bandit_dir).is_dir():
             raise ConfigError(f"bandit_dir {cfg.bandit_dir} is a file")
         return  # model, init and data come from the task the run builds
-    _check_model(cfg.model_setup())
+    check_model(cfg.model_setup())
     if cfg.env.system_prompt_file and not Path(cfg.env.system_prompt_file).is_file():
         raise ConfigError(f"env.system_prompt_file {cfg.env.system_prompt_file} not found")
     path = Path(cfg.data.train_file)
