@@ -15,6 +15,21 @@ import jax.numpy as jnp
 from omniagent_jax.train.labels import IGNORE
 
 
+def token_chunks(hidden: jax.Array, targets: jax.Array, chunk: int, *, fill: int) -> tuple[jax.Array, jax.Array, int]:
+    """hidden `[B, T, D]`, targets `[B, T]` flattened into `[N / c, c, D]` and `[N / c, c]` chunks of
+    `c = min(chunk, B·T)` tokens (the tail padded with zeros and `fill`), and the real token count N."""
+    d = hidden.shape[-1]
+    h = hidden.reshape(-1, d)
+    y = targets.reshape(-1)
+    n = h.shape[0]
+    chunk = min(chunk, n)
+    pad = (-n) % chunk
+    if pad:
+        h = jnp.pad(h, ((0, pad), (0, 0)))
+        y = jnp.pad(y, (0, pad), constant_values=fill)
+    return h.reshape(-1, chunk, d), y.reshape(-1, chunk), n
+
+
 def chunked_cross_entropy(
     hidden: jax.Array, lm_kernel: jax.Array, labels: jax.Array, *, chunk: int, skip_empty: bool = False
 ) -> tuple[jax.Array, jax.Array]:
@@ -24,17 +39,7 @@ def chunked_cross_entropy(
     `skip_empty` skips the logits of chunks without a target (most of a long agent context) with a
     `lax.cond`. Single-device only: on a sharded batch each device would evaluate the predicate on
     its own rows and take different branches around the head's collectives (a deadlock)."""
-    d = hidden.shape[-1]
-    h = hidden.reshape(-1, d)
-    y = labels.reshape(-1)
-    n = h.shape[0]
-    chunk = min(chunk, n)
-    pad = (-n) % chunk
-    if pad:
-        h = jnp.pad(h, ((0, pad), (0, 0)))
-        y = jnp.pad(y, (0, pad), constant_values=IGNORE)
-    h = h.reshape(-1, chunk, d)
-    y = y.reshape(-1, chunk)
+    h, y, _ = token_chunks(hidden, labels, chunk, fill=IGNORE)
 
     @jax.checkpoint
     def one(h_c: jax.Array, y_c: jax.Array) -> jax.Array:

@@ -15,6 +15,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from omniagent_jax.train.loss import token_chunks
+
 KL_KINDS = ("none", "k1", "k3")
 
 
@@ -64,17 +66,8 @@ def chunked_token_stats(
 
     Like `train/loss.py`, the `[tokens, vocab]` logits never materialise: `chunk` tokens at a time, each
     chunk's logits recomputed in the backward pass. The entropy carries no gradient (it is a statistic)."""
-    b, t, d = hidden.shape
-    h = hidden.reshape(-1, d)
-    y = targets.reshape(-1)
-    n = h.shape[0]
-    chunk = min(chunk, n)
-    pad = (-n) % chunk
-    if pad:
-        h = jnp.pad(h, ((0, pad), (0, 0)))
-        y = jnp.pad(y, (0, pad))
-    h = h.reshape(-1, chunk, d)
-    y = y.reshape(-1, chunk)
+    b, t, _ = hidden.shape
+    h, y, n = token_chunks(hidden, targets, chunk, fill=0)
 
     @jax.checkpoint
     def one(h_c: jax.Array, y_c: jax.Array) -> tuple[jax.Array, jax.Array]:
