@@ -150,7 +150,13 @@ def test_demo_command_serves_the_page_on_loopback_and_stops_on_interrupt(tmp_pat
         assert f"scripted replay of {script}" in httpx.get(f"http://127.0.0.1:{port}/config", timeout=10).text  # the page's label
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:  # report where it is stuck: the demo dumps its threads on SIGUSR1
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            proc.kill()
+            pytest.fail("omniagent demo did not stop within 120 s of SIGINT; its threads:\n" + proc.communicate()[1][-6000:])
     assert f"serving on http://127.0.0.1:{port} (local only; --share for a public link)" in err
     assert proc.returncode == 0, err
 

@@ -9,8 +9,10 @@ Every argument is checked before a model loads; bad input exits 2 with one ``omn
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib.util
 import pathlib
+import signal
 import sys
 
 from omniagent_jax.demo.defaults import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
@@ -106,6 +108,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     app = DemoApp([backend], max_upload_mb=args.max_upload_mb, concurrency=args.concurrency, max_new_tokens=max_new)
     print(f"{PROG}: policy {backend.label}; serving on http://{args.host}:{args.port}"
           + (" (and a public share link)" if args.share else " (local only; --share for a public link)"), file=sys.stderr)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (a stuck page can be diagnosed)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         app.launch(host=args.host, port=args.port, share=args.share, block=True)
     finally:
