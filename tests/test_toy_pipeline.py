@@ -105,7 +105,7 @@ def test_bad_config_files(tmp_path):
         load_pipeline_config(str(tmp_path / "list.yaml"))
     with pytest.raises(PipelineError, match="not valid YAML"):
         load_pipeline_config(str(tmp_path / "bad.yaml"))
-    with pytest.raises(PipelineError, match="cannot read"):
+    with pytest.raises(PipelineError, match="config file not found"):
         load_pipeline_config(str(tmp_path / "absent.yaml"))
     with pytest.raises(PipelineError, match="is a file"):
         load_pipeline_config(None, [f"run_dir={tmp_path / 'file'}"])

@@ -270,6 +270,8 @@ DRY_RUN_ERRORS = [
     (["data.train_file=@/fields.jsonl"], "data.train_file @/fields.jsonl:1: missing field 'output'"),
     (["data.data_root=@/none"], "data.data_root @/none is not a directory"),
     (["output_dir=@/empty.jsonl"], "output_dir @/empty.jsonl is a file"),
+    (["optim.lr=[1"], "override 'optim.lr=[1': not valid YAML"),
+    (["optim.lr=1", "optim.lr.x=1"], "override 'optim.lr.x': 'lr' is not a section"),
     ("", "the config file is empty (expected a mapping of config keys)"),
     ("optim: {lr: -1e-5}\n", "optim.lr must be a positive number, got -1e-05"),
     ("optim: [1, 2\n", "not valid YAML"),

@@ -138,28 +138,42 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SFTConfig:
-    """YAML file (optional) + `key=value` overrides → validated `SFTConfig`."""
+def read_config_mapping(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (),
+                        error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """A YAML config file (optional) as a mapping, with `key=value` overrides applied (values parsed as YAML,
+    dotted keys reach into sections). Every problem is an `error` naming the file or the override: the one
+    reader behind the SFT, RL and toy pipeline configs."""
     raw: dict[str, Any] = {}
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
                 raw = yaml.safe_load(f)
         except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
+            raise error(f"config file not found: {path}") from None
         except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+            raise error(f"cannot read config file {path}: {e.strerror or e}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+            raise error(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
         if raw is None:
-            raise ConfigError(f"{path}: the config file is empty (expected a mapping of config keys)")
+            raise error(f"{path}: the config file is empty (expected a mapping of config keys)")
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+            raise error(f"{path}: expected a mapping at the top level")
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
+            raise error(f"override {item!r} is not key=value")
         key, text = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else "")
+        try:
+            _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else "")
+        except ConfigError as e:
+            raise error(str(e)) from None
+        except yaml.YAMLError as e:
+            raise error(f"override {item!r}: not valid YAML: {' '.join(str(e).split())}") from None
+    return raw
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SFTConfig:
+    """YAML file (optional) + `key=value` overrides → validated `SFTConfig`."""
+    raw = read_config_mapping(path, overrides)
     cfg = _build(SFTConfig, raw, "")
     validate(cfg)
     return cfg

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
-from typing import Any
 
-import yaml
+from omniagent_jax.train.config import read_config_mapping
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[3] / "configs" / "toy" / "pipeline.yaml"
 
@@ -44,21 +43,7 @@ class PipelineConfig:
 
 def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """YAML file (optional) + ``key=value`` overrides (values parsed as YAML) -> a checked :class:`PipelineConfig`."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(pathlib.Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as e:
-            raise PipelineError(f"cannot read {path}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            raise PipelineError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-        if not isinstance(raw, dict):
-            raise PipelineError(f"{path}: expected a mapping at the top level")
-    for item in overrides:
-        if "=" not in item:
-            raise PipelineError(f"override {item!r} is not key=value")
-        key, text = item.split("=", 1)
-        raw[key.strip()] = yaml.safe_load(text)
+    raw = read_config_mapping(path, overrides, error=PipelineError)
     fields = {f.name: f for f in dataclasses.fields(PipelineConfig)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:

@@ -8,11 +8,17 @@ import math
 import os
 from typing import Any
 
-import yaml
-
 from omniagent_jax.agent import rewards
 from omniagent_jax.agent.limits import DEFAULT_MAX_PROMPT_TOKENS, RL_MAX_STEPS
-from omniagent_jax.train.config import CheckpointConfig, ConfigError, MeshConfig, OptimConfig, SFTConfig, _build, _set_dotted
+from omniagent_jax.train.config import (
+    CheckpointConfig,
+    ConfigError,
+    MeshConfig,
+    OptimConfig,
+    SFTConfig,
+    _build,
+    read_config_mapping,
+)
 
 # The question types RL trains on (FF needs a judge: eval only, docs/protocol.md §6).
 RL_TYPES = ("MCQ", "TR", "NUM", "SIZE")
@@ -127,22 +133,7 @@ def parse_mix(mix: tuple[str, ...]) -> list[tuple[str, int]]:
 
 def load_rl_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RLConfig:
     """YAML file (optional) + `key=value` overrides → validated `RLConfig`."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read it as YAML ({' '.join(str(e).split())})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, text = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else "")
+    raw = read_config_mapping(path, overrides)
     cfg = _build(RLConfig, raw, "")
     validate(cfg)
     return cfg
