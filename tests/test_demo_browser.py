@@ -158,7 +158,7 @@ def test_demo_command_serves_the_page_on_loopback_and_stops_on_interrupt(tmp_pat
             proc.kill()
             pytest.fail("omniagent demo did not stop within 120 s of SIGINT; its threads:\n" + proc.communicate()[1][-6000:])
     assert f"serving on http://127.0.0.1:{port} (local only; --share for a public link)" in err
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0 and "omniagent demo: stopped" in err, err
 
 
 def _answers(url: str) -> bool:

@@ -14,6 +14,7 @@ import importlib.util
 import pathlib
 import signal
 import sys
+import threading
 
 from omniagent_jax.demo.defaults import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
 from omniagent_jax.demo.uploads import DEFAULT_MAX_UPLOAD_MB
@@ -110,8 +111,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
           + (" (and a public share link)" if args.share else " (local only; --share for a public link)"), file=sys.stderr)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (a stuck page can be diagnosed)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # Ctrl-C / SIGTERM only ask to stop: one that lands while Gradio is still starting (its launch makes its own
+    # HTTP checks after the page already answers) must not interrupt it half-way and leave its threads running.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        app.launch(host=args.host, port=args.port, share=args.share, block=True)
+        _, local_url, share_url = app.launch(host=args.host, port=args.port, share=args.share, block=False)
+        print(f"{PROG}: ready at {local_url}" + (f" and {share_url}" if share_url else "") + "; Ctrl-C stops it", file=sys.stderr)
+        while not stop.wait(0.5):
+            pass
     finally:
         app.close()
+    print(f"{PROG}: stopped", file=sys.stderr)
     return 0
