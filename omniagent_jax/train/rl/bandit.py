@@ -5,8 +5,8 @@ run needs from nothing: a red and a blue 2-second video, the RL JSONL (questions
 small byte-level BPE vocabulary trained on the task's own texts with each turn's constant JSON as whole
 tokens, a tiny thinker of that vocabulary, and an SFT warm-up on scripted episodes of both videos that
 teaches the turn format while leaving the answer a coin flip (both letters are targets for every video).
-Only RL's reward can then move the answer to the letter the frame shows. The directory is reused when it
-is complete.
+RL asks about the red video only, so one arm (A) pays: only the reward can move the answer there (a run
+with zeroed advantages does not). The directory is reused when it is complete.
 """
 
 from __future__ import annotations
