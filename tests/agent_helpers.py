@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import time
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -236,3 +237,11 @@ def write_test_video(
             for packet in astream.encode():
                 out.mux(packet)
     return path
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)

@@ -10,6 +10,7 @@ import threading
 import time
 import zipfile
 
+import agent_helpers as h
 import media_factory
 import numpy as np
 import pytest
@@ -90,13 +91,6 @@ class HeldPolicy:
         self.seen.pop(key, None)
 
 
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.01)
-
-
 # --------------------------------------------------------------------------------------- hub
 def test_hub_cancels_one_clients_turn_and_applies_each_clients_sampling():
     policy = HeldPolicy()
@@ -105,11 +99,11 @@ def test_hub_cancels_one_clients_turn_and_applies_each_clients_sampling():
         a, b = hub.client(SamplingSettings(0.5, 0.9, 5, 11)), hub.client(SamplingSettings(1.5, 0.8, 0, 22))
         a.submit("e#1", [{"role": "user", "content": "x"}])
         b.submit("e#1", [{"role": "user", "content": "y"}])
-        wait_for(lambda: len(policy.seen) == 2)
+        h.wait_for(lambda: len(policy.seen) == 2)
         assert {k: s.max_new_tokens for k, s in policy.seen.items()} == {"c0:e#1": 11, "c1:e#1": 22}
         assert policy.sampling == SamplingSettings(1.0, 1.0, 0, 7)  # restored after each submit
         a.cancel("e#1")
-        wait_for(lambda: policy.cancelled == ["c0:e#1"])
+        h.wait_for(lambda: policy.cancelled == ["c0:e#1"])
         assert hub.cancelled == 1 and hub.in_flight() == 1
         policy.released.update({"c0:e#1", "c1:e#1"})
         got = b.collect(5.0)
@@ -251,10 +245,10 @@ def test_episode_run_reports_an_unreadable_video_and_stop_cancels(tmp_path, exam
     backend = shared_backend("held", "held", held)
     try:
         run = play(backend, Sample(video=str(examples_dir / "video.mp4"), question_type="FF", question="What?"), tmp_path)
-        wait_for(lambda: held.seen)
+        h.wait_for(lambda: held.seen)
         run.stop()
         assert run.finished.wait(5) and run.snapshot()["status"] == "stopped"
-        wait_for(lambda: held.cancelled and backend.hub.in_flight() == 0)
+        h.wait_for(lambda: held.cancelled and backend.hub.in_flight() == 0)
     finally:
         backend.close()
 
