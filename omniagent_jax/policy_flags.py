@@ -14,6 +14,7 @@ import pathlib
 import sys
 
 TINY_SEED = 0
+RANDOM_MODEL = "random"  # `--model random`: the tiny preset with random weights, whatever the command's default model
 
 
 def cache_root() -> pathlib.Path:
@@ -44,10 +45,16 @@ def tiny_checkpoint() -> pathlib.Path:
     return path
 
 
+def is_random_model(model: str | None) -> bool:
+    """Whether a `--model` value asks for the tiny random model (unset or `random`)."""
+    return model is None or model == RANDOM_MODEL
+
+
 def engine_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the engine flags (`--model`, `--dtype`, the page pool, batch, decode steps, tensor parallelism)."""
     g = parser.add_argument_group("engine (JAX policy)")
-    g.add_argument("--model", default=None, help="HF or converted JAX checkpoint directory (default: tiny random model)")
+    g.add_argument("--model", default=None, help="HF or converted JAX checkpoint directory, or `random` for the tiny preset "
+                   "with random weights (the default, except where a command says otherwise)")
     g.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="parameter dtype (default: the checkpoint's)")
     g.add_argument("--page-size", type=int, default=16, help="KV page size in tokens")
     g.add_argument("--num-pages", type=int, default=2048, help="KV pages in the pool")
@@ -104,11 +111,12 @@ def load_jax_policy(args: argparse.Namespace, *, temperature: float, top_p: floa
     from omniagent_jax.model.safetensors_io import CheckpointError
 
     check_engine_args(args)
-    if args.model:
+    named = not is_random_model(args.model)
+    if named:
         check_model_dir(args.model)
     if not args.no_compilation_cache:
         enable_compilation_cache()
-    path = args.model or tiny_checkpoint()
+    path = args.model if named else tiny_checkpoint()
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=args.seed)
     tp = getattr(args, "tensor_parallel", 1)
     try:
@@ -119,7 +127,7 @@ def load_jax_policy(args: argparse.Namespace, *, temperature: float, top_p: floa
         )
     except CheckpointError as e:  # found while loading: a shape or key mismatch, a tensor cut short
         raise UsageError(f"--model {path}: {e}") from None
-    label = str(path) if args.model else f"tiny preset with RANDOM WEIGHTS ({path}); pass --model for a real checkpoint"
+    label = str(path) if named else f"tiny preset with RANDOM WEIGHTS ({path}); pass --model for a real checkpoint"
     model = policy.engine.model
     print(f"model: {label} — {model.num_params():,} parameters, {model.dtype}", file=sys.stderr)
     return policy

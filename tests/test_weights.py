@@ -262,9 +262,11 @@ def test_jax_checkpoint_layout_and_load(jax32, model32):
     assert_same_params(Thinker.from_pretrained(jax32), model32)
 
 
-def test_save_jax_checkpoint_round_trips(model32, tmp_path):
+def test_save_jax_checkpoint_round_trips(model32, tmp_path, monkeypatch):
     out = jax_checkpoint.save_jax_checkpoint(model32, tmp_path / "saved")
     assert_same_params(Thinker.from_pretrained(out), model32)
+    monkeypatch.chdir(tmp_path)  # a relative path loads too (orbax itself takes only absolute ones)
+    assert_same_params(Thinker.from_pretrained("saved"), model32)
     with pytest.raises(FileExistsError, match="already exists"):
         jax_checkpoint.save_jax_checkpoint(model32, out)
 

@@ -20,6 +20,7 @@ from omniagent_jax.agent import prompts, rewards
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.data import Sample
 from omniagent_jax.agent.environment import EnvConfig, TokenCounter, VideoEnvironment
+from omniagent_jax.agent.episode_card import EpisodeCardError, resolve_episode_settings
 from omniagent_jax.agent.limits import (
     DEFAULT_MAX_AUDIO,
     DEFAULT_MAX_CLIP,
@@ -98,26 +99,28 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--openai-url", default=None, help="endpoint, e.g. http://127.0.0.1:8000/v1, or several, comma-separated "
                    "(default $OMNIAGENT_OPENAI_URL; the key is read from $OMNIAGENT_OPENAI_API_KEY or .env)")
     p.add_argument("--openai-model", default=None, help="served model name (default $OMNIAGENT_OPENAI_MODEL)")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
+    p.add_argument("--temperature", type=float, default=None, help=f"default: the episode card's, else {DEFAULT_TEMPERATURE}")
     p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"per turn (default: the model's episode card, else {DEFAULT_MAX_NEW_TOKENS})")
     p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
                    help="frame encoding sent to the endpoint (PNG is lossless; vLLM reads clip frames only as jpeg)")
     p.add_argument("--seed", type=int, default=0,
                    help="episode seed: turn t samples with a seed derived from (seed, t), sent to the endpoint as `seed`")
 
     e = parser.add_argument_group("episode")
-    e.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS, help="step budget cap (MAX_STEPS)")
-    e.add_argument("--fixed-steps", action="store_true",
+    e.add_argument("--max-steps", type=int, default=None, help=f"step budget cap (MAX_STEPS; default {DEFAULT_MAX_STEPS})")
+    e.add_argument("--fixed-steps", action="store_true", default=None,
                    help="use exactly --max-steps (default: dynamic min(MIN_MAX_STEPS + duration/max_clip, MAX_STEPS))")
     e.add_argument("--min-max-steps", type=int, default=MIN_MAX_STEPS)
     e.add_argument("--forced-answer", action="store_true",
                    help="after the last step without an answer, grant one extra turn that must answer")
-    e.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES)
-    e.add_argument("--max-audio", type=_limit_number, default=DEFAULT_MAX_AUDIO, help="seconds")
-    e.add_argument("--max-clip", type=_limit_number, default=DEFAULT_MAX_CLIP, help="seconds")
-    e.add_argument("--strict-confidence", action="store_true", help="require the confidence key (as in training)")
+    e.add_argument("--max-frames", type=int, default=None, help=f"default {DEFAULT_MAX_FRAMES}")
+    e.add_argument("--max-audio", type=_limit_number, default=None, help=f"seconds (default {DEFAULT_MAX_AUDIO})")
+    e.add_argument("--max-clip", type=_limit_number, default=None, help=f"seconds (default {DEFAULT_MAX_CLIP})")
+    e.add_argument("--strict-confidence", action="store_true", default=None,
+                   help="require the confidence key (as in training)")
     e.add_argument("--mcq-mode", choices=rewards.MCQ_MODES, default="strict")
     e.add_argument("--judge", action="store_true",
                    help="score FF answers with the LLM judge configured by $OMNIAGENT_JUDGE_URL/_MODEL/_API_KEY or .env")
@@ -126,6 +129,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         "active when the caller supplies a token counter")
     e.add_argument("--system-prompt-file", default=None,
                    help="system prompt template with the slots {max_frames}, {max_audio}, {max_clip}")
+    parser.epilog = ((parser.epilog + "\n") if parser.epilog else "") + (
+        "Episode flags left unset (--max-* limits, --max-steps, --fixed-steps, --strict-confidence, --max-new-tokens, "
+        "--temperature, --system-prompt-file) take the values of the model's episode card (episode.json in a --model directory) "
+        "when it has one, else the defaults shown.")
     e.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write the run record")
     return parser
 
@@ -155,7 +162,13 @@ def build_sample(args: argparse.Namespace) -> Sample:
 
 
 def build_config(args: argparse.Namespace, *, token_limit: bool = False) -> EnvConfig:
+    """The episode the flags describe; episode flags left unset are filled first (the model's episode card, then
+    the defaults)."""
     template = prompts.DEFAULT_SYSTEM_PROMPT_TEMPLATE
+    try:
+        resolve_episode_settings(args)
+    except EpisodeCardError as e:
+        raise UsageError(str(e)) from None
     try:
         if args.system_prompt_file:
             template = prompts.load_system_prompt_template(args.system_prompt_file)

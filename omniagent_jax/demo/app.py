@@ -62,7 +62,9 @@ class DemoApp:
     def __init__(self, backends: Sequence[Backend], *, examples: dict[str, Example] | None = None,
                  examples_dir: pathlib.Path = ASSETS, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                  concurrency: int = DEFAULT_CONCURRENCY,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, episode: dict[str, Any] | None = None) -> None:
+        """``episode``: the model's episode card resolved (agent.episode_card): the settings' defaults, and the
+        system prompt and confidence rule every episode of this page uses."""
         if not backends:
             raise ValueError("the demo needs at least one policy backend")
         self.backends = {b.name: b for b in backends}
@@ -71,6 +73,10 @@ class DemoApp:
         self.max_upload_bytes = int(max_upload_mb * 2**20)
         self.concurrency = concurrency
         self.max_new_tokens = max_new_tokens
+        self.episode = dict(episode or {})
+        prompt_file = self.episode.get("system_prompt_file")
+        self.system_prompt = (prompts.load_system_prompt_template(prompt_file) if prompt_file
+                              else prompts.DEFAULT_SYSTEM_PROMPT_TEMPLATE)
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="omniagent-demo-"))
         self.sessions = Sessions(self.root)
         self.blocks = self._build()
@@ -126,7 +132,8 @@ class DemoApp:
         try:
             limits = EpisodeLimits(max_frames=int(max_frames), max_audio=int(max_audio), max_clip=int(max_clip))
             budget = StepBudget(max_steps=int(max_steps), dynamic=bool(dynamic), min_max_steps=min(int(max_steps), MIN_MAX_STEPS))
-            return EnvConfig(limits=limits, budget=budget)
+            return EnvConfig(limits=limits, budget=budget, system_prompt_template=self.system_prompt,
+                             strict_confidence=bool(self.episode.get("strict_confidence", False)))
         except ValueError as e:
             raise InputError(str(e)) from None
 
@@ -206,13 +213,17 @@ class DemoApp:
                     backend = gr.Dropdown([(b.label, b.name) for b in self.backends.values()], value=first.name,
                                           label="Policy", visible=len(self.backends) > 1, elem_id="backend")
                     with gr.Accordion("⚙️ Runtime settings", open=False):
-                        max_steps = gr.Slider(1, 50, value=DEFAULT_MAX_STEPS, step=1, label="Max steps", elem_id="max-steps")
-                        dynamic = gr.Checkbox(value=True, elem_id="dynamic",
+                        ep = self.episode
+                        max_steps = gr.Slider(1, 50, value=ep.get("max_steps", DEFAULT_MAX_STEPS), step=1, label="Max steps",
+                                              elem_id="max-steps")
+                        dynamic = gr.Checkbox(value=not ep.get("fixed_steps", False), elem_id="dynamic",
                                               label=f"Dynamic step budget: min({MIN_MAX_STEPS} + duration / max clip, max steps)")
-                        max_frames = gr.Slider(1, 100, value=DEFAULT_MAX_FRAMES, step=1, label="Max frames per request")
-                        max_audio = gr.Slider(1, 600, value=DEFAULT_MAX_AUDIO, step=1, label="Max audio (s)")
-                        max_clip = gr.Slider(1, 120, value=DEFAULT_MAX_CLIP, step=1, label="Max clip (s)")
-                        temperature = gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature")
+                        max_frames = gr.Slider(1, 100, value=ep.get("max_frames", DEFAULT_MAX_FRAMES), step=1,
+                                               label="Max frames per request")
+                        max_audio = gr.Slider(1, 600, value=ep.get("max_audio", DEFAULT_MAX_AUDIO), step=1, label="Max audio (s)")
+                        max_clip = gr.Slider(1, 120, value=ep.get("max_clip", DEFAULT_MAX_CLIP), step=1, label="Max clip (s)")
+                        temperature = gr.Slider(0.0, 2.0, value=ep.get("temperature", DEFAULT_TEMPERATURE), step=0.05,
+                                                label="Temperature")
                         top_p = gr.Slider(0.05, 1.0, value=DEFAULT_TOP_P, step=0.05, label="Top-p")
                         top_k = gr.Slider(0, 100, value=DEFAULT_TOP_K, step=1, label="Top-k (0: off)")
                         max_new = gr.Slider(16, 8192, value=self.max_new_tokens, step=16, label="Max new tokens per turn",

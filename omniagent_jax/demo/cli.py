@@ -18,7 +18,7 @@ import threading
 
 from omniagent_jax.demo.defaults import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
 from omniagent_jax.demo.uploads import DEFAULT_MAX_UPLOAD_MB
-from omniagent_jax.policy_flags import engine_arguments, load_jax_policy
+from omniagent_jax.policy_flags import engine_arguments, is_random_model, load_jax_policy
 
 PROG = "omniagent demo"
 TINY_MAX_NEW_TOKENS = 256  # random weights never stop on their own; keep their turns short by default
@@ -64,8 +64,10 @@ def check_demo_args(args: argparse.Namespace) -> None:
 
 
 def build_backend(args: argparse.Namespace):
-    """The page's policy backend, and its default max new tokens per turn."""
+    """The page's policy backend, its default max new tokens per turn, and the model's episode card resolved
+    (the page's default settings and system prompt; empty for endpoints and scripted replays)."""
     from omniagent_jax.agent.cli import UsageError, read_scripted_outputs
+    from omniagent_jax.agent.episode_card import EpisodeCardError, resolve_episode_settings
     from omniagent_jax.agent.policy import OpenAIPolicy, ScriptedPolicy
     from omniagent_jax.demo.hub import per_episode_backend, shared_backend
     from omniagent_jax.processing.policy_contract import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
@@ -73,7 +75,7 @@ def build_backend(args: argparse.Namespace):
     if args.policy == "scripted":
         outputs = read_scripted_outputs(args.scripted_outputs)
         return per_episode_backend("scripted", f"scripted replay of {args.scripted_outputs}",
-                                   lambda s: ScriptedPolicy(outputs)), args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+                                   lambda s: ScriptedPolicy(outputs)), args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, {}
     if args.policy == "openai":
         def make(s):
             return OpenAIPolicy.from_env(url=args.openai_url, model=args.openai_model, temperature=s.temperature, top_p=s.top_p,
@@ -84,16 +86,21 @@ def build_backend(args: argparse.Namespace):
             raise UsageError(str(e)) from None
         label = f"OpenAI-compatible endpoint {', '.join(c.url for c in probe.clients)} (model {probe.model})"
         probe.close()
-        return per_episode_backend("openai", label, make), args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        return per_episode_backend("openai", label, make), args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, {}
     if args.model is None and (SHIPPED_AGENT / "config.json").is_file():
         args.model = str(SHIPPED_AGENT)
-    tiny = args.model is None
-    max_new = args.max_new_tokens or (TINY_MAX_NEW_TOKENS if tiny else DEFAULT_MAX_NEW_TOKENS)
+    tiny = is_random_model(args.model)
+    episode = argparse.Namespace(model=args.model)
+    try:
+        resolve_episode_settings(episode)
+    except EpisodeCardError as e:
+        raise UsageError(f"--model {args.model}: {e}") from None
+    max_new = args.max_new_tokens or (TINY_MAX_NEW_TOKENS if tiny else episode.max_new_tokens)
     policy = load_jax_policy(args, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K,
                              max_new_tokens=max_new)
     label = ("JAX engine, tiny preset with RANDOM WEIGHTS — it exercises the machinery only; pass --model for a trained agent"
              if tiny else f"JAX engine on {args.model}")
-    return shared_backend("jax", label, policy), max_new
+    return shared_backend("jax", label, policy), max_new, vars(episode)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -101,12 +108,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         check_demo_args(args)
-        backend, max_new = build_backend(args)  # the JAX loader checks the engine flags first
+        backend, max_new, episode = build_backend(args)  # the JAX loader checks the engine flags first
     except UsageError as e:
         return report_usage_error(PROG, e)
     from omniagent_jax.demo.app import DemoApp
 
-    app = DemoApp([backend], max_upload_mb=args.max_upload_mb, concurrency=args.concurrency, max_new_tokens=max_new)
+    app = DemoApp([backend], max_upload_mb=args.max_upload_mb, concurrency=args.concurrency, max_new_tokens=max_new,
+                  episode=episode)
     print(f"{PROG}: policy {backend.label}; serving on http://{args.host}:{args.port}"
           + (" (and a public share link)" if args.share else " (local only; --share for a public link)"), file=sys.stderr)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (a stuck page can be diagnosed)

@@ -75,7 +75,7 @@ class JaxParamReader:
     """Thinker parameters from a converted JAX checkpoint directory (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # orbax reads absolute paths only
         marker_path = self.path / MARKER_FILE
         try:
             marker = json.loads(marker_path.read_text(encoding="utf-8"))

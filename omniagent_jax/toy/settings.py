@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.environment import EnvConfig
+from omniagent_jax.agent.episode_card import write_episode_card
 from omniagent_jax.agent.limits import EpisodeLimits
 from omniagent_jax.model.config import REPO_CONFIGS
 from omniagent_jax.toy.world import MAX_FRAMES
@@ -13,6 +14,7 @@ MAX_AUDIO = 6  # seconds per get_audio: 150 audio tokens
 MAX_CLIP = 4  # clips are allowed but costly (their frames are upscaled to the clip budget); the expert never uses them
 MAX_STEPS = 5
 MAX_ROW_TOKENS = 512
+MAX_NEW_TOKENS = 160  # per turn: an expert turn is at most ~110 toy tokens; a model that does not stop is cut here
 LIMITS = EpisodeLimits(max_frames=MAX_FRAMES, max_audio=MAX_AUDIO, max_clip=MAX_CLIP)
 
 # A template with the three limit slots, like --system-prompt-file takes (docs/protocol.md §1); configs/toy/system_prompt.txt
@@ -46,3 +48,11 @@ def env_config(*, max_prompt_tokens: int | None = None) -> EnvConfig:
         strict_confidence=True,
         max_prompt_tokens=max_prompt_tokens,
     )
+
+
+def write_card(model_dir) -> None:
+    """The toy episode as a checkpoint's episode card (agent.episode_card), played greedily: `omniagent run`,
+    `eval` and `demo` on that checkpoint then use the toy prompt and limits without any flag."""
+    write_episode_card(model_dir, system_prompt_template=SYSTEM_PROMPT_TEMPLATE, max_frames=MAX_FRAMES, max_audio=MAX_AUDIO,
+                       max_clip=MAX_CLIP, max_steps=MAX_STEPS, fixed_steps=True, strict_confidence=True,
+                       max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import pathlib
 
+from omniagent_jax.toy import settings
 from omniagent_jax.train.config import read_config_mapping
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[3] / "configs" / "toy" / "pipeline.yaml"
@@ -32,7 +33,7 @@ class PipelineConfig:
     rl_config: str = "configs/toy/taura.yaml"
     sft: tuple[str, ...] = ()  # key=value overrides of the SFT config
     rl: tuple[str, ...] = ()  # key=value overrides of the RL config
-    eval_max_new_tokens: int = 160
+    eval_max_new_tokens: int = settings.MAX_NEW_TOKENS
     eval_max_live: int = 16
 
     @property

@@ -57,9 +57,11 @@ def _check(rc: int, what: str) -> None:
 
 
 def with_tokenizer(model_dir: pathlib.Path) -> pathlib.Path:
-    """A checkpoint directory with the toy tokenizer beside its weights (what `--model` and RL `init` load)."""
+    """A checkpoint directory with the toy tokenizer beside its weights (what `--model` and RL `init` load) and the
+    toy episode card (so `omniagent run --model DIR` plays the toy episode)."""
     for name in _TOKENIZER_FILES:
         shutil.copyfile(TOKENIZER_DIR / name, model_dir / name)
+    settings.write_card(model_dir)
     return model_dir
 
 
