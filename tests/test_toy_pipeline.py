@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
-from omniagent_jax.toy.pipeline import stages
+from omniagent_jax.agent.episode_card import read_episode_card
+from omniagent_jax.model.thinker import Thinker
+from omniagent_jax.toy import settings
+from omniagent_jax.toy.pipeline import report, stages
 from omniagent_jax.toy.pipeline.__main__ import main
 from omniagent_jax.toy.pipeline.config import PipelineError, load_pipeline_config
 
@@ -42,6 +46,9 @@ def test_short_pipeline_runs_every_stage(short_run):
     assert len(sft_rows) >= 4 and all(r["extra_info"]["sample_index"] in (0, 1) for r in sft_rows)
     for model in (root / "init", root / "sft" / "export_jax", root / "taura" / "export_jax"):
         assert (model / "tokenizer.json").is_file() and (model / "config.json").is_file(), model
+        assert read_episode_card(model)["max_frames"] == settings.MAX_FRAMES  # `--model DIR` plays the toy episode
+    init = Thinker.from_pretrained(root / "init")  # its output head starts as the input embedding's transpose
+    np.testing.assert_array_equal(init.lm_head.kernel[...], init.model.embed_tokens.embedding[...].T)
     assert len(_lines(root / "sft" / "metrics.jsonl")) == 1
     assert [m["step"] for m in _lines(root / "taura" / "metrics.jsonl")] == [1]
     for name in ("sft", "taura"):
@@ -52,9 +59,6 @@ def test_short_pipeline_runs_every_stage(short_run):
 
 def test_export_checkpoint_of_sft_run(short_run, tmp_path):
     """Any saved step of a run exports (what an accuracy-vs-step curve evaluates); its decoder is the run's."""
-    import numpy as np
-
-    from omniagent_jax.model.thinker import Thinker
     from omniagent_jax.toy.pipeline.export import export_checkpoint
     from omniagent_jax.train.config import load_config
 
@@ -73,7 +77,7 @@ def test_finished_stages_are_skipped(short_run, monkeypatch):
 
     for target in ("omniagent_jax.toy.splits.write_split", "omniagent_jax.eval.collect.collect_command",
                    "omniagent_jax.train.sft.train", "omniagent_jax.train.rl.trainer.train",
-                   "omniagent_jax.toy.pipeline.stages._omniagent"):
+                   "omniagent_jax.toy.pipeline.stages.run_omniagent"):
         monkeypatch.setattr(target, boom)
     report = stages.run_pipeline(cfg)
     assert report["eval"]["taura"]["num_samples"] == 1
@@ -87,6 +91,7 @@ def test_finished_stages_are_skipped(short_run, monkeypatch):
     (["test_tasks=two"], "test_tasks must be an integer"),
     (["sft=max_steps"], "sft must be a list of key=value"),
     (["sft_config=missing.yaml"], "sft_config missing.yaml not found"),
+    (["head_from_embeddings=maybe"], "head_from_embeddings must be true or false"),
 ])
 def test_bad_pipeline_config(overrides, message):
     with pytest.raises(PipelineError, match=message):
@@ -138,3 +143,24 @@ def test_stage_errors(tmp_path):
     rcfg = stages.rl_config(cfg, tmp_path / "init", tmp_path / "train.jsonl", "rl")
     with pytest.raises(PipelineError, match=f"has no checkpoint of step {rcfg.steps}"):
         stages.export_rl(rcfg, tmp_path / "export")
+
+
+def test_results_table_from_eval_runs(short_run, tmp_path):
+    cfg, _ = short_run
+    sft = report.eval_metrics(cfg.root / "eval_sft")
+    summary = json.loads((cfg.root / "eval_sft" / "summary.json").read_text())
+    assert sft["accuracy"] == summary["accuracy_all_samples"] and sft["turns"] == summary["avg_steps"]
+    assert sft["n"] == 1 and 0 <= sft["invalid"] <= 1
+    a = {"accuracy": 0.5, "MCQ": 1.0, "TR": 0.0, "NUM": 0.5, "SIZE": 0.5, "reward": 0.6, "turns": 3.0, "invalid": 0.1, "n": 4}
+    b = {**a, "accuracy": 0.7, "reward": 0.8}
+    expert = report.scripted_metrics({"overall": {"n": 4, "accuracy": 1.0, "mean_reward": 0.9, "mean_steps": 2.5},
+                                      "by_type": {t: {"accuracy": 1.0} for t in report.TYPES}})
+    table = report.results_table([("TAURA", [a, b]), ("expert", [expert])]).splitlines()
+    assert table[0].startswith("| agent | runs | overall | MCQ | TR | NUM | SIZE |")
+    assert table[2] == "| TAURA | 2 | 60 ± 10 % | 100 ± 0 % | 0 ± 0 % | 50 ± 0 % | 50 ± 0 % | 0.70 ± 0.10 | 3.00 ± 0.00 | 10 ± 0 % |"
+    assert table[3] == "| expert | 1 | 100 % | 100 % | 100 % | 100 % | 100 % | 0.90 | 2.50 | 0 % |"
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\nkept\n")
+    report.write_section(md, "first")
+    report.write_section(md, "second")  # replaces its own section, keeps the rest
+    assert md.read_text() == f"# Results\n\nkept\n\n{report.BEGIN}\nsecond\n{report.END}\n"

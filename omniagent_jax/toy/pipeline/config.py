@@ -35,6 +35,10 @@ class PipelineConfig:
     rl: tuple[str, ...] = ()  # key=value overrides of the RL config
     eval_max_new_tokens: int = settings.MAX_NEW_TOKENS
     eval_max_live: int = 16
+    # The untied output head starts as the input embedding's transpose: a token copied from the context (a frame's
+    # time, the duration) then maps back to itself from the first step, which an untied random head must learn per
+    # number token (each one is rare).
+    head_from_embeddings: bool = True
 
     @property
     def root(self) -> pathlib.Path:
@@ -49,6 +53,8 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise PipelineError(f"unknown pipeline key(s) {unknown}; known: {sorted(fields)}")
+    if "head_from_embeddings" in raw and not isinstance(raw["head_from_embeddings"], bool):
+        raise PipelineError(f"head_from_embeddings must be true or false, got {raw['head_from_embeddings']!r}")
     for key in ("sft", "rl"):
         if key in raw:
             value = raw[key] or []

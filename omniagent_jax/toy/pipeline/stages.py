@@ -45,13 +45,13 @@ def _eval_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _omniagent(argv: list[str]) -> int:
+def run_omniagent(argv: list[str]) -> int:
     """Runs an `omniagent` eval-family command in this process (the same checks as the command line)."""
     args = _eval_args(argv)
     return args.func(args)
 
 
-def _check(rc: int, what: str) -> None:
+def check_exit(rc: int, what: str) -> None:
     if rc != 0:
         raise PipelineError(f"{what} failed (exit {rc})")
 
@@ -95,7 +95,7 @@ def stage_collect(cfg: PipelineConfig, train_rows: pathlib.Path) -> pathlib.Path
         return out / "steps.jsonl"
     args = _eval_args(["collect", "--dataset", str(train_rows), "--output-dir", str(out),
                                       "--seed", str(cfg.seed), "--attempts", "1", *settings.cli_flags()])
-    _check(collect_command(args, policy=ExpertPolicy()), "collect")
+    check_exit(collect_command(args, policy=ExpertPolicy()), "collect")
     return out / "steps.jsonl"
 
 
@@ -105,7 +105,7 @@ def stage_sft_data(cfg: PipelineConfig, steps: pathlib.Path) -> pathlib.Path:
     if out.is_file() and out.stat().st_mtime >= steps.stat().st_mtime:
         log(f"sft_data: {out} up to date, skipped")
         return out
-    _check(_omniagent(["export-sft", str(steps), "--out", str(out)]), "export-sft")
+    check_exit(run_omniagent(["export-sft", str(steps), "--out", str(out)]), "export-sft")
     if _count_lines(out) < 1:
         raise PipelineError(f"export-sft kept no rows from {steps} (did the expert win no episode?)")
     return out
@@ -124,6 +124,9 @@ def stage_init(cfg: PipelineConfig) -> pathlib.Path:
     from omniagent_jax.model.thinker import Thinker
 
     model = Thinker(load_config(str(THINKER_CONFIG)), rngs=nnx.Rngs(cfg.seed))
+    if cfg.head_from_embeddings:
+        embedding = model.model.embed_tokens.embedding
+        model.lm_head.kernel.set_value(embedding[...].T.astype(model.lm_head.kernel[...].dtype))
     save_jax_checkpoint(model, out, overwrite=True)
     return with_tokenizer(out)
 
@@ -185,7 +188,7 @@ def stage_eval(cfg: PipelineConfig, model: pathlib.Path, test_rows: pathlib.Path
             "--max-new-tokens", str(cfg.eval_max_new_tokens), "--max-live", str(cfg.eval_max_live), "--seed", str(cfg.seed),
             "--max-batch", str(cfg.eval_max_live), *settings.cli_flags()]
     if not (summary_path.is_file() and json.loads(summary_path.read_text())["num_samples"] == cfg.test_tasks):
-        _check(_omniagent(argv), f"eval of {model}")
+        check_exit(run_omniagent(argv), f"eval of {model}")
     return json.loads(summary_path.read_text(encoding="utf-8"))
 
 
