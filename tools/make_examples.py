@@ -26,8 +26,9 @@ NAMES = {"MCQ": "Colour at the high tone (MCQ: look, then listen)", "NUM": "Coun
 def example_entry(row: dict, video_name: str) -> dict:
     """A toy task row as an examples.json entry."""
     qtype = row["question_type"]
-    return {"name": f"{NAMES[qtype]} — toy test task {row['extra_info']['index']}", "video": video_name, "question": row["question"],
-            "question_type": qtype, "options": list(row.get("options") or []), "answer": str(row["answer"])}
+    return {"name": f"{NAMES[qtype]} — toy test task {row['extra_info']['index']}", "video": video_name,
+            "question": row["question"], "question_type": qtype, "options": list(row.get("options") or []),
+            "answer": str(row["answer"])}
 
 
 def main() -> None:
