@@ -17,7 +17,8 @@ import zipfile
 
 import httpx
 import pytest
-from test_demo_units import EXAMPLE_NAME, SCRIPT, wait_for, write_examples
+from agent_helpers import wait_for
+from test_demo_units import EXAMPLE_NAME, SCRIPT, write_examples
 
 from omniagent_jax.agent.policy import ScriptedPolicy
 from omniagent_jax.demo.examples import ASSETS
