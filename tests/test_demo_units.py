@@ -4,6 +4,7 @@ the `omniagent demo` command's checks."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import threading
@@ -15,11 +16,15 @@ import media_factory
 import numpy as np
 import pytest
 
+from omniagent_jax.agent import prompts
 from omniagent_jax.agent.budget import StepBudget
+from omniagent_jax.agent.cli import UsageError
 from omniagent_jax.agent.data import Sample
 from omniagent_jax.agent.environment import EnvConfig
+from omniagent_jax.agent.episode_card import resolve_episode_settings
 from omniagent_jax.agent.messages import MediaRecord
 from omniagent_jax.agent.policy import ScriptedPolicy
+from omniagent_jax.cli import build_parser
 from omniagent_jax.demo import render
 from omniagent_jax.demo.examples import ASSETS, ExampleError, example_by_name, load_examples
 from omniagent_jax.demo.export import REPORT, TRACE, export_zip
@@ -314,3 +319,30 @@ def test_a_cut_short_video_passes_the_upload_check(tmp_path, examples_dir):
     cut = tmp_path / "cut.mp4"
     cut.write_bytes((examples_dir / "video.mp4").read_bytes()[:600])
     assert check_upload(cut, 2**20) == cut
+
+
+def test_page_plays_the_models_episode_card(tmp_path, examples_dir):
+    """A checkpoint's episode card sets the page's default settings and every episode's prompt and confidence rule."""
+    from omniagent_jax.agent.episode_card import write_episode_card
+    from omniagent_jax.demo.app import DemoApp
+    from omniagent_jax.demo.cli import build_backend
+
+    prompt = "Toy rules: {max_frames} frames, {max_audio}s audio, {max_clip}s clips."
+    write_episode_card(tmp_path, system_prompt_template=prompt, max_frames=12, max_steps=5, fixed_steps=True,
+                       strict_confidence=True)
+    episode = argparse.Namespace(model=str(tmp_path))
+    resolve_episode_settings(episode)
+    backend = per_episode_backend("s", "scripted", lambda s: ScriptedPolicy(SCRIPT))
+    carded, plain = DemoApp([backend], examples_dir=examples_dir, episode=vars(episode)), DemoApp([backend], examples_dir=examples_dir)
+    try:
+        config = carded._config(5, 12, 6, 4, False)
+        assert config.system_prompt_template == prompt and config.strict_confidence
+        config = plain._config(5, 12, 6, 4, False)  # no card: the defaults
+        assert config.system_prompt_template == prompts.DEFAULT_SYSTEM_PROMPT_TEMPLATE and not config.strict_confidence
+    finally:
+        carded.close()
+        plain.close()
+    (tmp_path / "episode.json").write_text('{"max_frames": "many"}')
+    args = build_parser().parse_args(["demo", "--model", str(tmp_path)])
+    with pytest.raises(UsageError, match="episode.json: max_frames = 'many'"):
+        build_backend(args)
