@@ -333,7 +333,8 @@ def test_page_plays_the_models_episode_card(tmp_path, examples_dir):
     episode = argparse.Namespace(model=str(tmp_path))
     resolve_episode_settings(episode)
     backend = per_episode_backend("s", "scripted", lambda s: ScriptedPolicy(SCRIPT))
-    carded, plain = DemoApp([backend], examples_dir=examples_dir, episode=vars(episode)), DemoApp([backend], examples_dir=examples_dir)
+    carded = DemoApp([backend], examples_dir=examples_dir, episode=vars(episode))
+    plain = DemoApp([backend], examples_dir=examples_dir)
     try:
         config = carded._config(5, 12, 6, 4, False)
         assert config.system_prompt_template == prompt and config.strict_confidence
