@@ -3,6 +3,8 @@ row of an expert trajectory within :data:`MAX_ROW_TOKENS` tokens of the toy toke
 
 from __future__ import annotations
 
+import os
+
 from omniagent_jax.agent.budget import StepBudget
 from omniagent_jax.agent.environment import EnvConfig
 from omniagent_jax.agent.episode_card import write_episode_card
@@ -50,7 +52,7 @@ def env_config(*, max_prompt_tokens: int | None = None) -> EnvConfig:
     )
 
 
-def write_card(model_dir) -> None:
+def write_card(model_dir: str | os.PathLike) -> None:
     """The toy episode as a checkpoint's episode card (agent.episode_card), played greedily: `omniagent run`,
     `eval` and `demo` on that checkpoint then use the toy prompt and limits without any flag."""
     write_episode_card(model_dir, system_prompt_template=SYSTEM_PROMPT_TEMPLATE, max_frames=MAX_FRAMES, max_audio=MAX_AUDIO,
