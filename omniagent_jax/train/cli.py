@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import logging
 from pathlib import Path
 
 from omniagent_jax.train.config import ConfigError, DataConfig, SFTConfig, load_config
@@ -74,25 +73,15 @@ def check_run_inputs(cfg: SFTConfig) -> None:
 
 
 def run_sft(args: argparse.Namespace) -> int:
-    import yaml
+    from omniagent_jax.train.config import resolved, run_config_command
 
-    from omniagent_jax.agent.cli import report_usage_error
-    from omniagent_jax.train.config import resolved
+    def run(cfg: SFTConfig) -> str:
+        from omniagent_jax.train.sft import train
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        check_run_inputs(cfg)
-    except ConfigError as e:
-        return report_usage_error(PROG, e)
-    if args.dry_run:
-        print(yaml.safe_dump(resolved(cfg), sort_keys=False), end="")
-        return 0
-    from omniagent_jax.train.sft import train
+        result = train(cfg)
+        return f"done: {result.steps} steps, {result.bad_rows} bad rows skipped, output in {result.output_dir}"
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = train(cfg)
-    print(f"done: {result.steps} steps, {result.bad_rows} bad rows skipped, output in {result.output_dir}")
-    return 0
+    return run_config_command(args, PROG, load=load_config, check=check_run_inputs, resolve=resolved, run=run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -246,3 +247,25 @@ def resolved(cfg: SFTConfig) -> dict[str, Any]:
         return x
 
     return plain(dataclasses.asdict(cfg))
+
+
+def run_config_command(args: Any, prog: str, *, load: Callable[[Any, Any], Any], check: Callable[[Any], None],
+                       resolve: Callable[[Any], dict[str, Any]], run: Callable[[Any], str]) -> int:
+    """A training command's shape: ``--config`` + ``key=value`` overrides loaded by ``load`` and checked by ``check``
+    (a ConfigError exits 2 with one ``prog: error:`` line), printed resolved with ``--dry-run``, else trained by
+    ``run(cfg)``, whose one-line summary is printed."""
+    import logging
+
+    from omniagent_jax.agent.cli import report_usage_error
+
+    try:
+        cfg = load(args.config, args.overrides)
+        check(cfg)
+    except ConfigError as e:
+        return report_usage_error(prog, e)
+    if args.dry_run:
+        print(yaml.safe_dump(resolve(cfg), sort_keys=False), end="")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(run(cfg))
+    return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import logging
 from pathlib import Path
 
 from omniagent_jax.train.config import ConfigError
@@ -63,24 +62,14 @@ def check_rl_inputs(cfg: RLConfig) -> None:
 
 
 def run_rl(args: argparse.Namespace) -> int:
-    import yaml
+    from omniagent_jax.train.config import run_config_command
 
-    from omniagent_jax.agent.cli import report_usage_error
+    def run(cfg: RLConfig) -> str:
+        from omniagent_jax.train.rl.trainer import train
 
-    try:
-        cfg = load_rl_config(args.config, args.overrides)
-        check_rl_inputs(cfg)
-    except ConfigError as e:
-        return report_usage_error(PROG, e)
-    if args.dry_run:
-        print(yaml.safe_dump(resolved(cfg), sort_keys=False), end="")
-        return 0
-    from omniagent_jax.train.rl.trainer import train
+        result = train(cfg)
+        last = result.history[max(result.history)] if result.history else {}
+        return (f"done: {result.steps} steps, {result.bad_rows} bad rows skipped, last reward "
+                f"{last.get('reward/mean', float('nan')):.3f}, output in {result.output_dir}")
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = train(cfg)
-    last = result.history[max(result.history)] if result.history else {}
-    reward = last.get("reward/mean", float("nan"))
-    print(f"done: {result.steps} steps, {result.bad_rows} bad rows skipped, last reward {reward:.3f}, "
-          f"output in {result.output_dir}")
-    return 0
+    return run_config_command(args, PROG, load=load_rl_config, check=check_rl_inputs, resolve=resolved, run=run)
