@@ -35,6 +35,15 @@ def served(policy: JaxPolicy, **app_kwargs) -> Iterator[tuple[ServerThread, obje
         yield server, app.state.worker
 
 
+@contextlib.contextmanager
+def served_client(policy: JaxPolicy, *, max_body_bytes: int,
+                  body_timeout_s: float) -> Iterator[tuple[ServerThread, object, httpx.Client]]:
+    """A served policy (no API key) and an HTTP client on it: the server tests' module fixtures."""
+    with served(policy, api_key="", max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s) as (thread, worker):
+        with httpx.Client(base_url=thread.url, timeout=120) as client:
+            yield thread, worker, client
+
+
 def user(text: str, *parts: dict) -> list[dict]:
     return [{"role": "user", "content": [{"type": "text", "text": text}, *parts] if parts else text}]
 

@@ -21,6 +21,7 @@ from serve_helpers import (
     joined,
     make_policy,
     served,
+    served_client,
     stream,
     user,
 )
@@ -44,14 +45,13 @@ def policy(reference_pairs):
 
 @pytest.fixture(scope="module")
 def server(policy):
-    with served(policy, api_key="", max_body_bytes=BODY_LIMIT, body_timeout_s=1.0) as (thread, worker):
-        yield thread, worker
+    with served_client(policy, max_body_bytes=BODY_LIMIT, body_timeout_s=1.0) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server[0].url, timeout=120) as c:
-        yield c
+    return server[2]
 
 
 def alone(policy, body: dict, seed: int) -> list[list[int]]:

@@ -23,7 +23,7 @@ from serve_helpers import (
     assert_names_a_field,
     joined,
     make_policy,
-    served,
+    served_client,
     sse_events,
     user,
 )
@@ -45,14 +45,13 @@ def policy(reference_pairs):
 
 @pytest.fixture(scope="module")
 def server(policy):
-    with served(policy, api_key="", max_body_bytes=BODY_LIMIT, body_timeout_s=5.0) as (thread, worker):
-        yield thread, worker
+    with served_client(policy, max_body_bytes=BODY_LIMIT, body_timeout_s=5.0) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server[0].url, timeout=120) as c:
-        yield c
+    return server[2]
 
 
 def assert_answered(response: httpx.Response, body: dict) -> None:
@@ -200,7 +199,7 @@ async def run_load(url: str, valid: list[dict], bad: list[dict], leaving: list[d
 
 
 def test_mixed_load_every_request_gets_its_own_answer_and_no_page_leaks(server, policy):
-    thread, worker = server
+    thread, worker, _ = server
     valid, bad, leaving = load_bodies()
     cancelled_before = worker.cancelled
     t0 = time.monotonic()
