@@ -57,6 +57,16 @@ def test_shipped_agent_scores_what_the_readme_says(held_out, tmp_path):
     assert summary["accuracy_all_samples"] >= readme_accuracy() - 0.05, summary["accuracy_all_samples"]
 
 
+def test_sweep_plays_the_shipped_agent_from_its_card(held_out, tmp_path):
+    """`omniagent sweep --model` with no sampling flag: the card's greedy decoding and toy limits, per budget."""
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--model", str(SHIPPED), "--dataset", str(held_out), "--output-dir", str(out), "--no-progress",
+                 "--max-steps", "1,3", "--fixed-steps", "--sample-indices", "0-3", "--max-batch", "16"]) == 0
+    config = json.loads((out / "steps-1" / "run_metadata.json").read_text())["config"]
+    assert config["temperature"] == 0.0 and config["max_frames"] == settings.MAX_FRAMES and config["max_steps"] == 1
+    assert (out / "sweep.png").is_file()
+
+
 def test_random_weights_score_low(held_out, tmp_path):
     cfg = load_pipeline_config(None, [f"run_dir={tmp_path}"])
     random_agent = stage_init(cfg)  # the toy thinker at its random init, with the toy tokenizer and episode card

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omniagent_jax.agent.cli import EXIT_OK, UsageError, report_usage_error
+from omniagent_jax.agent.episode_card import EpisodeCardError, resolve_episode_settings
 from omniagent_jax.eval.summary import write_csv
 
 SWEEP_FIELDS = ("max_steps", "num_samples", "num_success", "num_error", "accuracy_reward_gt_0_5", "avg_reward", "avg_steps",
@@ -53,6 +54,10 @@ def sweep_command(args: argparse.Namespace, *, load_policy=None, policy_factory=
         return report_usage_error(prog, "--output-dir is required")
     if len(set(budgets)) != len(budgets) or any(b < 1 for b in budgets):
         return report_usage_error(prog, f"--max-steps budgets must be distinct and >= 1, got {budgets}")
+    try:  # the policy is loaded from `args` (the budgets' copies resolve their own): its sampling flags too
+        resolve_episode_settings(args)
+    except EpisodeCardError as e:
+        return report_usage_error(prog, e)
     root = pathlib.Path(args.output_dir)
     shared, counter = None, None
     rows = []
