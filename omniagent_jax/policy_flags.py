@@ -14,6 +14,8 @@ import pathlib
 import sys
 
 TINY_SEED = 0
+# The toy agent `make toy-full` ships (docs/toy.md §5): `make run`'s and the demo's default model.
+SHIPPED_AGENT = pathlib.Path(__file__).resolve().parents[1] / "assets" / "toy_agent"
 RANDOM_MODEL = "random"  # `--model random`: the tiny preset with random weights, whatever the command's default model
 
 

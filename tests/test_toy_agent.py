@@ -12,12 +12,13 @@ import pytest
 
 from omniagent_jax.agent.episode_card import read_episode_card
 from omniagent_jax.cli import main
+from omniagent_jax.policy_flags import SHIPPED_AGENT
 from omniagent_jax.toy import settings, splits
 from omniagent_jax.toy.pipeline.config import load_pipeline_config
 from omniagent_jax.toy.pipeline.stages import stage_init
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "assets" / "toy_agent"
+SHIPPED = SHIPPED_AGENT
 HELD_OUT = 50  # test tasks 0..49: never trained on (the train split shares no video), part of the README's 100
 MAX_MB = 20
 RANDOM_CEILING = 0.30

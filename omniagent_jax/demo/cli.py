@@ -11,19 +11,16 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import importlib.util
-import pathlib
 import signal
 import sys
 import threading
 
 from omniagent_jax.demo.defaults import DEFAULT_CONCURRENCY, DEFAULT_HOST, DEFAULT_PORT
 from omniagent_jax.demo.uploads import DEFAULT_MAX_UPLOAD_MB
-from omniagent_jax.policy_flags import engine_arguments, is_random_model, load_jax_policy
+from omniagent_jax.policy_flags import SHIPPED_AGENT, engine_arguments, is_random_model, load_jax_policy
 
 PROG = "omniagent demo"
 TINY_MAX_NEW_TOKENS = 256  # random weights never stop on their own; keep their turns short by default
-# Where the toy-world issue's trained agent is installed (a JAX checkpoint directory); the default --model when present.
-SHIPPED_AGENT = pathlib.Path(__file__).resolve().parents[2] / "assets" / "toy_agent"
 
 
 def add_demo_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ import sys
 
 from omniagent_jax.agent.cli import report_usage_error
 from omniagent_jax.model.config import REPO_CONFIGS
+from omniagent_jax.policy_flags import SHIPPED_AGENT
 from omniagent_jax.toy import splits
 from omniagent_jax.toy.pipeline import report
 from omniagent_jax.toy.pipeline.config import PipelineConfig, PipelineError, add_pipeline_arguments, load_pipeline_config
@@ -24,7 +25,6 @@ from omniagent_jax.toy.pipeline.stages import check_exit, log, run_omniagent, ru
 PROG = "omniagent toy full"
 REPO = REPO_CONFIGS.parent
 GRPO_CONFIG = REPO_CONFIGS / "toy" / "grpo.yaml"
-SHIPPED_AGENT = REPO / "assets" / "toy_agent"
 SEEDS = (0, 1, 2)
 SWEEP_BUDGETS = (2, 3, 4, 5, 6)
 RANDOM_MAX_NEW_TOKENS = 48  # random weights never stop on their own; their JSON never parses at any length
