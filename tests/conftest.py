@@ -15,6 +15,18 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO / "tests" / "data" / "reference"
 
 
+@pytest.fixture(autouse=True)
+def _no_persistent_compilation_cache_across_tests():
+    """`omniagent run|eval|sweep` in-process turn on JAX's persistent compilation cache (global config) unless given
+    `--no-compilation-cache`; whatever a test turned on is turned off after it, so no other test writes there."""
+    yield
+    import sys
+
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.config.jax_compilation_cache_dir is not None:
+        jax.config.update("jax_compilation_cache_dir", None)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> pathlib.Path:
     """The published OmniAgent's example data files, kept unmodified in the repository

@@ -39,7 +39,7 @@ def held_out(tmp_path_factory) -> pathlib.Path:
 
 def run_eval(model: pathlib.Path, rows: pathlib.Path, out: pathlib.Path, *extra: str) -> dict:
     assert main(["eval", "--model", str(model), "--dataset", str(rows), "--output-dir", str(out), "--no-progress",
-                 "--max-batch", "16", *extra]) == 0
+                 "--max-batch", "16", "--no-compilation-cache", *extra]) == 0
     return json.loads((out / "summary.json").read_text())
 
 
@@ -62,7 +62,8 @@ def test_sweep_plays_the_shipped_agent_from_its_card(held_out, tmp_path):
     """`omniagent sweep --model` with no sampling flag: the card's greedy decoding and toy limits, per budget."""
     out = tmp_path / "sweep"
     assert main(["sweep", "--model", str(SHIPPED), "--dataset", str(held_out), "--output-dir", str(out), "--no-progress",
-                 "--max-steps", "1,3", "--fixed-steps", "--sample-indices", "0-3", "--max-batch", "16"]) == 0
+                 "--max-steps", "1,3", "--fixed-steps", "--sample-indices", "0-3", "--max-batch", "16",
+                 "--no-compilation-cache"]) == 0
     config = json.loads((out / "steps-1" / "run_metadata.json").read_text())["config"]
     assert config["temperature"] == 0.0 and config["max_frames"] == settings.MAX_FRAMES and config["max_steps"] == 1
     assert (out / "sweep.png").is_file()
@@ -100,7 +101,7 @@ def test_make_run_plays_the_first_example_and_answers_it(tmp_path, capsys):
     assert REPO / args[args.index("--model") + 1] == SHIPPED
     args = [a if not a.startswith("assets/") else str(REPO / a) for a in args]
     record = tmp_path / "run.json"
-    assert main(["run", *args, "--output", str(record)]) == 0
+    assert main(["run", *args, "--output", str(record), "--no-compilation-cache"]) == 0
     result = json.loads(record.read_text())
     printed = capsys.readouterr().out
     assert result["correct"] is True, printed

@@ -57,7 +57,7 @@ def sweep(cfg: PipelineConfig, model: pathlib.Path, test_rows: pathlib.Path) -> 
     out = cfg.root / "sweep_taura"
     check_exit(run_omniagent(["sweep", "--model", str(model), "--dataset", str(test_rows), "--output-dir", str(out),
                        "--max-steps", ",".join(map(str, SWEEP_BUDGETS)), "--fixed-steps", "--seed", str(cfg.seed),
-                       "--max-batch", str(cfg.eval_max_live), "--no-progress"]), "sweep")
+                       "--max-batch", str(cfg.eval_max_live), "--no-progress", "--no-compilation-cache"]), "sweep")
     with open(out / "sweep.csv", encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
 

@@ -186,7 +186,7 @@ def stage_eval(cfg: PipelineConfig, model: pathlib.Path, test_rows: pathlib.Path
     summary_path = out / "summary.json"
     argv = ["eval", "--model", str(model), "--dataset", str(test_rows), "--output-dir", str(out), "--temperature", "0",
             "--max-new-tokens", str(cfg.eval_max_new_tokens), "--max-live", str(cfg.eval_max_live), "--seed", str(cfg.seed),
-            "--max-batch", str(cfg.eval_max_live), *settings.cli_flags()]
+            "--max-batch", str(cfg.eval_max_live), "--no-compilation-cache", *settings.cli_flags()]
     if not (summary_path.is_file() and json.loads(summary_path.read_text())["num_samples"] == cfg.test_tasks):
         check_exit(run_omniagent(argv), f"eval of {model}")
     return json.loads(summary_path.read_text(encoding="utf-8"))
