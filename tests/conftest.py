@@ -17,14 +17,21 @@ REFERENCE_DIR = REPO / "tests" / "data" / "reference"
 
 @pytest.fixture(autouse=True)
 def _no_persistent_compilation_cache_across_tests():
-    """`omniagent run|eval|sweep` in-process turn on JAX's persistent compilation cache (global config) unless given
-    `--no-compilation-cache`; whatever a test turned on is turned off after it, so no other test writes there."""
+    """`omniagent run|eval|sweep` in-process turn on JAX's persistent compilation cache unless given
+    `--no-compilation-cache`. JAX builds that cache once per process and keeps writing to it after the config is
+    cleared, so a test that turned it on would make every later compile write there (one SFT step's executable
+    aborted the process while being serialized): whatever a test turned on is torn down after it."""
     yield
     import sys
 
-    jax = sys.modules.get("jax")
-    if jax is not None and jax.config.jax_compilation_cache_dir is not None:
+    if "jax" not in sys.modules:
+        return
+    import jax
+    from jax._src import compilation_cache
+
+    if jax.config.jax_compilation_cache_dir is not None or compilation_cache._cache is not None:
         jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="session")
