@@ -15,6 +15,7 @@ from omniagent_jax.cli import main
 from omniagent_jax.policy_flags import SHIPPED_AGENT
 from omniagent_jax.toy import settings, splits
 from omniagent_jax.toy.pipeline.config import load_pipeline_config
+from omniagent_jax.toy.pipeline.full import RANDOM_MAX_NEW_TOKENS
 from omniagent_jax.toy.pipeline.stages import stage_init
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -72,8 +73,8 @@ def test_sweep_plays_the_shipped_agent_from_its_card(held_out, tmp_path):
 def test_random_weights_score_low(held_out, tmp_path):
     cfg = load_pipeline_config(None, [f"run_dir={tmp_path}"])
     random_agent = stage_init(cfg)  # the toy thinker at its random init, with the toy tokenizer and episode card
-    # Random weights never stop on their own: short turns keep the test quick (their JSON never parses either way).
-    summary = run_eval(random_agent, held_out, tmp_path / "random", "--max-new-tokens", "48")
+    # Random weights never stop on their own: short turns, as make toy-full's row of the table plays them.
+    summary = run_eval(random_agent, held_out, tmp_path / "random", "--max-new-tokens", str(RANDOM_MAX_NEW_TOKENS))
     assert summary["num_samples"] == HELD_OUT
     assert summary["accuracy_all_samples"] <= RANDOM_CEILING
 
