@@ -1,6 +1,6 @@
 """The toy expert (docs/toy.md §2): it answers from the media it asked for, never from the ground truth, copies
-every number it writes from its context, fits every row in the toy tokenizer's 512 tokens, and beats a
-uniform scan with the same frame budget by far."""
+every number it writes from its context, logs every frame it saw in order, fits every row in the toy tokenizer's
+`settings.MAX_ROW_TOKENS`, and beats a uniform scan with the same frame budget by far."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from omniagent_jax.agent.cli import add_run_arguments, build_config
 from omniagent_jax.agent.data import iter_samples
 from omniagent_jax.agent.driver import Episode, EpisodeDriver
 from omniagent_jax.agent.environment import VideoEnvironment
-from omniagent_jax.agent.messages import message_text, system_message, text_part, user_message
+from omniagent_jax.agent.messages import has_media, message_text, system_message, text_part, user_message
 from omniagent_jax.agent.policy import ConcurrentPolicy, Policy
 from omniagent_jax.agent.prompts import load_system_prompt_template
 from omniagent_jax.agent.runner import run_episode
@@ -72,6 +72,30 @@ def test_every_number_the_expert_writes_is_in_its_context(played):
             assert written and written <= set(NUMBER.findall(context)), (step.output, written - set(NUMBER.findall(context)))
 
 
+def test_frame_observations_log_every_frame_in_order(played):
+    """After frames, the observation starts with one entry per frame, in the order of their labels, and its
+    summary names the first lit frame of the log."""
+    _, expert, _ = played
+    logged = 0
+    for result in expert:
+        for step in result.steps[1:]:
+            media = next(m for m in reversed(step.raw_input) if m["role"] == "user" and has_media(m))
+            if not any(p.get("type") == "image" for p in media["content"]):
+                continue
+            texts = [p["text"] for p in media["content"] if p.get("type") == "text"]
+            labels = [t[len("Frame "):-1] for t in texts if t.startswith("Frame ")]
+            observation = re.search(r'"observation": "([^"]*)"', step.output).group(1)
+            log, summary = observation.split(". ", 1)
+            entries = [e.split(" ", 1) for e in log.split(", ")]
+            assert [label for label, _ in entries] == labels
+            assert all(re.fullmatch(r"-|dot|lit|lit \d+px|[a-z]+", what) for _, what in entries), entries
+            lit = [label for label, what in entries if what.startswith("lit")]
+            if lit:
+                assert re.search(rf"lit at {re.escape(lit[0])}\b", summary), (lit, summary)
+            logged += 1
+    assert logged >= len(expert)
+
+
 def test_rows_fit_the_toy_tokenizer(played, tmp_path):
     _, expert, _ = played
     tok = load_tokenizer(REPO_CONFIGS / "toy" / "tokenizer")
@@ -80,7 +104,12 @@ def test_rows_fit_the_toy_tokenizer(played, tmp_path):
     save_pretrained_tokenizer(tok, tmp_path / "copy")
     again = load_tokenizer(tmp_path / "copy")
     text = expert[0].steps[1].output
-    assert again(text)["input_ids"] == tok(text)["input_ids"] and "16.36" in again.tokenize("16.36 s")
+    assert again(text)["input_ids"] == tok(text)["input_ids"]
+    # Numbers are cut into digit pairs from the right and decimals, and every such piece is one token.
+    assert again.tokenize("163.64 s")[:3] == ["1", "63", ".64"] and again.tokenize("1234")[:2] == ["12", "34"]
+    vocab = tok.get_vocab()
+    pieces = [*(str(i) for i in range(10)), *(f"{i:02d}" for i in range(100)), *(f".{d:02d}" for d in range(100))]
+    assert all(p in vocab for p in pieces)
     processor = OmniProcessor(tok)
     assert processor.special_ids == tokenizer.special_ids()
     lengths = tokenizer.row_lengths(processor, expert)

@@ -51,9 +51,27 @@ class _Frames:
             out += [s.colour for s in things if s.colour not in out]
         return out
 
+    def log(self, focus: str = "", *, sizes: bool = False) -> str:
+        """Frame by frame, in order: what each frame shows of ``focus`` (``lit``, with the square's size when
+        ``sizes``; ``dot``; ``-``), or with no focus the colour of the lit square (``-`` when none)."""
+        entries = []
+        for label, things in zip(self.labels, self.seen):
+            if focus:
+                lit = [s for s in things if s.colour == focus and s.lit]
+                dot = any(s.colour == focus and not s.lit for s in things)
+                what = (f"lit {lit[0].size}px" if sizes else "lit") if lit else "dot" if dot else "-"
+            else:
+                what = " ".join(s.colour for s in things if s.lit) or "-"
+            entries.append(f"{label} {what}")
+        return ", ".join(entries)
+
     def describe(self, focus: str = "", *, sizes: bool = False) -> str:
-        """What the frames showed: per colour (only ``focus`` when given, the others just named), the frames where
-        its square was lit and where its dot first showed."""
+        """What the frames showed: the frame-by-frame log, then per colour (only ``focus`` when given) the frames
+        where its square was lit and where its dot first showed.
+
+        The log comes first so that a model writes each frame's label right after the previous one and what the
+        frame shows right after its label: one look-up per token (the image that follows the label just written),
+        where a summary alone asks it to find the lit image among all of them and copy the label before it."""
         facts = []
         for colour in self.colours():
             if focus and colour != focus:
@@ -66,10 +84,7 @@ class _Frames:
             dots = [i for i, things in enumerate(self.seen) if any(s.colour == colour and not s.lit for s in things)]
             if dots:
                 facts.append(f"{colour} dot from {self.labels[dots[0]]}")
-        others = [c for c in self.colours() if focus and c != focus]
-        if others:
-            facts.append(f"also {', '.join(others)}")
-        return ("; ".join(facts) if facts else "no coloured square") + "."
+        return f"{self.log(focus, sizes=sizes)}. " + ("; ".join(facts) if facts else "no coloured square") + "."
 
 
 class _Context:

@@ -15,8 +15,8 @@ from omniagent_jax.toy.world import MAX_FRAMES
 MAX_AUDIO = 6  # seconds per get_audio: 150 audio tokens
 MAX_CLIP = 4  # clips are allowed but costly (their frames are upscaled to the clip budget); the expert never uses them
 MAX_STEPS = 5
-MAX_ROW_TOKENS = 512
-MAX_NEW_TOKENS = 160  # per turn: an expert turn is at most ~110 toy tokens; a model that does not stop is cut here
+MAX_ROW_TOKENS = 768
+MAX_NEW_TOKENS = 160  # per turn: an expert turn is at most ~120 toy tokens; a model that does not stop is cut here
 LIMITS = EpisodeLimits(max_frames=MAX_FRAMES, max_audio=MAX_AUDIO, max_clip=MAX_CLIP)
 
 # A template with the three limit slots, like --system-prompt-file takes (docs/protocol.md §1); configs/toy/system_prompt.txt

@@ -1,10 +1,13 @@
 """The toy vocabulary (docs/toy.md §3): a 2,048-token byte-level BPE trained on toy prompts and expert
 trajectories, with the 22 Omni special strings at ids 2026..2047.
 
-Pre-tokenisation keeps every number whole (``163.64`` is one piece, merged by BPE like any word, so a
-number copied from a frame label into an action is the same token sequence in both places) and glues
-one following space to each run of other characters, so JSON keys such as ``"observation": `` become
-single tokens.
+Pre-tokenisation cuts every number into pairs of digits from the right and its decimals (``163.64`` is
+``1`` + ``63`` + ``.64``; each merged by BPE like any word), so a number copied from a frame label into an
+action is the same token sequence in both places, and the 110 one- and two-digit pieces and the hundred
+decimals are each seen often in training. (Whole numbers give every time its own rare token, and integer
+parts 100–600 are still rare enough that the decoder does not copy them: their output rows are only ever
+pushed down.) One following space is glued to each run of other characters, so JSON keys such as
+``"observation": `` become single tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from omniagent_jax.processing import tokens
 
 VOCAB_SIZE = 2048
 NUM_BPE = VOCAB_SIZE - len(tokens.SPECIAL_TOKENS)  # ordinary tokens 0..2025; the specials follow in order
-PRETOKENIZE = r"\d+(?:\.\d+)?|[^\s\d]+\s?|\s+"
+MIN_BPE = 512  # fewer learned tokens means too little text to train on
+PRETOKENIZE = r"\d{1,2}(?=(?:\d\d)*(?!\d))|\.\d+|[^\s\d]+\s?|\s+"
 
 
 def special_ids() -> tokens.SpecialIds:
@@ -33,9 +37,9 @@ def special_ids() -> tokens.SpecialIds:
 
 
 def train_tokenizer(texts: Iterable[str]) -> Any:
-    """A byte-level BPE of exactly :data:`NUM_BPE` tokens trained on ``texts``, the Omni specials added after
-    it, wrapped as the project's tokenizers are (chat template, eos/pad). Raises ValueError when the texts
-    are too few to learn that many tokens."""
+    """A byte-level BPE of up to :data:`NUM_BPE` tokens trained on ``texts`` (reserved tokens fill the rest), the
+    Omni specials added after it, wrapped as the project's tokenizers are (chat template, eos/pad). Raises
+    ValueError when the texts are too few to learn :data:`MIN_BPE` tokens."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from omniagent_jax.processing.tokenizer import wrap_backend
@@ -48,9 +52,14 @@ def train_tokenizer(texts: Iterable[str]) -> Any:
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=NUM_BPE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     backend.train_from_iterator(texts, trainer)
-    if backend.get_vocab_size() != NUM_BPE:
-        raise ValueError(f"the toy corpus yields only {backend.get_vocab_size()} BPE tokens, {NUM_BPE} are needed: "
+    learned = backend.get_vocab_size()
+    if learned < MIN_BPE:
+        raise ValueError(f"the toy corpus yields only {learned} BPE tokens, at least {MIN_BPE} are needed: "
                          "train on more episodes")
+    # A corpus whose merges run out early leaves reserved tokens (never in any text) up to NUM_BPE, so that the
+    # Omni specials keep their ids whatever the corpus.
+    reserved = [f"<|toy_reserved_{i}|>" for i in range(NUM_BPE - learned)]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in reserved])
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens.SPECIAL_TOKENS])
     return wrap_backend(backend)
 
@@ -63,8 +72,16 @@ def message_texts(messages: Sequence[Message]) -> Iterator[str]:
         yield f"{m['role']}\n" + "".join(parts) + "\n"
 
 
+def number_pieces() -> str:
+    """Every number piece (one and two digits, two-digit decimals), a few times each: with them in the corpus
+    BPE learns each as one token, not only those the episodes happen to use."""
+    listing = " ".join([*(str(i) for i in range(10)), *(f"{i:02d}" for i in range(100)), *(f".{d:02d}" for d in range(100))])
+    return "\n".join([listing] * 3)
+
+
 def corpus(results: Iterable[EpisodeResult]) -> Iterator[str]:
-    """Training text of played episodes: every step's input and output."""
+    """Training text: the number pieces, then every step's input and output of the played episodes."""
+    yield number_pieces()
     for result in results:
         for step in result.steps:
             yield from message_texts(step.raw_input)
