@@ -23,6 +23,8 @@ from omniagent_jax.processing import tokens
 VOCAB_SIZE = 2048
 NUM_BPE = VOCAB_SIZE - len(tokens.SPECIAL_TOKENS)  # ordinary tokens 0..2025; the specials follow in order
 MIN_BPE = 512  # fewer learned tokens means too little text to train on
+# What PRETOKENIZE cuts a number into: one or two digits, and two-digit decimals.
+NUMBER_PIECES = (*(str(i) for i in range(10)), *(f"{i:02d}" for i in range(100)), *(f".{d:02d}" for d in range(100)))
 PRETOKENIZE = r"\d{1,2}(?=(?:\d\d)*(?!\d))|\.\d+|[^\s\d]+\s?|\s+"
 
 
@@ -73,10 +75,9 @@ def message_texts(messages: Sequence[Message]) -> Iterator[str]:
 
 
 def number_pieces() -> str:
-    """Every number piece (one and two digits, two-digit decimals), a few times each: with them in the corpus
-    BPE learns each as one token, not only those the episodes happen to use."""
-    listing = " ".join([*(str(i) for i in range(10)), *(f"{i:02d}" for i in range(100)), *(f".{d:02d}" for d in range(100))])
-    return "\n".join([listing] * 3)
+    """Every number piece, a few times each: with them in the corpus BPE learns each as one token, not only those
+    the episodes happen to use."""
+    return "\n".join([" ".join(NUMBER_PIECES)] * 3)
 
 
 def corpus(results: Iterable[EpisodeResult]) -> Iterator[str]:
