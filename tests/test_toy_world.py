@@ -134,5 +134,13 @@ def test_decoding_checks_name_what_is_wrong(tmp_path_factory):
     more = tuple(dataclasses.replace(e, beeps=e.beeps + 1) if e.beeps else e for e in num.events)
     with pytest.raises(check.ToyCheckError, match="decoded sounds .* differ"):
         check.check_video(dataclasses.replace(num, events=more), rows.parent / splits.VIDEO_DIR / num.video_name)
-    with pytest.raises(RuntimeError, match="cannot place 2 events in 20s"):
+    with pytest.raises(world.NoRoomError, match="cannot place 2 events in 20s"):
         world._place(np.random.default_rng(0), 20, [10.0, 10.0], gap=5.0)
+
+
+def test_a_short_video_that_cannot_hold_three_events_gets_fewer():
+    # Train task 1555 draws a 20-s SIZE video with two distractors, which do not fit: it keeps one.
+    task = world.generate_task("train", 1555)
+    assert (task.question_type, task.duration, len(task.events)) == ("SIZE", 20, 2)
+    assert task.fingerprint() == world.generate_task("train", 1555).fingerprint()
+    assert task.events[0].end + 2.0 <= task.events[1].start and task.events[1].end <= task.duration - 2.0

@@ -149,6 +149,10 @@ def _grid(x: float) -> float:
     return float(np.ceil(x * FPS - 1e-9) / FPS)
 
 
+class NoRoomError(RuntimeError):
+    """The events do not fit in the video (a 20-s TR/SIZE video may not hold three of them)."""
+
+
 def _place(rng: np.random.Generator, duration: int, lengths: list[float], gap: float) -> list[float]:
     """Start times on the frame grid for events of ``lengths`` seconds, in random order, ``gap`` s apart,
     inside ``[1, duration - 2]`` (the dot of the last event is still on the last frame)."""
@@ -161,7 +165,7 @@ def _place(rng: np.random.Generator, duration: int, lengths: list[float], gap: f
             for s, i in zip(starts, order):
                 out[i] = s
             return out
-    raise RuntimeError(f"cannot place {len(lengths)} events in {duration}s")  # unreachable for the ranges used
+    raise NoRoomError(f"cannot place {len(lengths)} events in {duration}s")
 
 
 def _events(rng: np.random.Generator, duration: int, lengths: list[float], gap: float, pitches: list[str],
@@ -190,7 +194,14 @@ def _build_tr_or_size(qtype: str, split: str, index: int, seed: int, rng: np.ran
     # Lit for about duration/25 s (>= 3 s): under half a coarse spacing, so the dot's onset interval
     # alone is no answer, yet long enough that a focused scan of that interval sees both ends.
     lengths = [_grid(max(3.0, duration / 25) + rng.uniform(0.0, 1.5)) for _ in range(k)]
-    events = _events(rng, duration, lengths, gap=2.0, pitches=[str(p) for p in rng.choice(list(PITCHES), size=k)])
+    while True:
+        try:
+            events = _events(rng, duration, lengths, gap=2.0, pitches=[str(p) for p in rng.choice(list(PITCHES), size=k)])
+            break
+        except NoRoomError:
+            if k == 1:
+                raise
+            k, lengths = k - 1, lengths[:-1]  # a short video that cannot hold every distractor gets one fewer
     ordered, target = _by_time(events, 0)
     ev = ordered[target]
     if qtype == "TR":

@@ -1,7 +1,7 @@
 """The toy pipeline's stages (docs/toy.md §4). Each writes under the run directory and is skipped when its
 output is complete; the ones that take long (collect, SFT, RL, eval) also resume part-way through.
 
-    data     runs/toy/data/{train,test}.jsonl + videos/      toy.splits.write_split (each video checked)
+    data     runs/toy/data/{train,test}.jsonl + videos/      toy.splits.write_split (test videos checked)
     collect  runs/toy/collect/{results,steps}.jsonl          `omniagent collect` with the scripted expert
     sft_data runs/toy/sft.jsonl                              `omniagent export-sft` (won trajectories only)
     init     runs/toy/init/                                   the toy thinker at random init + the toy tokenizer
@@ -70,7 +70,9 @@ def _has_tokenizer(model_dir: pathlib.Path) -> bool:
 
 
 def stage_data(cfg: PipelineConfig) -> dict[str, pathlib.Path]:
-    """The train and test splits (a split whose JSONL already holds its rows is kept as it is)."""
+    """The train and test splits (a split whose JSONL already holds its rows is kept as it is). Test videos are
+    checked by decoding (every test answer is really in its video); train videos are checked by the expert that
+    plays them, since collect exports only the episodes it wins."""
     folder = cfg.root / "data"
     out = {}
     for split, count in (("train", cfg.train_tasks), ("test", cfg.test_tasks)):
@@ -78,7 +80,7 @@ def stage_data(cfg: PipelineConfig) -> dict[str, pathlib.Path]:
         if _count_lines(path) == count:
             log(f"data: {path} complete ({count} tasks), skipped")
         else:
-            splits.write_split(folder, split, count, workers=cfg.data_workers)
+            splits.write_split(folder, split, count, workers=cfg.data_workers, verify=split == "test")
         out[split] = path
     return out
 
