@@ -165,3 +165,33 @@ def test_results_table_from_eval_runs(short_run, tmp_path):
     report.write_section(md, "first")
     report.write_section(md, "second")  # replaces its own section, keeps the rest
     assert md.read_text() == f"# Results\n\nkept\n\n{report.BEGIN}\nsecond\n{report.END}\n"
+
+
+def test_log_entries_point_at_what_each_frame_showed():
+    from omniagent_jax.toy.pipeline.perception import log_entries
+
+    output = ('{"observation": "0.00s -, 4.27s magenta, 8.55s dot, 12.82s lit 13px. magenta square lit at 4.27s.", '
+              '"think": "t", "confidence": 0.5, "action": {"type": "answer", "content": "A"}}')
+    entries = log_entries(output)
+    assert [kind for _, kind in entries] == ["-", "colour", "dot", "lit"]
+    assert [output[i : i + 3] for i, _ in entries] == ["-, ", "mag", "dot", "lit"]
+    for text in ("Nothing inspected yet.", "A steady high tone."):
+        assert log_entries(json.dumps({"observation": text, "think": "t", "confidence": 0.5, "action": {}})) == []
+
+
+def test_perception_report_scores_every_log_entry(short_run, capsys):
+    from omniagent_jax.toy.pipeline import perception
+
+    cfg, _ = short_run
+    rows = _lines(cfg.root / "sft.jsonl")
+    logged = [r for r in rows if perception.log_entries(r["output"])]
+    assert logged  # the expert's frames turns
+    report = perception.perception(str(cfg.root / "sft" / "export_jax"), rows)
+    assert sum(t["entries"] for kinds in report.values() for t in kinds.values()) == sum(
+        len(perception.log_entries(r["output"])) for r in logged)
+    assert all(0 < t["p"] <= 1 and 0 <= t["argmax"] <= 1 for kinds in report.values() for t in kinds.values())
+    first_turn = perception.perception(str(cfg.root / "sft" / "export_jax"), rows, step=2, limit=1)
+    assert sum(t["entries"] for kinds in first_turn.values() for t in kinds.values()) == len(
+        perception.log_entries(next(r for r in logged if r["step"] == 2)["output"]))
+    assert perception.main(["--model", str(cfg.root / "sft" / "export_jax"), "--rows", str(cfg.root / "sft.jsonl")]) == 0
+    assert "argmax right" in capsys.readouterr().out
