@@ -177,6 +177,8 @@ def test_log_entries_point_at_what_each_frame_showed():
     assert [output[i : i + 3] for i, _ in entries] == ["-, ", "mag", "dot", "lit"]
     for text in ("Nothing inspected yet.", "A steady high tone."):
         assert log_entries(json.dumps({"observation": text, "think": "t", "confidence": 0.5, "action": {}})) == []
+    assert [kind for _, kind in log_entries('{"observation": "0.00s -, 4.27s dot."}')] == ["-", "dot"]
+    assert log_entries('{"observation": "0.00s -, 4.27s') == []  # cut off: not JSON
 
 
 def test_perception_report_scores_every_log_entry(short_run, capsys):

@@ -33,10 +33,13 @@ def log_entries(output: str) -> list[tuple[int, str]]:
     if at < 0:
         return []
     start = at + len(key)
-    observation = json.loads(output)["observation"]
-    if not _LOG_START.match(observation):
+    try:
+        observation = json.loads(output)["observation"]
+    except (json.JSONDecodeError, TypeError, KeyError):
         return []
-    log = observation.split(". ", 1)[0]
+    if not isinstance(observation, str) or not _LOG_START.match(observation):
+        return []
+    log = observation.split(". ", 1)[0].removesuffix(".")
     out, offset = [], start
     for entry in log.split(", "):
         what_at = offset + entry.index(" ") + 1
