@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,8 +23,6 @@ def _no_persistent_compilation_cache_across_tests():
     cleared, so a test that turned it on would make every later compile write there (one SFT step's executable
     aborted the process while being serialized): whatever a test turned on is torn down after it."""
     yield
-    import sys
-
     if "jax" not in sys.modules:
         return
     import jax
@@ -32,6 +31,23 @@ def _no_persistent_compilation_cache_across_tests():
     if jax.config.jax_compilation_cache_dir is not None or compilation_cache._cache is not None:
         jax.config.update("jax_compilation_cache_dir", None)
         compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code_after_each_file():
+    """Each XLA CPU executable holds about 8 memory mappings (its code) until it is dropped, and the suite compiles
+    thousands in one process: it reached 64,029 mappings by its end, against Linux's default cap of 65,530 per
+    process (`vm.max_map_count`), where XLA's compiler crashes (an abort or a segfault, late in fresh-clone runs).
+    Dropping JAX's compilation caches after each test file releases the executables no live object holds."""
+    yield
+    if "jax" not in sys.modules:
+        return
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
