@@ -290,10 +290,24 @@ def test_corrupt_upload_shows_the_media_error_then_an_example_runs(browser, demo
     page.screenshot(path=str(ARTIFACTS / "after_corrupt_upload.png"), full_page=True)
 
 
-def set_number(page, elem_id: str, value: int) -> None:
+def set_number(page, elem_id: str, value: int, tries: int = 5) -> None:
+    """Types ``value`` into a slider's number box until the slider holds it. A Run clicked before then sends the old
+    value (fresh-clone runs: the 2-step episode played its default 5 steps), and an edit made while the accordion
+    that holds the box is still opening can be dropped, so it is typed again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    for _ in range(tries):
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+        try:
+            page.wait_for_function("([id, v]) => document.querySelector(`#${id} input[type=range]`).value === v",
+                                   arg=[elem_id, str(value)], timeout=2_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"the {elem_id} slider never took the value {value}")
 
 
 def test_tiny_jax_episode_shows_kv_reuse_then_stop_cancels_one_session_only(browser, demo):
