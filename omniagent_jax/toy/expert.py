@@ -87,6 +87,11 @@ class _Frames:
         return f"{self.log(focus, sizes=sizes)}. " + ("; ".join(facts) if facts else "no coloured square") + "."
 
 
+def frame_log(labels: list[str], seen: list[list[perceive.Seen]], focus: str = "", *, sizes: bool = False) -> str:
+    """The frame log the expert writes for frames labelled ``labels`` that show ``seen`` (see ``_Frames.log``)."""
+    return _Frames(labels, seen).log(focus, sizes=sizes)
+
+
 class _Context:
     """What a policy can read from the history."""
 

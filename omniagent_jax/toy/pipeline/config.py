@@ -33,6 +33,11 @@ class PipelineConfig:
     rl_config: str = "configs/toy/taura.yaml"
     sft: tuple[str, ...] = ()  # key=value overrides of the SFT config
     rl: tuple[str, ...] = ()  # key=value overrides of the RL config
+    # The frame-reading curriculum before SFT (toy.reading; docs/toy.md §5): steps of one-frame rows (batch 16), then
+    # of frame-log rows (batch 8), each from the checkpoint before; 0 skips a phase.
+    read_frame_steps: int = 1000
+    read_log_steps: int = 800
+    read_rows_per_task: int = 12
     eval_max_new_tokens: int = settings.MAX_NEW_TOKENS
     eval_max_live: int = 16
     # The untied output head starts as the input embedding's transpose: a token copied from the context (a frame's
@@ -61,16 +66,20 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
             if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
                 raise PipelineError(f"{key} must be a list of key=value strings, got {value!r}")
             raw[key] = tuple(value)
-    for key in ("seed", "train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live"):
+    for key in ("seed", "train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live",
+                "read_frame_steps", "read_log_steps", "read_rows_per_task"):
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
             raise PipelineError(f"{key} must be an integer, got {raw[key]!r}")
     cfg = PipelineConfig(**raw)
-    for key in ("train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live"):
+    for key in ("train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live", "read_rows_per_task"):
         if getattr(cfg, key) < 1:
             raise PipelineError(f"{key} must be >= 1, got {getattr(cfg, key)}")
     for key in ("sft_config", "rl_config"):
         if not pathlib.Path(getattr(cfg, key)).is_file():
             raise PipelineError(f"{key} {getattr(cfg, key)} not found")
+    for key in ("read_frame_steps", "read_log_steps"):
+        if getattr(cfg, key) < 0:
+            raise PipelineError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.root.is_file():
         raise PipelineError(f"run_dir {cfg.run_dir} is a file")
     return cfg

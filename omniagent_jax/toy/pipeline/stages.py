@@ -133,6 +133,42 @@ def stage_init(cfg: PipelineConfig) -> pathlib.Path:
     return with_tokenizer(out)
 
 
+READ_PHASES = (("frame", 1, 16), ("log", None, 8))  # (name, frames per row (None: a look of 2-12), batch size)
+
+
+def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path) -> pathlib.Path:
+    """The frame-reading curriculum (`toy.reading`): an SFT run on one-frame rows from ``init``, then one on
+    frame-log rows from its checkpoint; returns the checkpoint the agentic SFT starts from (``init`` when both
+    phases have 0 steps). Rows come from the train split's videos; each phase is skipped once exported."""
+    from omniagent_jax.toy.reading import write_reading_rows
+    from omniagent_jax.train.config import load_config
+    from omniagent_jax.train.sft import train
+
+    model = init
+    steps_of = {"frame": cfg.read_frame_steps, "log": cfg.read_log_steps}
+    for i, (name, frames, batch) in enumerate(READ_PHASES):
+        if steps_of[name] < 1:
+            continue
+        out = cfg.root / "read" / name
+        export = out / "export_jax"
+        if export.is_dir() and _has_tokenizer(export):
+            log(f"read: {export} exists, skipped")
+            model = export
+            continue
+        rows = cfg.root / "read" / f"{name}.jsonl"
+        if not rows.is_file():
+            rows.parent.mkdir(parents=True, exist_ok=True)
+            log(f"read: writing {name} rows")
+            write_reading_rows(train_rows, rows, frames=frames, per_task=cfg.read_rows_per_task, seed=cfg.seed * 10 + i)
+        scfg = load_config(cfg.sft_config, [f"init={model}", f"data.train_file={rows}", f"output_dir={out}", "export_hf=true",
+                                            f"max_steps={steps_of[name]}", f"data.batch_size={batch}", "epochs=1000"])
+        result = train(scfg)
+        last = result.losses[max(result.losses)] if result.losses else float("nan")
+        log(f"read ({name}): {result.steps} steps, last loss {last:.4f}")
+        model = with_tokenizer(export)
+    return model
+
+
 def stage_sft(cfg: PipelineConfig, init: pathlib.Path, sft_rows: pathlib.Path) -> pathlib.Path:
     """SFT from ``init`` on the expert rows; its exported JAX checkpoint (with the tokenizer)."""
     from omniagent_jax.train.config import load_config
@@ -211,7 +247,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     steps = timed("collect", stage_collect, cfg, rows["train"])
     sft_rows = timed("sft_data", stage_sft_data, cfg, steps)
     init = timed("init", stage_init, cfg)
-    sft = timed("sft", stage_sft, cfg, init, sft_rows)
+    reader = timed("read", stage_read, cfg, init, rows["train"])
+    sft = timed("sft", stage_sft, cfg, reader, sft_rows)
     summaries = {"sft": timed("eval_sft", stage_eval, cfg, sft, rows["test"], "sft")}
     rl = timed("rl", stage_rl, cfg, sft, rows["train"])
     summaries["taura"] = timed("eval_taura", stage_eval, cfg, rl, rows["test"], "taura")

@@ -1,0 +1,98 @@
+"""Frame-reading rows (docs/toy.md §5): the curriculum that teaches the toy decoder to read its frozen towers'
+image tokens before the agentic SFT.
+
+Trained on the expert's rows alone, the decoder never starts reading the images: the few log entries that need
+a look (a lit square among mostly empty frames) are too small a share of the loss, and the model settles on the
+text prior. Rows made only of that look learn it: first one frame and what it shows (``frames=1``; the decoder
+starts using the image after ≈ 450 steps of 16 such rows), then the frame log the expert writes, after a task's
+question and a frames message laid out as the environment writes it (2–12 frames over the whole video or around
+one of its events). Numpy + media + the expert's own log; no JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from omniagent_jax.agent import prompts
+from omniagent_jax.media import open_video
+from omniagent_jax.toy import perceive, world
+from omniagent_jax.toy.expert import frame_log
+
+EVENT_MARGIN_S = 6.0  # a look around an event starts and ends up to this far outside its lit span
+
+
+def _frames_message(times: list[float], video: str) -> list[dict[str, Any]]:
+    """The content of a frames message at ``times`` (the environment's header and labels; images cut from ``video``)."""
+    parts = [{"type": "text", "text": prompts.frames_header(times[0], times[-1], len(times))}]
+    for t in times:
+        parts += [{"type": "text", "text": prompts.frame_label(t)}, {"type": "image", "image": video}]
+    return parts
+
+
+def _look_times(rng: np.random.Generator, task: world.Task, frames: int) -> list[float]:
+    """One frame (inside a lit span half the time) or a look of 2–12 frames: the whole video or around an event
+    (the question's own event three times in four)."""
+    spans = [(e.start, e.end) for e in task.events]
+    if frames == 1:
+        start, end = spans[rng.integers(len(spans))] if rng.random() < 0.5 else (0.0, float(task.duration))
+        return [round(float(rng.uniform(start, end)) * world.FPS) / world.FPS]
+    num = world.MAX_FRAMES if rng.random() < 0.5 else int(rng.integers(2, world.MAX_FRAMES + 1))
+    if rng.random() < 0.5:
+        return np.linspace(0.0, float(task.duration), num).tolist()
+    start, end = spans[task.target] if rng.random() < 0.75 else spans[rng.integers(len(spans))]
+    start = max(0.0, start - float(rng.uniform(0, EVENT_MARGIN_S)))
+    end = min(float(task.duration), end + float(rng.uniform(0, EVENT_MARGIN_S)))
+    return np.linspace(start, end, num).tolist()
+
+
+def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, *, frames: int | None,
+                 per_task: int, seed: int) -> Iterator[dict[str, Any]]:
+    """``per_task`` step rows (the SFT ``raw_input`` / ``output`` / ``extra_info.video`` format) per task row of a
+    split written under ``data_root``: with ``frames=1`` one frame and its colour log entry; with ``frames=None``
+    the task's question, a look of 2–12 frames and the frame log the expert writes for that question."""
+    if per_task < 1:
+        raise ValueError(f"per_task must be >= 1, got {per_task}")
+    if frames not in (1, None):
+        raise ValueError(f"frames must be 1 or None, got {frames!r}")
+    rng = np.random.default_rng(seed)
+    for row in tasks:
+        info = row["extra_info"]
+        task = world.generate_task(info["split"], info["index"])
+        video = str(pathlib.Path(data_root) / row["video"])
+        reader = open_video(video)
+        for _ in range(per_task):
+            times = _look_times(rng, task, 1 if frames == 1 else 0)
+            seen = [perceive.look(np.asarray(f)) for f in reader.frames(times)]
+            labels = [prompts.format_seconds(t) + "s" for t in times]
+            content = _frames_message(times, video)
+            if frames == 1:
+                output = frame_log(labels, seen)
+            else:
+                focus = "" if task.question_type == "MCQ" else task.events[task.target].colour
+                sizes = task.question_type == "SIZE" and rng.random() < 0.5
+                question = prompts.question_text(task.question, task.question_type, list(task.options),
+                                                 duration=float(task.duration), fps=float(world.FPS), has_audio=True)
+                content = [{"type": "text", "text": question}, *content]
+                output = frame_log(labels, seen, focus, sizes=sizes)
+            yield {"raw_input": [{"role": "user", "content": content}], "output": output,
+                   "extra_info": {"video": video, "question_type": task.question_type}}
+
+
+def write_reading_rows(tasks_path: str | pathlib.Path, out: str | pathlib.Path, *, frames: int | None, per_task: int,
+                       seed: int) -> pathlib.Path:
+    """:func:`reading_rows` over the task rows of ``tasks_path`` (videos beside it), written to ``out`` as JSONL
+    (through a temporary file: a killed run never leaves a partial file under the final name)."""
+    tasks_path, out = pathlib.Path(tasks_path), pathlib.Path(out)
+    with open(tasks_path, encoding="utf-8") as f:
+        tasks = [json.loads(line) for line in f if line.strip()]
+    partial = out.with_suffix(".part")
+    with open(partial, "w", encoding="utf-8") as f:
+        for row in reading_rows(tasks, tasks_path.parent, frames=frames, per_task=per_task, seed=seed):
+            f.write(json.dumps(row) + "\n")
+    partial.replace(out)
+    return out

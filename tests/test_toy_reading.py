@@ -1,0 +1,107 @@
+"""The frame-reading rows (toy.reading): what each row's output says is what its frames show (checked against the
+world's event schedule, not the perception code), laid out as the environment writes frames, loadable by SFT."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import toy_helpers
+
+from omniagent_jax.agent import prompts
+from omniagent_jax.model.config import REPO_CONFIGS
+from omniagent_jax.processing import OmniProcessor
+from omniagent_jax.toy import world
+from omniagent_jax.toy.reading import reading_rows, write_reading_rows
+from omniagent_jax.train.sft_data import SampleEncoder
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    path = toy_helpers.sample_split(tmp_path_factory)
+    return path, [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _frame_time(task: world.Task, t: float) -> float:
+    """The time of the frame a look at ``t`` returns: the first at or after it (the last frame past the end)."""
+    return min(math.ceil(t * world.FPS - 1e-6), task.duration * world.FPS - 1) / world.FPS
+
+
+def _lit_colours(task: world.Task, t: float) -> list[str]:
+    """Colours of the squares lit in the frame a look at ``t`` returns, in cell order (the world's schedule)."""
+    frame_t = _frame_time(task, t)
+    return [e.colour for e in sorted(task.events, key=lambda e: e.cell) if e.start <= frame_t < e.end]
+
+
+def _texts(row: dict) -> list[str]:
+    return [p["text"] for p in row["raw_input"][0]["content"] if p["type"] == "text"]
+
+
+def test_one_frame_rows_name_what_is_lit(tasks):
+    path, rows = tasks
+    out = list(reading_rows(rows, path.parent, frames=1, per_task=6, seed=0))
+    assert len(out) == 6 * len(rows)
+    lit = 0
+    for i, row in enumerate(out):
+        task = world.generate_task("test", rows[i // 6]["extra_info"]["index"])
+        header, label = _texts(row)
+        t = float(re.fullmatch(r"Frame (\S+)s:", label).group(1))
+        assert header == prompts.frames_header(t, t, 1)
+        assert [p["type"] for p in row["raw_input"][0]["content"]] == ["text", "text", "image"]
+        colours = _lit_colours(task, t)
+        assert row["output"] == f"{prompts.format_seconds(t)}s {' '.join(colours) or '-'}"
+        lit += bool(colours)
+    assert 0.25 * len(out) < lit < 0.9 * len(out)  # about half the frames are picked inside a lit span
+
+
+def test_frame_log_rows_follow_the_question(tasks):
+    path, rows = tasks
+    out = list(reading_rows(rows, path.parent, frames=None, per_task=4, seed=1))
+    focused = 0
+    for i, row in enumerate(out):
+        task = world.generate_task("test", rows[i // 4]["extra_info"]["index"])
+        question, header, *labels = _texts(row)
+        assert question.startswith(prompts.format_meta(float(task.duration), world.FPS, True) + "Question: " + task.question)
+        times = [float(re.fullmatch(r"Frame (\S+)s:", x).group(1)) for x in labels]
+        assert 2 <= len(times) <= world.MAX_FRAMES and times == sorted(times)
+        assert header == prompts.frames_header(times[0], times[-1], len(times))
+        entries = row["output"].split(", ")
+        assert [e.split(" ")[0] for e in entries] == [prompts.format_seconds(t) + "s" for t in times]
+        target = task.events[task.target]
+        for t, entry in zip(times, entries):
+            what = entry.split(" ", 1)[1]
+            if task.question_type == "MCQ":
+                assert what == (" ".join(_lit_colours(task, t)) or "-")
+            else:  # the log of the question's square: lit (with its size on some SIZE rows), its dot, or nothing
+                frame_t = _frame_time(task, t)
+                expected = "lit" if target.start <= frame_t < target.end else "dot" if frame_t >= target.end else "-"
+                assert what in ((expected, f"lit {target.size}px") if expected == "lit" else (expected,)), (entry, task)
+                focused += expected == "lit"
+    assert focused > 0
+
+
+def test_rows_are_deterministic_and_load_for_sft(tasks, tmp_path):
+    path, rows = tasks
+    a = write_reading_rows(path, tmp_path / "a.jsonl", frames=None, per_task=2, seed=3)
+    b = write_reading_rows(path, tmp_path / "b.jsonl", frames=None, per_task=2, seed=3)
+    assert a.read_text() == b.read_text()
+    assert not list(tmp_path.glob("*.part"))
+    processor = OmniProcessor.from_pretrained(str(REPO_CONFIGS / "toy" / "tokenizer"))
+    encoder = SampleEncoder(processor, data_root=".", max_length=768)
+    row = json.loads(a.read_text().splitlines()[0])
+    sample = encoder.encode(row)
+    n_images = sum(p["type"] == "image" for p in row["raw_input"][0]["content"])
+    assert len(sample["image_grid_thw"]) == n_images
+    target = processor.tokenizer.decode([int(t) for t in sample["labels"] if t >= 0])
+    assert target.startswith(row["output"])
+
+
+@pytest.mark.parametrize("kwargs, message", [({"frames": 3, "per_task": 1}, "frames must be 1 or None"),
+                                             ({"frames": 1, "per_task": 0}, "per_task must be >= 1")])
+def test_bad_arguments(tasks, kwargs, message):
+    path, rows = tasks
+    with pytest.raises(ValueError, match=message):
+        next(reading_rows(rows, path.parent, seed=0, **kwargs))
+
