@@ -76,14 +76,15 @@ class _Frames:
         for colour in self.colours():
             if focus and colour != focus:
                 continue
+            name = "" if focus else f"{colour} "  # the question names the focus colour: no word to copy from far back
             lit = self.lit(colour)
             if lit:
                 when = self.labels[lit[0]] + ("" if len(lit) == 1 else f" to {self.labels[lit[-1]]}")
                 size = f" ({self.size(colour)} px)" if sizes else ""
-                facts.append(f"{colour} square{size} lit at {when}")
+                facts.append(f"{name}square{size} lit at {when}")
             dots = [i for i, things in enumerate(self.seen) if any(s.colour == colour and not s.lit for s in things)]
             if dots:
-                facts.append(f"{colour} dot from {self.labels[dots[0]]}")
+                facts.append(f"{name}dot from {self.labels[dots[0]]}")
         return f"{self.log(focus, sizes=sizes)}. " + ("; ".join(facts) if facts else "no coloured square") + "."
 
 
@@ -157,17 +158,17 @@ class ExpertPolicy(ScriptedPolicy):
             return _turn(frames.describe(ctx.target), think, SEARCHING, _audio(labels[first], end))
         first, lit = frames.first(ctx.target), frames.lit(ctx.target)
         if first is None:
-            return _answer(frames.describe(ctx.target), f"The {ctx.target} square never showed; I guess.", _guess(ctx))
+            return _answer(frames.describe(ctx.target), "The square never showed; I guess.", _guess(ctx))
         if ctx.qtype == "SIZE" and lit:
             size = frames.size(ctx.target)
-            return _answer(frames.describe(ctx.target, sizes=True), f"The {ctx.target} square is {size} px wide.", size or "")
+            return _answer(frames.describe(ctx.target, sizes=True), f"The square is {size} px wide.", size or "")
         # The span to look at: around the lit frames, or between the last empty frame and the dot.
         lo, hi = (lit[0] - 1, lit[-1] + 1) if lit else (first - 1, first)
         start, end = _label(labels, lo, ctx.duration), _label(labels, hi, ctx.duration)
         if ctx.qtype == "NUM":
-            think = f"I listen where the {ctx.target} square appears."
+            think = "I listen where the square appears."
             return _turn(frames.describe(ctx.target), think, SEARCHING, _audio(start, end))
-        think = f"I look closer where the {ctx.target} square appears."
+        think = "I look closer where the square appears."
         return _turn(frames.describe(ctx.target), think, SEARCHING, _frames(start, end, ctx.max_frames))
 
     def after_look(self, ctx: _Context) -> PolicyOutput:
@@ -190,7 +191,7 @@ class ExpertPolicy(ScriptedPolicy):
         lit = frames.lit(ctx.target)
         if ctx.qtype == "SIZE":
             size = frames.size(ctx.target) or _guess(ctx)
-            return _answer(frames.describe(ctx.target, sizes=True), f"The {ctx.target} square is {size} px wide.", size)
+            return _answer(frames.describe(ctx.target, sizes=True), f"The square is {size} px wide.", size)
         if not lit:
             start, end = frames.labels[0], frames.labels[-1]
             think = "The square was not lit in these frames; I give the whole span."
