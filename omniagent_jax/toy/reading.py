@@ -34,11 +34,11 @@ def _frames_message(times: list[float], video: str) -> list[dict[str, Any]]:
     return parts
 
 
-def _look_times(rng: np.random.Generator, task: world.Task, frames: int) -> list[float]:
+def _look_times(rng: np.random.Generator, task: world.Task, *, one: bool) -> list[float]:
     """One frame (inside a lit span half the time) or a look of 2–12 frames: the whole video or around an event
     (the question's own event three times in four)."""
     spans = [(e.start, e.end) for e in task.events]
-    if frames == 1:
+    if one:
         start, end = spans[rng.integers(len(spans))] if rng.random() < 0.5 else (0.0, float(task.duration))
         return [round(float(rng.uniform(start, end)) * world.FPS) / world.FPS]
     num = world.MAX_FRAMES if rng.random() < 0.5 else int(rng.integers(2, world.MAX_FRAMES + 1))
@@ -66,7 +66,7 @@ def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, 
         video = str(pathlib.Path(data_root) / row["video"])
         reader = open_video(video)
         for _ in range(per_task):
-            times = _look_times(rng, task, 1 if frames == 1 else 0)
+            times = _look_times(rng, task, one=frames == 1)
             seen = [perceive.look(np.asarray(f)) for f in reader.frames(times)]
             labels = [prompts.format_seconds(t) + "s" for t in times]
             content = _frames_message(times, video)

@@ -133,9 +133,6 @@ def stage_init(cfg: PipelineConfig) -> pathlib.Path:
     return with_tokenizer(out)
 
 
-READ_PHASES = (("frame", 1, 16), ("log", None, 8))  # (name, frames per row (None: a look of 2-12), batch size)
-
-
 def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path) -> pathlib.Path:
     """The frame-reading curriculum (`toy.reading`): an SFT run on one-frame rows from ``init``, then one on
     frame-log rows from its checkpoint; returns the checkpoint the agentic SFT starts from (``init`` when both
@@ -145,9 +142,10 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
     from omniagent_jax.train.sft import train
 
     model = init
-    steps_of = {"frame": cfg.read_frame_steps, "log": cfg.read_log_steps}
-    for i, (name, frames, batch) in enumerate(READ_PHASES):
-        if steps_of[name] < 1:
+    # (name, frames per row (None: a look of 2-12), batch size, steps)
+    phases = (("frame", 1, 16, cfg.read_frame_steps), ("log", None, 8, cfg.read_log_steps))
+    for i, (name, frames, batch, steps) in enumerate(phases):
+        if steps < 1:
             continue
         out = cfg.root / "read" / name
         export = out / "export_jax"
@@ -161,7 +159,7 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
             log(f"read: writing {name} rows")
             write_reading_rows(train_rows, rows, frames=frames, per_task=cfg.read_rows_per_task, seed=cfg.seed * 10 + i)
         scfg = load_config(cfg.sft_config, [f"init={model}", f"data.train_file={rows}", f"output_dir={out}", "export_hf=true",
-                                            f"max_steps={steps_of[name]}", f"data.batch_size={batch}", "epochs=1000"])
+                                            f"max_steps={steps}", f"data.batch_size={batch}", "epochs=1000"])
         result = train(scfg)
         last = result.losses[max(result.losses)] if result.losses else float("nan")
         log(f"read ({name}): {result.steps} steps, last loss {last:.4f}")
