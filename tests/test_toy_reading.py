@@ -14,7 +14,7 @@ from omniagent_jax.agent import prompts
 from omniagent_jax.model.config import REPO_CONFIGS
 from omniagent_jax.processing import OmniProcessor
 from omniagent_jax.toy import world
-from omniagent_jax.toy.reading import reading_rows, write_reading_rows
+from omniagent_jax.toy.reading import LOG_WORDS, copy_rows, reading_rows, write_copy_rows, write_reading_rows
 from omniagent_jax.train.sft_data import SampleEncoder
 
 
@@ -96,6 +96,33 @@ def test_rows_are_deterministic_and_load_for_sft(tasks, tmp_path):
     assert len(sample["image_grid_thw"]) == n_images
     target = processor.tokenizer.decode([int(t) for t in sample["labels"] if t >= 0])
     assert target.startswith(row["output"])
+
+
+def test_copy_rows_repeat_a_frame_log(tmp_path):
+    rows = list(copy_rows(200, seed=5))
+    sizes = set()
+    for row in rows:
+        (message,) = row["raw_input"]
+        assert message["role"] == "user" and [p["type"] for p in message["content"]] == ["text"]
+        assert row["output"] == message["content"][0]["text"]
+        entries = row["output"].split(", ")
+        sizes.add(len(entries))
+        for entry in entries:
+            label, what = entry.split(" ")
+            assert re.fullmatch(r"\d+\.\d\ds", label) and 0 <= float(label[:-1]) <= world.MAX_DURATION
+            assert what in LOG_WORDS
+    assert sizes == set(range(2, 10))
+    assert len({r["output"] for r in rows}) == len(rows)
+    a = write_copy_rows(tmp_path / "a.jsonl", count=200, seed=5)
+    assert [json.loads(line) for line in a.read_text().splitlines()] == rows  # seeded: the same rows again
+    processor = OmniProcessor.from_pretrained(str(REPO_CONFIGS / "toy" / "tokenizer"))
+    encoder = SampleEncoder(processor, data_root=".", max_length=128)  # the copy phase's length
+    for row in rows:
+        sample = encoder.encode(row)
+        target = processor.tokenizer.decode([int(t) for t in sample["labels"] if t >= 0])
+        assert target.startswith(row["output"])
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        next(copy_rows(0, seed=0))
 
 
 @pytest.mark.parametrize("kwargs, message", [({"frames": 3, "per_task": 1}, "frames must be 1 or None"),

@@ -6,7 +6,8 @@ a look (a lit square among mostly empty frames) are too small a share of the los
 text prior. Rows made only of that look learn it: first one frame and what it shows (``frames=1``; the decoder
 starts using the image after ≈ 450 steps of 16 such rows), then the frame log the expert writes, after a task's
 question and a frames message laid out as the environment writes it (2–12 frames over the whole video or around
-one of its events). Numpy + media + the expert's own log; no JAX.
+one of its events). Copy rows (text only: a frame log repeated) train copying from the context on its own. Numpy +
+media + the expert's own log; no JAX.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from omniagent_jax.toy import perceive, world
 from omniagent_jax.toy.expert import frame_log
 
 EVENT_MARGIN_S = 6.0  # a look around an event starts and ends up to this far outside its lit span
+COPY_ENTRIES = (2, 9)  # entries per copy row (inclusive): rows stay within 128 toy tokens
+LOG_WORDS = ("-", "lit", "dot", *world.COLOURS)  # what a frame-log entry says after its label
 
 
 def _frames_message(times: list[float], video: str) -> list[dict[str, Any]]:
@@ -83,16 +86,42 @@ def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, 
                    "extra_info": {"video": video, "question_type": task.question_type}}
 
 
-def write_reading_rows(tasks_path: str | pathlib.Path, out: str | pathlib.Path, *, frames: int | None, per_task: int,
-                       seed: int) -> pathlib.Path:
-    """:func:`reading_rows` over the task rows of ``tasks_path`` (videos beside it), written to ``out`` as JSONL
-    (through a temporary file: a killed run never leaves a partial file under the final name)."""
-    tasks_path, out = pathlib.Path(tasks_path), pathlib.Path(out)
-    with open(tasks_path, encoding="utf-8") as f:
-        tasks = [json.loads(line) for line in f if line.strip()]
+def copy_rows(count: int, seed: int) -> Iterator[dict[str, Any]]:
+    """``count`` text-only rows whose output repeats the user's message: a frame log of 2–9 entries at random times
+    in 0–600 s (``163.64s lit, 170.00s -``): copying from the context (an induction head), the first hop of every log
+    entry, summary and action the agent writes, on its own. 1,200 steps of 32 copy 76 % of the tokens; text-only
+    rows also erase the frame reading learned before them (docs/toy.md §5)."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        n = int(rng.integers(COPY_ENTRIES[0], COPY_ENTRIES[1] + 1))
+        times = rng.uniform(0.0, float(world.MAX_DURATION), n)
+        text = ", ".join(f"{prompts.format_seconds(t)}s {LOG_WORDS[rng.integers(len(LOG_WORDS))]}" for t in times)
+        yield {"raw_input": [{"role": "user", "content": [{"type": "text", "text": text}]}], "output": text,
+               "extra_info": {}}
+
+
+def _write_rows(rows: Iterator[dict[str, Any]], out: pathlib.Path) -> pathlib.Path:
+    """``rows`` as JSONL at ``out``, through a temporary file: a killed run never leaves a partial file under the
+    final name."""
     partial = out.with_suffix(".part")
     with open(partial, "w", encoding="utf-8") as f:
-        for row in reading_rows(tasks, tasks_path.parent, frames=frames, per_task=per_task, seed=seed):
+        for row in rows:
             f.write(json.dumps(row) + "\n")
     partial.replace(out)
     return out
+
+
+def write_copy_rows(out: str | pathlib.Path, *, count: int, seed: int) -> pathlib.Path:
+    """:func:`copy_rows` written to ``out`` as JSONL."""
+    return _write_rows(copy_rows(count, seed), pathlib.Path(out))
+
+
+def write_reading_rows(tasks_path: str | pathlib.Path, out: str | pathlib.Path, *, frames: int | None, per_task: int,
+                       seed: int) -> pathlib.Path:
+    """:func:`reading_rows` over the task rows of ``tasks_path`` (videos beside it), written to ``out`` as JSONL."""
+    tasks_path = pathlib.Path(tasks_path)
+    with open(tasks_path, encoding="utf-8") as f:
+        tasks = [json.loads(line) for line in f if line.strip()]
+    return _write_rows(reading_rows(tasks, tasks_path.parent, frames=frames, per_task=per_task, seed=seed), pathlib.Path(out))

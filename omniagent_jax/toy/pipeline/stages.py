@@ -26,6 +26,7 @@ from omniagent_jax.toy.pipeline.config import PipelineConfig, PipelineError
 TOKENIZER_DIR = settings.REPO_CONFIGS / "toy" / "tokenizer"
 THINKER_CONFIG = settings.REPO_CONFIGS / "toy" / "thinker.yaml"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+COPY_BATCH = 32  # rows per step of the copy phase (short rows: 32 cost what 8 frame-log rows do)
 
 
 def log(msg: str) -> None:
@@ -134,17 +135,26 @@ def stage_init(cfg: PipelineConfig) -> pathlib.Path:
 
 
 def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path) -> pathlib.Path:
-    """The frame-reading curriculum (`toy.reading`): an SFT run on one-frame rows from ``init``, then one on
-    frame-log rows from its checkpoint; returns the checkpoint the agentic SFT starts from (``init`` when both
-    phases have 0 steps). Rows come from the train split's videos; each phase is skipped once exported."""
-    from omniagent_jax.toy.reading import write_reading_rows
+    """The reading curriculum (`toy.reading`): SFT runs on one-frame rows, then on copy rows (text only), then on
+    frame-log rows, each from the checkpoint before; returns the checkpoint the agentic SFT starts from (``init``
+    when every phase has 0 steps). Frame rows come from the train split's videos; each phase is skipped once
+    exported."""
+    from omniagent_jax.toy.reading import write_copy_rows, write_reading_rows
     from omniagent_jax.train.config import load_config
     from omniagent_jax.train.sft import train
 
+    def frame_rows(frames: int | None, seed: int):
+        return lambda rows: write_reading_rows(train_rows, rows, frames=frames, per_task=cfg.read_rows_per_task, seed=seed)
+
     model = init
-    # (name, frames per row (None: a look of 2-12), batch size, steps)
-    phases = (("frame", 1, 16, cfg.read_frame_steps), ("log", None, 8, cfg.read_log_steps))
-    for i, (name, frames, batch, steps) in enumerate(phases):
+    # (name, writes the rows, batch size, steps, overrides): copy rows are short, so they get their own buckets
+    phases = (
+        ("frame", frame_rows(1, cfg.seed * 10), 16, cfg.read_frame_steps, []),
+        ("copy", lambda rows: write_copy_rows(rows, count=cfg.read_copy_steps * COPY_BATCH, seed=cfg.seed * 10 + 2),
+         COPY_BATCH, cfg.read_copy_steps, ["data.max_length=128", "data.buckets=[64,128]"]),
+        ("log", frame_rows(None, cfg.seed * 10 + 1), 8, cfg.read_log_steps, []),
+    )
+    for name, write_rows, batch, steps, extra in phases:
         if steps < 1:
             continue
         out = cfg.root / "read" / name
@@ -157,9 +167,9 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
         if not rows.is_file():
             rows.parent.mkdir(parents=True, exist_ok=True)
             log(f"read: writing {name} rows")
-            write_reading_rows(train_rows, rows, frames=frames, per_task=cfg.read_rows_per_task, seed=cfg.seed * 10 + i)
+            write_rows(rows)
         scfg = load_config(cfg.sft_config, [f"init={model}", f"data.train_file={rows}", f"output_dir={out}", "export_hf=true",
-                                            f"max_steps={steps}", f"data.batch_size={batch}", "epochs=1000"])
+                                            f"max_steps={steps}", f"data.batch_size={batch}", "epochs=1000", *extra])
         result = train(scfg)
         last = result.losses[max(result.losses)] if result.losses else float("nan")
         log(f"read ({name}): {result.steps} steps, last loss {last:.4f}")
