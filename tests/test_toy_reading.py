@@ -14,7 +14,7 @@ from omniagent_jax.agent import prompts
 from omniagent_jax.model.config import REPO_CONFIGS
 from omniagent_jax.processing import OmniProcessor
 from omniagent_jax.toy import world
-from omniagent_jax.toy.reading import LOG_WORDS, copy_rows, reading_rows, write_copy_rows, write_reading_rows
+from omniagent_jax.toy.reading import COPY_MAX_TOKENS, LOG_WORDS, copy_rows, reading_rows, write_copy_rows, write_reading_rows
 from omniagent_jax.train.sft_data import SampleEncoder
 
 
@@ -116,7 +116,7 @@ def test_copy_rows_repeat_a_frame_log(tmp_path):
     a = write_copy_rows(tmp_path / "a.jsonl", count=200, seed=5)
     assert [json.loads(line) for line in a.read_text().splitlines()] == rows  # seeded: the same rows again
     processor = OmniProcessor.from_pretrained(str(REPO_CONFIGS / "toy" / "tokenizer"))
-    encoder = SampleEncoder(processor, data_root=".", max_length=128)  # the copy phase's length
+    encoder = SampleEncoder(processor, data_root=".", max_length=COPY_MAX_TOKENS)  # the copy phase's length
     for row in rows:
         sample = encoder.encode(row)
         target = processor.tokenizer.decode([int(t) for t in sample["labels"] if t >= 0])

@@ -25,7 +25,8 @@ from omniagent_jax.toy import perceive, world
 from omniagent_jax.toy.expert import frame_log
 
 EVENT_MARGIN_S = 6.0  # a look around an event starts and ends up to this far outside its lit span
-COPY_ENTRIES = (2, 9)  # entries per copy row (inclusive): rows stay within 128 toy tokens
+COPY_ENTRIES = (2, 9)  # entries per copy row (inclusive): rows stay within COPY_MAX_TOKENS
+COPY_MAX_TOKENS = 128  # the longest copy row in toy tokens, chat template included: the copy phase's max_length
 LOG_WORDS = ("-", "lit", "dot", *world.COLOURS)  # what a frame-log entry says after its label
 
 

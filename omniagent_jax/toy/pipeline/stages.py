@@ -139,7 +139,7 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
     frame-log rows, each from the checkpoint before; returns the checkpoint the agentic SFT starts from (``init``
     when every phase has 0 steps). Frame rows come from the train split's videos; each phase is skipped once
     exported."""
-    from omniagent_jax.toy.reading import write_copy_rows, write_reading_rows
+    from omniagent_jax.toy.reading import COPY_MAX_TOKENS, write_copy_rows, write_reading_rows
     from omniagent_jax.train.config import load_config
     from omniagent_jax.train.sft import train
 
@@ -147,11 +147,13 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
         return lambda rows: write_reading_rows(train_rows, rows, frames=frames, per_task=cfg.read_rows_per_task, seed=seed)
 
     model = init
-    # (name, writes the rows, batch size, steps, overrides): copy rows are short, so they get their own buckets
+    # copy rows are short, so they get their own buckets
+    copy_lengths = [f"data.max_length={COPY_MAX_TOKENS}", f"data.buckets=[{COPY_MAX_TOKENS // 2},{COPY_MAX_TOKENS}]"]
+    # (name, writes the rows, batch size, steps, overrides)
     phases = (
         ("frame", frame_rows(1, cfg.seed * 10), 16, cfg.read_frame_steps, []),
         ("copy", lambda rows: write_copy_rows(rows, count=cfg.read_copy_steps * COPY_BATCH, seed=cfg.seed * 10 + 2),
-         COPY_BATCH, cfg.read_copy_steps, ["data.max_length=128", "data.buckets=[64,128]"]),
+         COPY_BATCH, cfg.read_copy_steps, copy_lengths),
         ("log", frame_rows(None, cfg.seed * 10 + 1), 8, cfg.read_log_steps, []),
     )
     for name, write_rows, batch, steps, extra in phases:
