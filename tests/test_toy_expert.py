@@ -105,10 +105,13 @@ def test_rows_fit_the_toy_tokenizer(played, tmp_path):
     again = load_tokenizer(tmp_path / "copy")
     text = expert[0].steps[1].output
     assert again(text)["input_ids"] == tok(text)["input_ids"]
-    # Numbers are cut into digit pairs from the right and decimals, and every such piece is one token.
+    # A time on the frame grid is one token wherever it stands; other numbers are cut into digit pairs from the
+    # right and decimals, and every such piece is one token.
+    assert again.tokenize('"start": 163.75, "end": 0.00}')[1::3] == ["163.75", "0.00"]
+    assert again.tokenize("Frame 574.75s:")[1] == "574.75" and tokenizer.TIMES[-1] == "600.00"
     assert again.tokenize("163.64 s")[:3] == ["1", "63", ".64"] and again.tokenize("1234")[:2] == ["12", "34"]
     vocab = tok.get_vocab()
-    assert all(p in vocab for p in tokenizer.NUMBER_PIECES)
+    assert all(p in vocab for p in tokenizer.NUMBER_PIECES) and all(t in vocab for t in tokenizer.TIMES)
     processor = OmniProcessor(tok)
     assert processor.special_ids == tokenizer.special_ids()
     lengths = tokenizer.row_lengths(processor, expert)

@@ -44,9 +44,9 @@ def square_images(n: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray, 
     rng = np.random.default_rng(seed)
     images, colours, sizes = [], [], []
     for i in range(n):
-        k = int(rng.integers(0, 1190))  # the frame index: when in a 600-s video (the background drifts)
+        k = int(rng.integers(0, 596 * world.FPS))  # the frame index: when in a 600-s video (the background drifts)
         colour, size = str(rng.choice(list(world.COLOURS))), int(rng.choice(world.SIZES))
-        ev = world.Event(colour, size, int(rng.integers(4)), k / 2, k / 2 + 1, "low")
+        ev = world.Event(colour, size, int(rng.integers(4)), k / world.FPS, k / world.FPS + 1, "low")
         task = world.Task("test", i, int(rng.integers(1 << 30)), 600, "TR", "", (), "[[0, 1]]", (ev,), 0)
         images.append(render.frame(task, k))
         colours.append(ev.colour)

@@ -78,7 +78,7 @@ def check_video(task: Task, path: str | pathlib.Path) -> None:
         if abs(info.duration - task.duration) > 0.5 or abs(info.fps - FPS) > 1e-6 or not info.has_audio:
             raise ToyCheckError(f"{name}: probed {info.duration:.2f}s at {info.fps} fps, audio {info.has_audio}; "
                                 f"expected {task.duration}s at {FPS} fps with audio")
-        n = task.duration * FPS
+        n = task.frame_count
         frames = reader.frames(np.arange(n) / FPS)
         sounds = perceive.listen(reader.audio(0.0, float(task.duration)))
     for i, f in enumerate(frames):

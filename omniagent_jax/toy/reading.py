@@ -5,8 +5,8 @@ Trained on the expert's rows alone, the decoder never starts reading the images:
 a look (a lit square among mostly empty frames) are too small a share of the loss, and the model settles on the
 text prior. Rows made only of that look learn it: first one frame and what it shows (``frames=1``; the decoder
 starts using the image after ≈ 450 steps of 16 such rows), then the frame log the expert writes, after a task's
-question and a frames message laid out as the environment writes it (2–12 frames over the whole video or around
-one of its events). Copy rows (text only: a frame log repeated) train copying from the context on its own. Numpy +
+question and a frames message laid out as the environment writes it (12 frames over the whole video or between
+scan frames around one of its events). Copy rows (text only: a frame log repeated) train copying from the context on its own. Numpy +
 media + the expert's own log; no JAX.
 """
 
@@ -24,7 +24,6 @@ from omniagent_jax.media import open_video
 from omniagent_jax.toy import perceive, world
 from omniagent_jax.toy.expert import frame_log
 
-EVENT_MARGIN_S = 6.0  # a look around an event starts and ends up to this far outside its lit span
 COPY_ENTRIES = (2, 9)  # entries per copy row (inclusive): rows stay within COPY_MAX_TOKENS
 COPY_MAX_TOKENS = 128  # the longest copy row in toy tokens, chat template included: the copy phase's max_length
 LOG_WORDS = ("-", "lit", "dot", *world.COLOURS)  # what a frame-log entry says after its label
@@ -39,26 +38,28 @@ def _frames_message(times: list[float], video: str) -> list[dict[str, Any]]:
 
 
 def _look_times(rng: np.random.Generator, task: world.Task, *, one: bool) -> list[float]:
-    """One frame (inside a lit span half the time) or a look of 2–12 frames: the whole video or around an event
-    (the question's own event three times in four)."""
+    """One frame on the frame grid (inside a lit span half the time), or a look of 12 frames as the expert takes
+    them: the whole video, or between two scan frames 1–3 spacings apart around an event (the question's own event
+    three times in four), so every label is a grid time (one token)."""
     spans = [(e.start, e.end) for e in task.events]
     if one:
         start, end = spans[rng.integers(len(spans))] if rng.random() < 0.5 else (0.0, float(task.duration))
         return [round(float(rng.uniform(start, end)) * world.FPS) / world.FPS]
-    num = world.MAX_FRAMES if rng.random() < 0.5 else int(rng.integers(2, world.MAX_FRAMES + 1))
+    scan = np.linspace(0.0, float(task.duration), world.MAX_FRAMES)
     if rng.random() < 0.5:
-        return np.linspace(0.0, float(task.duration), num).tolist()
-    start, end = spans[task.target] if rng.random() < 0.75 else spans[rng.integers(len(spans))]
-    start = max(0.0, start - float(rng.uniform(0, EVENT_MARGIN_S)))
-    end = min(float(task.duration), end + float(rng.uniform(0, EVENT_MARGIN_S)))
-    return np.linspace(start, end, num).tolist()
+        return scan.tolist()
+    start, _ = spans[task.target] if rng.random() < 0.75 else spans[rng.integers(len(spans))]
+    spacings = int(rng.integers(1, 4))
+    first = int(np.clip(int(start // world.coarse_spacing(task.duration)) - int(rng.integers(0, 2)), 0,
+                        world.MAX_FRAMES - 1 - spacings))
+    return np.linspace(scan[first], scan[first + spacings], world.MAX_FRAMES).tolist()
 
 
 def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, *, frames: int | None,
                  per_task: int, seed: int) -> Iterator[dict[str, Any]]:
     """``per_task`` step rows (the SFT ``raw_input`` / ``output`` / ``extra_info.video`` format) per task row of a
     split written under ``data_root``: with ``frames=1`` one frame and its colour log entry; with ``frames=None``
-    the task's question, a look of 2–12 frames and the frame log the expert writes for that question."""
+    the task's question, a look of 12 frames and the frame log the expert writes for that question."""
     if per_task < 1:
         raise ValueError(f"per_task must be >= 1, got {per_task}")
     if frames not in (1, None):
@@ -89,7 +90,7 @@ def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, 
 
 def copy_rows(count: int, seed: int) -> Iterator[dict[str, Any]]:
     """``count`` text-only rows whose output repeats the user's message: a frame log of 2–9 entries at random times
-    in 0–600 s (``163.64s lit, 170.00s -``): copying from the context (an induction head), the first hop of every log
+    on the frame grid in 0–575 s (``163.75s lit, 170.00s -``): copying from the context (an induction head), the first hop of every log
     entry, summary and action the agent writes, on its own. 1,200 steps of 32 copy 76 % of the tokens; text-only
     rows also erase the frame reading learned before them (docs/toy.md §5)."""
     if count < 1:
@@ -97,7 +98,7 @@ def copy_rows(count: int, seed: int) -> Iterator[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     for _ in range(count):
         n = int(rng.integers(COPY_ENTRIES[0], COPY_ENTRIES[1] + 1))
-        times = rng.uniform(0.0, float(world.MAX_DURATION), n)
+        times = np.round(rng.uniform(0.0, float(world.MAX_DURATION), n) * world.FPS) / world.FPS
         text = ", ".join(f"{prompts.format_seconds(t)}s {LOG_WORDS[rng.integers(len(LOG_WORDS))]}" for t in times)
         yield {"raw_input": [{"role": "user", "content": [{"type": "text", "text": text}]}], "output": text,
                "extra_info": {}}

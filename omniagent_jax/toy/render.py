@@ -51,7 +51,7 @@ def frame(task: Task, index: int) -> np.ndarray:
 
 def audio(task: Task) -> np.ndarray:
     """float32 mono ``AUDIO_RATE`` Hz track of the whole video: hiss, plus each event's tone or beeps."""
-    n = task.duration * AUDIO_RATE
+    n = int(round(task.duration * AUDIO_RATE))
     wave = HISS_AMPLITUDE * np.random.default_rng(task.seed + 1).standard_normal(n)
     for ev in task.events:
         bursts = [(ev.start, ev.end)] if not ev.beeps else [
@@ -76,7 +76,7 @@ def write_video(task: Task, path: str | pathlib.Path) -> pathlib.Path:
         vs.thread_count = 1  # one thread: the same bytes on every machine
         astream = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
         astream.bit_rate = AUDIO_BITRATE
-        for i in range(task.duration * FPS):
+        for i in range(task.frame_count):
             vf = av.VideoFrame.from_ndarray(frame(task, i), format="rgb24")
             vf.pts = i
             vf.time_base = Fraction(1, FPS)

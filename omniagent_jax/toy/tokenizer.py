@@ -1,13 +1,12 @@
-"""The toy vocabulary (docs/toy.md §3): a 2,048-token byte-level BPE trained on toy prompts and expert
-trajectories, with the 22 Omni special strings at ids 2026..2047.
+"""The toy vocabulary (docs/toy.md §3): a 4,096-token byte-level BPE trained on toy prompts and expert
+trajectories, one token per frame-grid time, and the 22 Omni special strings at ids 4074..4095.
 
-Pre-tokenisation cuts every number into pairs of digits from the right and its decimals (``163.64`` is
-``1`` + ``63`` + ``.64``; each merged by BPE like any word), so a number copied from a frame label into an
-action is the same token sequence in both places, and the 110 one- and two-digit pieces and the hundred
-decimals are each seen often in training. (Whole numbers give every time its own rare token, and integer
-parts 100–600 are still rare enough that the decoder does not copy them: their output rows are only ever
-pushed down.) One following space is glued to each run of other characters, so JSON keys such as
-``"observation": `` become single tokens.
+Every time on the toy frame grid (a quarter second, ``0.00`` to ``600.00``: :data:`TIMES`) is one token, so a
+frame label, the log entry that names it, a summary and an action that copy it are the same single token: a
+copying head finds one match, where a time cut into pieces (``1`` + ``63`` + ``.64``) shares its pieces with the
+other labels of a look and a decoder this small does not learn to copy it (docs/toy.md §5). Other numbers are
+cut into pairs of digits from the right and their decimals, each piece one token. One following space is glued
+to each run of other characters, so JSON keys such as ``"observation": `` become single tokens.
 """
 
 from __future__ import annotations
@@ -19,10 +18,14 @@ from typing import Any
 from omniagent_jax.agent.episode import EpisodeResult
 from omniagent_jax.agent.messages import Message
 from omniagent_jax.processing import tokens
+from omniagent_jax.toy import world
 
-VOCAB_SIZE = 2048
-NUM_BPE = VOCAB_SIZE - len(tokens.SPECIAL_TOKENS)  # ordinary tokens 0..2025; the specials follow in order
+VOCAB_SIZE = 4096
+NUM_BPE = VOCAB_SIZE - len(tokens.SPECIAL_TOKENS)  # ordinary tokens 0..4073; the specials follow in order
 MIN_BPE = 512  # fewer learned tokens means too little text to train on
+MAX_TIME = 600  # seconds: the last time with its own token
+# Every time on the frame grid, as the environment prints it (``52.25``): one token each.
+TIMES = tuple(f"{i / world.FPS:.2f}" for i in range(MAX_TIME * world.FPS + 1))
 # What PRETOKENIZE cuts a number into: one or two digits, and two-digit decimals.
 NUMBER_PIECES = (*(str(i) for i in range(10)), *(f"{i:02d}" for i in range(100)), *(f".{d:02d}" for d in range(100)))
 PRETOKENIZE = r"\d{1,2}(?=(?:\d\d)*(?!\d))|\.\d+|[^\s\d]+\s?|\s+"
@@ -39,9 +42,9 @@ def special_ids() -> tokens.SpecialIds:
 
 
 def train_tokenizer(texts: Iterable[str]) -> Any:
-    """A byte-level BPE of up to :data:`NUM_BPE` tokens trained on ``texts`` (reserved tokens fill the rest), the
-    Omni specials added after it, wrapped as the project's tokenizers are (chat template, eos/pad). Raises
-    ValueError when the texts are too few to learn :data:`MIN_BPE` tokens."""
+    """A byte-level BPE trained on ``texts``, then the :data:`TIMES` tokens, reserved tokens up to :data:`NUM_BPE`
+    and the Omni specials, wrapped as the project's tokenizers are (chat template, eos/pad). Raises ValueError
+    when the texts are too few to learn :data:`MIN_BPE` tokens."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from omniagent_jax.processing.tokenizer import wrap_backend
@@ -52,15 +55,17 @@ def train_tokenizer(texts: Iterable[str]) -> Any:
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=NUM_BPE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=NUM_BPE - len(TIMES), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     backend.train_from_iterator(texts, trainer)
     learned = backend.get_vocab_size()
     if learned < MIN_BPE:
         raise ValueError(f"the toy corpus yields only {learned} BPE tokens, at least {MIN_BPE} are needed: "
                          "train on more episodes")
+    # Matched before pre-tokenisation, longest first: a time is one token wherever it stands in a text.
+    backend.add_tokens([AddedToken(t, normalized=False) for t in TIMES])
     # A corpus whose merges run out early leaves reserved tokens (never in any text) up to NUM_BPE, so that the
     # Omni specials keep their ids whatever the corpus.
-    reserved = [f"<|toy_reserved_{i}|>" for i in range(NUM_BPE - learned)]
+    reserved = [f"<|toy_reserved_{i}|>" for i in range(NUM_BPE - backend.get_vocab_size())]
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in reserved])
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens.SPECIAL_TOKENS])
     return wrap_backend(backend)

@@ -1,6 +1,6 @@
 """The toy world's tasks (docs/toy.md §1): seeded, deterministic question + event schedules, numpy only.
 
-A task is one small video (56×56 at 2 fps, 20–600 s, a slowly drifting grey background) with a few
+A task is one small video (56×56 at 4 fps, 30–575 s, a slowly drifting grey background) with a few
 *events*. An event is a coloured square that is lit for a few seconds in one of four cells while a tone
 (or a run of beeps) plays, then shrinks to a small dot of its colour that stays to the end. The dot is
 the coarse cue (a wide scan shows *that* something happened and roughly when); the lit square and its
@@ -14,7 +14,9 @@ Question types (the four RL types of docs/protocol.md §6):
 - ``SIZE``: how wide is the <colour> square, in pixels.
 
 Every number an answer needs is written in the question (sizes, beep counts) or printed by the
-environment (frame timestamps), so a model only copies numbers. Event lengths are set against the
+environment (frame timestamps), so a model only copies numbers. Durations are whole multiples of
+:data:`DURATION_UNIT`, so every timestamp the environment prints for a scan or for a look between scan frames
+is a quarter second, one token of the toy vocabulary. Event lengths are set against the
 frame budget :data:`MAX_FRAMES`: a uniform scan of that many frames misses a flash most of the time,
 while a coarse scan plus one focused look always finds it (docs/toy.md §1 gives the arithmetic).
 """
@@ -28,12 +30,16 @@ from typing import Any
 
 import numpy as np
 
-FPS = 2  # frames per second of every toy video
+FPS = 4  # frames per second of every toy video: the frame grid is the quarter second
 FRAME_SIZE = 56  # pixels per side: 2×2 merged vision tokens per frame
 AUDIO_RATE = 16_000
 # The episode frame budget the world is designed around (the toy system prompt's "Max 12 frames").
 MAX_FRAMES = 12
-MIN_DURATION, MAX_DURATION = 20, 600
+# Durations are k units. A full scan's frames are then k·(MAX_FRAMES-1)/FPS s apart and a look of MAX_FRAMES over
+# m scan spacings k·m/FPS s apart: every such label lies on the frame grid (docs/toy.md §1).
+DURATION_UNIT = (MAX_FRAMES - 1) ** 2 / FPS  # 30.25 s
+MAX_UNITS = 19  # 574.75 s
+MIN_DURATION, MAX_DURATION = DURATION_UNIT, DURATION_UNIT * MAX_UNITS
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -80,13 +86,17 @@ class Task:
     split: str
     index: int
     seed: int
-    duration: int  # seconds (a whole number: the video has duration·FPS frames)
+    duration: float  # seconds: a whole number of DURATION_UNIT (the video has duration·FPS frames)
     question_type: str
     question: str
     options: tuple[str, ...]
     answer: str
     events: tuple[Event, ...]
     target: int  # index into events of the square the question is about
+
+    @property
+    def frame_count(self) -> int:
+        return int(round(self.duration * FPS))
 
     @property
     def video_name(self) -> str:
@@ -150,10 +160,10 @@ def _grid(x: float) -> float:
 
 
 class NoRoomError(RuntimeError):
-    """The events do not fit in the video (a 20-s TR/SIZE video may not hold three of them)."""
+    """The events do not fit in the video (the builders' lengths and gaps always fit: a bug)."""
 
 
-def _place(rng: np.random.Generator, duration: int, lengths: list[float], gap: float) -> list[float]:
+def _place(rng: np.random.Generator, duration: float, lengths: list[float], gap: float) -> list[float]:
     """Start times on the frame grid for events of ``lengths`` seconds, in random order, ``gap`` s apart,
     inside ``[1, duration - 2]`` (the dot of the last event is still on the last frame)."""
     for _ in range(1000):
@@ -168,7 +178,7 @@ def _place(rng: np.random.Generator, duration: int, lengths: list[float], gap: f
     raise NoRoomError(f"cannot place {len(lengths)} events in {duration}s")
 
 
-def _events(rng: np.random.Generator, duration: int, lengths: list[float], gap: float, pitches: list[str],
+def _events(rng: np.random.Generator, duration: float, lengths: list[float], gap: float, pitches: list[str],
             beeps: list[int] | None = None) -> list[Event]:
     colours = rng.choice(list(COLOURS), size=len(lengths), replace=False)
     cells = rng.choice(len(CELLS), size=len(lengths), replace=False)
@@ -184,24 +194,22 @@ def _by_time(events: list[Event], target: int) -> tuple[tuple[Event, ...], int]:
     return tuple(events[i] for i in order), order.index(target)
 
 
-def _log_uniform_duration(rng: np.random.Generator, lo: int, hi: int) -> int:
-    return int(round(float(np.exp(rng.uniform(np.log(lo), np.log(hi))))))
+def _duration(units: int) -> float:
+    return DURATION_UNIT * units
+
+
+def _log_uniform_duration(rng: np.random.Generator) -> float:
+    """1..MAX_UNITS units, log-uniform (a quarter of the videos are one unit long)."""
+    return _duration(int(np.exp(rng.uniform(0.0, np.log(MAX_UNITS + 1)))))
 
 
 def _build_tr_or_size(qtype: str, split: str, index: int, seed: int, rng: np.random.Generator) -> Task:
-    duration = _log_uniform_duration(rng, MIN_DURATION, MAX_DURATION)
+    duration = _log_uniform_duration(rng)
     k = int(rng.integers(1, 4))  # the target and up to two distractors
     # Lit for about duration/25 s (>= 3 s): under half a coarse spacing, so the dot's onset interval
     # alone is no answer, yet long enough that a focused scan of that interval sees both ends.
     lengths = [_grid(max(3.0, duration / 25) + rng.uniform(0.0, 1.5)) for _ in range(k)]
-    while True:
-        try:
-            events = _events(rng, duration, lengths, gap=2.0, pitches=[str(p) for p in rng.choice(list(PITCHES), size=k)])
-            break
-        except NoRoomError:
-            if k == 1:
-                raise
-            k, lengths = k - 1, lengths[:-1]  # a short video that cannot hold every distractor gets one fewer
+    events = _events(rng, duration, lengths, gap=2.0, pitches=[str(p) for p in rng.choice(list(PITCHES), size=k)])
     ordered, target = _by_time(events, 0)
     ev = ordered[target]
     if qtype == "TR":
@@ -214,7 +222,7 @@ def _build_tr_or_size(qtype: str, split: str, index: int, seed: int, rng: np.ran
 
 
 def _build_mcq(split: str, index: int, seed: int, rng: np.random.Generator) -> Task:
-    duration = int(rng.integers(MIN_DURATION, 61))
+    duration = _duration(int(rng.integers(1, 3)))  # 30.25 or 60.5 s
     spacing = coarse_spacing(duration)
     # Lit longer than the coarse spacing (a full-budget scan always sees both squares) and at least
     # a spacing apart (one spacing of audio from a lit frame never holds the other tone).
@@ -233,9 +241,9 @@ def _build_mcq(split: str, index: int, seed: int, rng: np.random.Generator) -> T
 
 
 def _build_num(split: str, index: int, seed: int, rng: np.random.Generator) -> Task:
-    # Short videos: a lit span (2 s) shorter than the coarse spacing (>= 2.18 s) is seen on at most
-    # one coarse frame, so the audio between that frame's neighbours (<= 6 s) holds every beep.
-    duration = int(rng.integers(24, 33))
+    # One unit: a lit span (2 s) shorter than the coarse spacing (2.75 s) is seen on at most one coarse
+    # frame, so the audio between that frame's neighbours (5.5 s, under the 6-s limit) holds every beep.
+    duration = _duration(1)
     beeps = int(rng.choice(BEEP_COUNTS))
     k = int(rng.integers(1, 3))
     lengths = [2.0] * k
