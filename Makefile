@@ -23,12 +23,12 @@ $(VENV)/.test: $(VENV)/.core
 # plays one OTA episode, greedily, on a held-out toy task: the first of assets/examples.json (tools/make_examples.py).
 # MODEL=random: the tiny preset with random weights (short turns: it never stops on its own); MODEL=DIR: any checkpoint.
 MODEL ?= assets/toy_agent
-EXAMPLE_VIDEO := assets/test_00130.mp4
+EXAMPLE_VIDEO := assets/test_00122.mp4
 RUN_ARGS ?= $(if $(filter random,$(MODEL)),--max-steps 3 --fixed-steps --max-new-tokens 128,)
 
 run: $(VENV)/.core
 	$(VENV)/bin/omniagent run --model $(MODEL) --video $(EXAMPLE_VIDEO) \
-		--question "How many beeps play while the yellow square is lit (2, 3, 4 or 5)?" --question-type NUM --answer 4 \
+		--question "How many beeps play while the magenta square is lit (2, 3, 4 or 5)?" --question-type NUM --answer 2 \
 		$(RUN_ARGS)
 
 # The demo's browser tests drive Debian's chromium (never `playwright install`); installed here when running as

@@ -5,7 +5,7 @@ The tasks come from the held-out test split at indices past the 100 the README's
 so the shipped agent never trained on them and they are not part of its reported score. Videos are
 rendered deterministically and checked by decoding.
 
-    python tools/make_examples.py [--indices 130,100,105,107] [--out assets]
+    python tools/make_examples.py [--indices 122,100,105,107] [--out assets]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 
 from omniagent_jax.toy import splits, world
 
-DEFAULT_INDICES = "130,100,105,107"  # NUM (look, then listen) first: `make run`'s episode; then MCQ, TR, SIZE
+DEFAULT_INDICES = "122,100,105,107"  # NUM (look, then listen) first: `make run`'s episode; then MCQ, TR, SIZE
 NAMES = {"MCQ": "Colour at the high tone (MCQ: look, then listen)", "NUM": "Count the beeps (NUM: look, then listen)",
          "TR": "When is the square lit? (TR: scan, then look closer)", "SIZE": "How large is the square? (SIZE: look)"}
 
