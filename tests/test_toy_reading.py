@@ -65,7 +65,10 @@ def test_frame_log_rows_follow_the_question(tasks):
         question, header, *labels = _texts(row)
         assert question.startswith(prompts.format_meta(float(task.duration), world.FPS, True) + "Question: " + task.question)
         times = [float(re.fullmatch(r"Frame (\S+)s:", x).group(1)) for x in labels]
-        assert 2 <= len(times) <= world.MAX_FRAMES and times == sorted(times)
+        assert len(times) == world.MAX_FRAMES and times == sorted(times)
+        assert all((t * world.FPS).is_integer() for t in times)  # looks as the expert takes them: grid times, one token each
+        scan = world.coarse_spacing(task.duration)
+        assert times[0] == 0.0 and times[-1] == task.duration or round((times[-1] - times[0]) / scan, 6) in (1, 2, 3)
         assert header == prompts.frames_header(times[0], times[-1], len(times))
         entries = row["output"].split(", ")
         assert [e.split(" ")[0] for e in entries] == [prompts.format_seconds(t) + "s" for t in times]

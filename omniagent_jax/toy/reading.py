@@ -6,8 +6,8 @@ a look (a lit square among mostly empty frames) are too small a share of the los
 text prior. Rows made only of that look learn it: first one frame and what it shows (``frames=1``; the decoder
 starts using the image after ≈ 450 steps of 16 such rows), then the frame log the expert writes, after a task's
 question and a frames message laid out as the environment writes it (12 frames over the whole video or between
-scan frames around one of its events). Copy rows (text only: a frame log repeated) train copying from the context on its own. Numpy +
-media + the expert's own log; no JAX.
+scan frames around one of its events). Copy rows (text only: a frame log repeated) train copying from the context on
+its own. Numpy + media + the expert's own log; no JAX.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, 
 
 def copy_rows(count: int, seed: int) -> Iterator[dict[str, Any]]:
     """``count`` text-only rows whose output repeats the user's message: a frame log of 2–9 entries at random times
-    on the frame grid in 0–575 s (``163.75s lit, 170.00s -``): copying from the context (an induction head), the first hop of every log
-    entry, summary and action the agent writes, on its own. 1,200 steps of 32 copy 76 % of the tokens; text-only
+    on the frame grid in 0–575 s (``163.75s lit, 170.00s -``): copying from the context (an induction head), the first
+    hop of every log entry, summary and action the agent writes, on its own. 1,200 steps of 32 copy 76 % of the tokens; text-only
     rows also erase the frame reading learned before them (docs/toy.md §5)."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")

@@ -55,7 +55,8 @@ def train_tokenizer(texts: Iterable[str]) -> Any:
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=NUM_BPE - len(TIMES), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=NUM_BPE - len(TIMES), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
     backend.train_from_iterator(texts, trainer)
     learned = backend.get_vocab_size()
     if learned < MIN_BPE:
