@@ -56,7 +56,7 @@ $(VENV)/.demo: $(VENV)/.core
 demo: $(VENV)/.demo
 	$(VENV)/bin/omniagent demo $(DEMO_ARGS) --model $(MODEL)
 
-# The toy world end to end on a CPU (docs/toy.md §4, ≈ 61 min on 2 cores): data -> expert -> frame reading -> SFT -> TAURA
+# The toy world end to end on a CPU (docs/toy.md §4, ≈ 58 min on 2 cores): data -> expert -> frame reading -> SFT -> TAURA
 # -> eval into runs/toy, resumable per stage (rerun after a kill). TOY_ARGS="train_tasks=40 test_tasks=8" etc. overrides configs/toy/pipeline.yaml.
 TOY_ARGS ?=
 toy: $(VENV)/.core
