@@ -24,7 +24,7 @@ from omniagent_jax.train.rl import bandit
 from omniagent_jax.train.rl.batch import pack
 from omniagent_jax.train.rl.config import load_rl_config
 from omniagent_jax.train.rl.rollout import env_config, play
-from omniagent_jax.train.rl.rows import TurnRow, keep_rows, prepare_row
+from omniagent_jax.train.rl.rows import TurnRow, episode_reward, keep_rows, prepare_row
 from omniagent_jax.train.rl.trainer import make_fns, with_bandit
 from omniagent_jax.train.rl.updater import update_on_rows
 
@@ -49,6 +49,8 @@ def played(tmp_path_factory):
 def test_rows_are_the_turns_as_the_engine_saw_them(played):
     cfg, model, policy, batch = played
     assert batch.dropped_groups == 1 and batch.metrics["dropped_groups"] == 1  # the missing video's group
+    distinct = [len({episode_reward(batch.results[f"s0-p{j}-r{k}"]) for k in range(3)}) for j in range(2)]
+    assert batch.metrics["groups_with_signal"] == sum(d > 1 for d in distinct) / 2
     assert {r.group for r in batch.rows} == {"s0-p0", "s0-p1"}
     with_media = [r for r in batch.rows if r.media is not None and not r.media.empty]
     assert with_media and max(r.turn for r in batch.rows) >= 2  # multi-turn episodes, a frame in the later prompts

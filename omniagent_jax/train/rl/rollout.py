@@ -72,7 +72,7 @@ def play(cfg: RLConfig, step: int, samples: Sequence[Sample], policy, env: EnvCo
     by_group: dict[str, list[str]] = {}
     for key, (group, _) in owner.items():
         by_group.setdefault(group, []).append(key)
-    rows, trajs, dropped = [], [], 0
+    rows, trajs, dropped, with_signal = [], [], 0, 0
     for group, keys in by_group.items():
         if broken_group([results[k] for k in keys]):
             dropped += 1
@@ -81,6 +81,8 @@ def play(cfg: RLConfig, step: int, samples: Sequence[Sample], policy, env: EnvCo
         for key in keys:
             rows += episode_rows(group, key, results[key], recorder.outputs, qtype)
             trajs.append((group, key, episode_reward(results[key])))
+        # A group whose rollouts all earn the same reward has zero advantage: it teaches nothing this step.
+        with_signal += len({episode_reward(results[k]) for k in keys}) > 1
     traj_adv = {}
     if trajs:
         g, t, r = zip(*trajs)
@@ -88,7 +90,7 @@ def play(cfg: RLConfig, step: int, samples: Sequence[Sample], policy, env: EnvCo
     kept = keep_rows(rows, cfg.algo.retry_on_format_error)
     metrics = episode_metrics(results, owner, recorder.outputs.values())
     metrics.update(dropped_groups=dropped, rows=len(kept), rows_dropped=len(rows) - len(kept),
-                   rollout_seconds=time.perf_counter() - t0)
+                   groups_with_signal=with_signal / max(len(by_group) - dropped, 1), rollout_seconds=time.perf_counter() - t0)
     return RolloutBatch(kept, traj_adv, results, dropped, metrics)
 
 
