@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from omniagent_jax.agent.prompts import format_seconds
 from omniagent_jax.toy.world import BEEP_PERIOD, QUESTION_TYPES
 
 _LABEL = re.compile(r"(\d+\.\d\d)s\b")
@@ -95,7 +96,7 @@ def episode_stats(results: Iterable[Mapping[str, Any]]) -> tuple[dict[str, TypeS
             media = step.get("media") or {}
             if media.get("kind") != "frames":
                 continue
-            want = [f"{t:.2f}" for t in media.get("timestamps") or []]
+            want = [format_seconds(t) for t in media.get("timestamps") or []]
             observation = after.get("observation") or ""
             log = written_log(observation)
             s = labels["scan" if first else "look"]

@@ -78,11 +78,12 @@ def play(cfg: RLConfig, step: int, samples: Sequence[Sample], policy, env: EnvCo
             dropped += 1
             continue
         qtype = owner[keys[0]][1].question_type
-        for key in keys:
+        group_rewards = [episode_reward(results[key]) for key in keys]
+        for key, reward in zip(keys, group_rewards):
             rows += episode_rows(group, key, results[key], recorder.outputs, qtype)
-            trajs.append((group, key, episode_reward(results[key])))
+            trajs.append((group, key, reward))
         # A group whose rollouts all earn the same reward has zero advantage: it teaches nothing this step.
-        with_signal += len({episode_reward(results[k]) for k in keys}) > 1
+        with_signal += len(set(group_rewards)) > 1
     traj_adv = {}
     if trajs:
         g, t, r = zip(*trajs)
