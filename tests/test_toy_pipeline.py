@@ -16,8 +16,8 @@ from omniagent_jax.toy.pipeline import report, stages
 from omniagent_jax.toy.pipeline.__main__ import main
 from omniagent_jax.toy.pipeline.config import PipelineError, load_pipeline_config
 
-SHORT = ["train_tasks=2", "test_tasks=1", "data_workers=2", "read_copy_steps=1", "read_frame_steps=1", "read_log_steps=1",
-         "read_rows_per_task=2",
+SHORT = ["train_tasks=2", "test_tasks=1", "data_workers=2", "read_copy_steps=1", "read_frame_steps=1", "read_label_steps=1",
+         "read_log_steps=1", "read_rows_per_task=2",
          "eval_max_new_tokens=8", "eval_max_live=2",
          "sft=[max_steps=1, data.batch_size=2, 'data.buckets=[512]', checkpoint.every=0]",
          "rl=[steps=1, 'data.mix=[MCQ=1]', rollout.n=2, rollout.max_new_tokens=8, rollout.num_pages=256, rollout.max_batch=4, "
@@ -53,16 +53,18 @@ def test_short_pipeline_runs_every_stage(short_run):
         assert read_episode_card(model)["max_frames"] == settings.MAX_FRAMES  # `--model DIR` plays the toy episode
     init = Thinker.from_pretrained(root / "init")  # its output head starts as the input embedding's transpose
     np.testing.assert_array_equal(init.lm_head.kernel[...], init.model.embed_tokens.embedding[...].T)
-    assert len(_lines(root / "read" / "frame.jsonl")) == len(_lines(root / "read" / "log.jsonl")) == 4  # 2 rows per task
+    for phase in ("frame", "label", "log"):
+        assert len(_lines(root / "read" / f"{phase}.jsonl")) == 4  # 2 rows per task
     assert len(_lines(root / "read" / "copy.jsonl")) == stages.COPY_BATCH  # one step's rows
-    for phase in ("frame", "copy", "log"):
+    for phase in ("frame", "label", "copy", "log"):
         assert [m["step"] for m in _lines(root / "read" / phase / "metrics.jsonl")] == [1]
     # each phase starts from the checkpoint before it; the agentic SFT from the last
     def init_of(run: str) -> str:
         return yaml.safe_load((root / run / "config.yaml").read_text())["init"]
 
     assert init_of("read/frame") == str(root / "init")
-    assert init_of("read/copy") == str(root / "read" / "frame" / "export_jax")
+    assert init_of("read/label") == str(root / "read" / "frame" / "export_jax")
+    assert init_of("read/copy") == str(root / "read" / "label" / "export_jax")
     assert init_of("read/log") == str(root / "read" / "copy" / "export_jax")
     assert init_of("sft") == str(root / "read" / "log" / "export_jax")
     assert len(_lines(root / "sft" / "metrics.jsonl")) == 1
@@ -110,6 +112,7 @@ def test_finished_stages_are_skipped(short_run, monkeypatch):
     (["head_from_embeddings=maybe"], "head_from_embeddings must be true or false"),
     (["read_copy_steps=-1"], "read_copy_steps must be >= 0"),
     (["read_frame_steps=-1"], "read_frame_steps must be >= 0"),
+    (["read_label_steps=-2"], "read_label_steps must be >= 0"),
     (["read_log_steps=many"], "read_log_steps must be an integer"),
     (["read_rows_per_task=0"], "read_rows_per_task must be >= 1"),
 ])

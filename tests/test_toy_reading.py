@@ -14,7 +14,16 @@ from omniagent_jax.agent import prompts
 from omniagent_jax.model.config import REPO_CONFIGS
 from omniagent_jax.processing import OmniProcessor
 from omniagent_jax.toy import world
-from omniagent_jax.toy.reading import COPY_MAX_TOKENS, LOG_WORDS, copy_rows, reading_rows, write_copy_rows, write_reading_rows
+from omniagent_jax.toy.reading import (
+    COPY_MAX_TOKENS,
+    LOG_WORDS,
+    copy_rows,
+    label_rows,
+    reading_rows,
+    write_copy_rows,
+    write_label_rows,
+    write_reading_rows,
+)
 from omniagent_jax.train.sft_data import SampleEncoder
 
 
@@ -99,6 +108,34 @@ def test_rows_are_deterministic_and_load_for_sft(tasks, tmp_path):
     assert len(sample["image_grid_thw"]) == n_images
     target = processor.tokenizer.decode([int(t) for t in sample["labels"] if t >= 0])
     assert target.startswith(row["output"])
+
+
+def test_label_rows_write_a_random_looks_labels(tasks, tmp_path):
+    """Label rows: the question, then 12 frames at a random start and spacing on the frame grid; the output is their
+    labels in order, each one toy token."""
+    path, rows = tasks
+    out = list(label_rows(rows, path.parent, per_task=6, seed=2))
+    assert len(out) == 6 * len(rows)
+    processor = OmniProcessor.from_pretrained(str(REPO_CONFIGS / "toy" / "tokenizer"))
+    spacings = set()
+    for i, row in enumerate(out):
+        task = world.generate_task("test", rows[i // 6]["extra_info"]["index"])
+        question, header, *labels = _texts(row)
+        assert question.startswith(prompts.format_meta(float(task.duration), world.FPS, True) + "Question: " + task.question)
+        times = [float(re.fullmatch(r"Frame (\S+)s:", x).group(1)) for x in labels]
+        assert len(times) == world.MAX_FRAMES and 0 <= times[0] and times[-1] <= task.duration
+        assert all((t * world.FPS).is_integer() for t in times)
+        steps = {round(b - a, 6) for a, b in zip(times, times[1:])}
+        assert len(steps) == 1 and min(steps) > 0
+        spacings.add((task.duration, *steps))
+        assert header == prompts.frames_header(times[0], times[-1], len(times))
+        assert row["output"] == ", ".join(prompts.format_seconds(t) + "s" for t in times)
+        assert all(len(processor.tokenizer.encode(f"{prompts.format_seconds(t)}")) == 1 for t in times)
+    assert len(spacings) > len(rows)  # not one look per video: starts and spacings vary
+    a = write_label_rows(path, tmp_path / "a.jsonl", per_task=6, seed=2)
+    assert [json.loads(line) for line in a.read_text().splitlines()] == out
+    with pytest.raises(ValueError, match="per_task must be >= 1"):
+        next(label_rows(rows, path.parent, per_task=0, seed=0))
 
 
 def test_copy_rows_repeat_a_frame_log(tmp_path):

@@ -6,8 +6,9 @@ a look (a lit square among mostly empty frames) are too small a share of the los
 text prior. Rows made only of that look learn it: first one frame and what it shows (``frames=1``; the decoder
 starts using the image after ≈ 450 steps of 16 such rows), then the frame log the expert writes, after a task's
 question and a frames message laid out as the environment writes it (12 frames over the whole video or between
-scan frames around one of its events). Copy rows (text only: a frame log repeated) train copying from the context on
-its own. Numpy + media + the expert's own log; no JAX.
+scan frames around one of its events). Label rows (a look at a random grid span, the output only its labels) train
+the look-up of a frame's label in the prompt, and copy rows (text only: a frame log repeated) copying from the context,
+each on its own. Numpy + media + the expert's own log; no JAX.
 """
 
 from __future__ import annotations
@@ -55,20 +56,59 @@ def _look_times(rng: np.random.Generator, task: world.Task, *, one: bool) -> lis
     return np.linspace(scan[first], scan[first + spacings], world.MAX_FRAMES).tolist()
 
 
+def _random_look_times(rng: np.random.Generator, task: world.Task) -> list[float]:
+    """A look of 12 frames at a random start and spacing on the frame grid (inside the video): its labels follow no
+    pattern a model could recall, so writing them takes looking each one up in the prompt."""
+    max_step = int(task.duration * world.FPS) // (world.MAX_FRAMES - 1)
+    step = int(rng.integers(1, max_step + 1))
+    start = int(rng.integers(0, int(task.duration * world.FPS) - step * (world.MAX_FRAMES - 1) + 1))
+    return [(start + k * step) / world.FPS for k in range(world.MAX_FRAMES)]
+
+
+def label_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, *, per_task: int,
+               seed: int) -> Iterator[dict[str, Any]]:
+    """``per_task`` rows per task: its question and a look of 12 frames at a random grid span, the output only the
+    frames' labels in order (``66.00s, 68.25s, …``): the look-up of the label after the one just written, with each
+    frame's image between two labels, on its own (docs/toy.md §5)."""
+    rng = np.random.default_rng(seed)
+    for task, video in _task_videos(tasks, data_root, per_task):
+        for _ in range(per_task):
+            times = _random_look_times(rng, task)
+            content = [{"type": "text", "text": _question(task)}, *_frames_message(times, video)]
+            yield _row(content, ", ".join(prompts.format_seconds(t) + "s" for t in times), video, task)
+
+
+def _task_videos(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path,
+                 per_task: int) -> Iterator[tuple[world.Task, str]]:
+    """Each task row's task and the path of its video under ``data_root``."""
+    if per_task < 1:
+        raise ValueError(f"per_task must be >= 1, got {per_task}")
+    for row in tasks:
+        info = row["extra_info"]
+        yield world.generate_task(info["split"], info["index"]), str(pathlib.Path(data_root) / row["video"])
+
+
+def _row(content: list[dict[str, Any]], output: str, video: str, task: world.Task) -> dict[str, Any]:
+    """One SFT step row: a user message of ``content`` and the reply ``output``."""
+    return {"raw_input": [{"role": "user", "content": content}], "output": output,
+            "extra_info": {"video": video, "question_type": task.question_type}}
+
+
+def _question(task: world.Task) -> str:
+    """The task's question as the first user message states it."""
+    return prompts.question_text(task.question, task.question_type, list(task.options), duration=float(task.duration),
+                                 fps=float(world.FPS), has_audio=True)
+
+
 def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, *, frames: int | None,
                  per_task: int, seed: int) -> Iterator[dict[str, Any]]:
     """``per_task`` step rows (the SFT ``raw_input`` / ``output`` / ``extra_info.video`` format) per task row of a
     split written under ``data_root``: with ``frames=1`` one frame and its colour log entry; with ``frames=None``
     the task's question, a look of 12 frames and the frame log the expert writes for that question."""
-    if per_task < 1:
-        raise ValueError(f"per_task must be >= 1, got {per_task}")
     if frames not in (1, None):
         raise ValueError(f"frames must be 1 or None, got {frames!r}")
     rng = np.random.default_rng(seed)
-    for row in tasks:
-        info = row["extra_info"]
-        task = world.generate_task(info["split"], info["index"])
-        video = str(pathlib.Path(data_root) / row["video"])
+    for task, video in _task_videos(tasks, data_root, per_task):
         reader = open_video(video)
         for _ in range(per_task):
             times = _look_times(rng, task, one=frames == 1)
@@ -80,12 +120,9 @@ def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, 
             else:
                 focus = "" if task.question_type == "MCQ" else task.events[task.target].colour
                 sizes = task.question_type == "SIZE" and rng.random() < 0.5
-                question = prompts.question_text(task.question, task.question_type, list(task.options),
-                                                 duration=float(task.duration), fps=float(world.FPS), has_audio=True)
-                content = [{"type": "text", "text": question}, *content]
+                content = [{"type": "text", "text": _question(task)}, *content]
                 output = frame_log(labels, seen, focus, sizes=sizes)
-            yield {"raw_input": [{"role": "user", "content": content}], "output": output,
-                   "extra_info": {"video": video, "question_type": task.question_type}}
+            yield _row(content, output, video, task)
 
 
 def copy_rows(count: int, seed: int) -> Iterator[dict[str, Any]]:
@@ -120,10 +157,21 @@ def write_copy_rows(out: str | pathlib.Path, *, count: int, seed: int) -> pathli
     return _write_rows(copy_rows(count, seed), pathlib.Path(out))
 
 
+def _read_tasks(tasks_path: pathlib.Path) -> list[dict[str, Any]]:
+    with open(tasks_path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def write_reading_rows(tasks_path: str | pathlib.Path, out: str | pathlib.Path, *, frames: int | None, per_task: int,
                        seed: int) -> pathlib.Path:
     """:func:`reading_rows` over the task rows of ``tasks_path`` (videos beside it), written to ``out`` as JSONL."""
     tasks_path = pathlib.Path(tasks_path)
-    with open(tasks_path, encoding="utf-8") as f:
-        tasks = [json.loads(line) for line in f if line.strip()]
-    return _write_rows(reading_rows(tasks, tasks_path.parent, frames=frames, per_task=per_task, seed=seed), pathlib.Path(out))
+    rows = reading_rows(_read_tasks(tasks_path), tasks_path.parent, frames=frames, per_task=per_task, seed=seed)
+    return _write_rows(rows, pathlib.Path(out))
+
+
+def write_label_rows(tasks_path: str | pathlib.Path, out: str | pathlib.Path, *, per_task: int, seed: int) -> pathlib.Path:
+    """:func:`label_rows` over the task rows of ``tasks_path`` (videos beside it), written to ``out`` as JSONL."""
+    tasks_path = pathlib.Path(tasks_path)
+    rows = label_rows(_read_tasks(tasks_path), tasks_path.parent, per_task=per_task, seed=seed)
+    return _write_rows(rows, pathlib.Path(out))

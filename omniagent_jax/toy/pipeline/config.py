@@ -37,6 +37,7 @@ class PipelineConfig:
     # rows (batch 32; off by default: text-only rows erase the frame reading), then of frame-log rows (batch 8), each
     # from the checkpoint before; 0 skips a phase.
     read_frame_steps: int = 1000
+    read_label_steps: int = 0
     read_copy_steps: int = 0
     read_log_steps: int = 800
     read_rows_per_task: int = 12
@@ -69,7 +70,7 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
                 raise PipelineError(f"{key} must be a list of key=value strings, got {value!r}")
             raw[key] = tuple(value)
     for key in ("seed", "train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live",
-                "read_copy_steps", "read_frame_steps", "read_log_steps", "read_rows_per_task"):
+                "read_copy_steps", "read_frame_steps", "read_label_steps", "read_log_steps", "read_rows_per_task"):
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
             raise PipelineError(f"{key} must be an integer, got {raw[key]!r}")
     cfg = PipelineConfig(**raw)
@@ -79,7 +80,7 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
     for key in ("sft_config", "rl_config"):
         if not pathlib.Path(getattr(cfg, key)).is_file():
             raise PipelineError(f"{key} {getattr(cfg, key)} not found")
-    for key in ("read_copy_steps", "read_frame_steps", "read_log_steps"):
+    for key in ("read_copy_steps", "read_frame_steps", "read_label_steps", "read_log_steps"):
         if getattr(cfg, key) < 0:
             raise PipelineError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.root.is_file():

@@ -135,11 +135,11 @@ def stage_init(cfg: PipelineConfig) -> pathlib.Path:
 
 
 def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path) -> pathlib.Path:
-    """The reading curriculum (`toy.reading`): SFT runs on one-frame rows, then on copy rows (text only), then on
-    frame-log rows, each from the checkpoint before; returns the checkpoint the agentic SFT starts from (``init``
-    when every phase has 0 steps). Frame rows come from the train split's videos; each phase is skipped once
-    exported."""
-    from omniagent_jax.toy.reading import COPY_MAX_TOKENS, write_copy_rows, write_reading_rows
+    """The reading curriculum (`toy.reading`): SFT runs on one-frame rows, then on label rows (a look's labels alone),
+    then on copy rows (text only), then on frame-log rows, each from the checkpoint before; returns the checkpoint
+    the agentic SFT starts from (``init`` when every phase has 0 steps). Frame and label rows come from the train
+    split's videos; each phase is skipped once exported."""
+    from omniagent_jax.toy.reading import COPY_MAX_TOKENS, write_copy_rows, write_label_rows, write_reading_rows
     from omniagent_jax.train.config import load_config
     from omniagent_jax.train.sft import train
 
@@ -152,6 +152,8 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
     # (name, writes the rows, batch size, steps, overrides)
     phases = (
         ("frame", frame_rows(1, cfg.seed * 10), 16, cfg.read_frame_steps, []),
+        ("label", lambda rows: write_label_rows(train_rows, rows, per_task=cfg.read_rows_per_task, seed=cfg.seed * 10 + 3),
+         8, cfg.read_label_steps, []),
         ("copy", lambda rows: write_copy_rows(rows, count=cfg.read_copy_steps * COPY_BATCH, seed=cfg.seed * 10 + 2),
          COPY_BATCH, cfg.read_copy_steps, copy_lengths),
         ("log", frame_rows(None, cfg.seed * 10 + 1), 8, cfg.read_log_steps, []),
