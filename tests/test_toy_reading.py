@@ -117,7 +117,7 @@ def test_label_rows_write_a_random_looks_labels(tasks, tmp_path):
     out = list(label_rows(rows, path.parent, per_task=6, seed=2))
     assert len(out) == 6 * len(rows)
     processor = OmniProcessor.from_pretrained(str(REPO_CONFIGS / "toy" / "tokenizer"))
-    spacings = set()
+    spacings, starts = set(), set()
     for i, row in enumerate(out):
         task = world.generate_task("test", rows[i // 6]["extra_info"]["index"])
         question, header, *labels = _texts(row)
@@ -128,10 +128,11 @@ def test_label_rows_write_a_random_looks_labels(tasks, tmp_path):
         steps = {round(b - a, 6) for a, b in zip(times, times[1:])}
         assert len(steps) == 1 and min(steps) > 0
         spacings.add((task.duration, *steps))
+        starts.add((task.duration, times[0]))
         assert header == prompts.frames_header(times[0], times[-1], len(times))
         assert row["output"] == ", ".join(prompts.format_seconds(t) + "s" for t in times)
-        assert all(len(processor.tokenizer.encode(f"{prompts.format_seconds(t)}")) == 1 for t in times)
-    assert len(spacings) > len(rows)  # not one look per video: starts and spacings vary
+        assert all(len(processor.tokenizer.encode(prompts.format_seconds(t))) == 1 for t in times)
+    assert len(spacings) > len(rows) and len(starts) > len(rows)  # not one look per video: starts and spacings vary
     a = write_label_rows(path, tmp_path / "a.jsonl", per_task=6, seed=2)
     assert [json.loads(line) for line in a.read_text().splitlines()] == out
     with pytest.raises(ValueError, match="per_task must be >= 1"):
