@@ -15,9 +15,10 @@ from omniagent_jax.toy import settings
 from omniagent_jax.toy.pipeline import report, stages
 from omniagent_jax.toy.pipeline.__main__ import main
 from omniagent_jax.toy.pipeline.config import PipelineError, load_pipeline_config
+from omniagent_jax.toy.reading import reading_rows
 
 SHORT = ["train_tasks=2", "test_tasks=1", "data_workers=2", "read_copy_steps=1", "read_frame_steps=1", "read_label_steps=1",
-         "read_log_steps=1", "read_rows_per_task=2",
+         "read_log_steps=1", "read_log_looks=event", "read_rows_per_task=2",
          "eval_max_new_tokens=8", "eval_max_live=2",
          "sft=[max_steps=1, data.batch_size=2, 'data.buckets=[512]', checkpoint.every=0]",
          "rl=[steps=1, 'data.mix=[MCQ=1]', rollout.n=2, rollout.max_new_tokens=8, rollout.num_pages=256, rollout.max_batch=4, "
@@ -56,6 +57,10 @@ def test_short_pipeline_runs_every_stage(short_run):
     for phase in ("frame", "label", "log"):
         assert len(_lines(root / "read" / f"{phase}.jsonl")) == 4  # 2 rows per task
     assert len(_lines(root / "read" / "copy.jsonl")) == stages.COPY_BATCH  # one step's rows
+    # read_log_looks=event reaches the log phase's rows (its seed: the pipeline's, as stage_read derives it)
+    looks = reading_rows(_lines(root / "data" / "train.jsonl"), root / "data", frames=None, per_task=2,
+                         seed=cfg.seed * 10 + 1, looks="event")
+    assert _lines(root / "read" / "log.jsonl") == list(looks)
     for phase in ("frame", "label", "copy", "log"):
         assert [m["step"] for m in _lines(root / "read" / phase / "metrics.jsonl")] == [1]
     # each phase starts from the checkpoint before it; the agentic SFT from the last
@@ -114,6 +119,7 @@ def test_finished_stages_are_skipped(short_run, monkeypatch):
     (["read_frame_steps=-1"], "read_frame_steps must be >= 0"),
     (["read_label_steps=-2"], "read_label_steps must be >= 0"),
     (["read_log_steps=many"], "read_log_steps must be an integer"),
+    (["read_log_looks=sideways"], "read_log_looks must be one of"),
     (["read_rows_per_task=0"], "read_rows_per_task must be >= 1"),
 ])
 def test_bad_pipeline_config(overrides, message):

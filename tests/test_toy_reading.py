@@ -65,33 +65,67 @@ def test_one_frame_rows_name_what_is_lit(tasks):
     assert 0.25 * len(out) < lit < 0.9 * len(out)  # about half the frames are picked inside a lit span
 
 
+def _log_times(task: world.Task, row: dict) -> list[float]:
+    """A frame-log row's look, checked as the environment lays it out after the task's question."""
+    question, header, *labels = _texts(row)
+    assert question.startswith(prompts.format_meta(float(task.duration), world.FPS, True) + "Question: " + task.question)
+    times = [float(re.fullmatch(r"Frame (\S+)s:", x).group(1)) for x in labels]
+    assert len(times) == world.MAX_FRAMES and times == sorted(times)
+    assert all((t * world.FPS).is_integer() for t in times)  # grid times, one token each
+    assert header == prompts.frames_header(times[0], times[-1], len(times))
+    return times
+
+
+def _check_log(task: world.Task, times: list[float], output: str) -> int:
+    """The log names what each frame shows (the world's schedule); returns how many frames show the question's square lit."""
+    entries = output.split(", ")
+    assert [e.split(" ")[0] for e in entries] == [prompts.format_seconds(t) + "s" for t in times]
+    target = task.events[task.target]
+    focused = 0
+    for t, entry in zip(times, entries):
+        what = entry.split(" ", 1)[1]
+        if task.question_type == "MCQ":
+            assert what == (" ".join(_lit_colours(task, t)) or "-")
+        else:  # the log of the question's square: lit (with its size on some SIZE rows), its dot, or nothing
+            frame_t = _frame_time(task, t)
+            expected = "lit" if target.start <= frame_t < target.end else "dot" if frame_t >= target.end else "-"
+            assert what in ((expected, f"lit {target.size}px") if expected == "lit" else (expected,)), (entry, task)
+        focused += target.start <= _frame_time(task, t) < target.end
+    return focused
+
+
 def test_frame_log_rows_follow_the_question(tasks):
     path, rows = tasks
     out = list(reading_rows(rows, path.parent, frames=None, per_task=4, seed=1))
     focused = 0
     for i, row in enumerate(out):
         task = world.generate_task("test", rows[i // 4]["extra_info"]["index"])
-        question, header, *labels = _texts(row)
-        assert question.startswith(prompts.format_meta(float(task.duration), world.FPS, True) + "Question: " + task.question)
-        times = [float(re.fullmatch(r"Frame (\S+)s:", x).group(1)) for x in labels]
-        assert len(times) == world.MAX_FRAMES and times == sorted(times)
-        assert all((t * world.FPS).is_integer() for t in times)  # looks as the expert takes them: grid times, one token each
-        scan = world.coarse_spacing(task.duration)
+        times = _log_times(task, row)
+        scan = world.coarse_spacing(task.duration)  # looks as the expert takes them: the scan or 1–3 of its spacings
         assert times[0] == 0.0 and times[-1] == task.duration or round((times[-1] - times[0]) / scan, 6) in (1, 2, 3)
-        assert header == prompts.frames_header(times[0], times[-1], len(times))
-        entries = row["output"].split(", ")
-        assert [e.split(" ")[0] for e in entries] == [prompts.format_seconds(t) + "s" for t in times]
-        target = task.events[task.target]
-        for t, entry in zip(times, entries):
-            what = entry.split(" ", 1)[1]
-            if task.question_type == "MCQ":
-                assert what == (" ".join(_lit_colours(task, t)) or "-")
-            else:  # the log of the question's square: lit (with its size on some SIZE rows), its dot, or nothing
-                frame_t = _frame_time(task, t)
-                expected = "lit" if target.start <= frame_t < target.end else "dot" if frame_t >= target.end else "-"
-                assert what in ((expected, f"lit {target.size}px") if expected == "lit" else (expected,)), (entry, task)
-                focused += expected == "lit"
+        focused += _check_log(task, times, row["output"])
     assert focused > 0
+
+
+def test_event_looks_surround_the_question_event(tasks):
+    """``looks="event"``: 12 frames at a random grid step of at most half the event's lit span, the event's first
+    frame inside the look; the log is the expert's for those frames."""
+    path, rows = tasks
+    out = list(reading_rows(rows, path.parent, frames=None, per_task=6, seed=4, looks="event"))
+    assert len(out) == 6 * len(rows)
+    looks, runs = set(), 0
+    for i, row in enumerate(out):
+        task = world.generate_task("test", rows[i // 6]["extra_info"]["index"])
+        target = task.events[task.target]
+        times = _log_times(task, row)
+        (step,) = {round((b - a) * world.FPS) for a, b in zip(times, times[1:])}
+        lit_frames = round((target.end - target.start) * world.FPS)
+        assert 1 <= step <= max(1, lit_frames // 2) and times[-1] <= task.duration
+        assert times[0] <= math.ceil(target.start * world.FPS) / world.FPS <= times[-1]  # the event begins inside
+        looks.add((task.duration, times[0], step))
+        runs += _check_log(task, times, row["output"]) >= 2
+    assert runs > 0.6 * len(out)  # lit frames come in runs
+    assert len(looks) > 2 * len(rows)  # starts and steps vary per look, not one look per video
 
 
 def test_rows_are_deterministic_and_load_for_sft(tasks, tmp_path):
@@ -167,7 +201,8 @@ def test_copy_rows_repeat_a_frame_log(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"frames": 3, "per_task": 1}, "frames must be 1 or None"),
-                                             ({"frames": 1, "per_task": 0}, "per_task must be >= 1")])
+                                             ({"frames": 1, "per_task": 0}, "per_task must be >= 1"),
+                                             ({"frames": None, "per_task": 1, "looks": "sideways"}, "looks must be one of")])
 def test_bad_arguments(tasks, kwargs, message):
     path, rows = tasks
     with pytest.raises(ValueError, match=message):

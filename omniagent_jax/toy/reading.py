@@ -14,6 +14,7 @@ each on its own. Numpy + media + the expert's own log; no JAX.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -38,14 +39,17 @@ def _frames_message(times: list[float], video: str) -> list[dict[str, Any]]:
     return parts
 
 
-def _look_times(rng: np.random.Generator, task: world.Task, *, one: bool) -> list[float]:
-    """One frame on the frame grid (inside a lit span half the time), or a look of 12 frames as the expert takes
-    them: the whole video, or between two scan frames 1–3 spacings apart around an event (the question's own event
-    three times in four), so every label is a grid time (one token)."""
+def _one_frame_time(rng: np.random.Generator, task: world.Task) -> list[float]:
+    """One frame on the frame grid, inside a lit span half the time."""
     spans = [(e.start, e.end) for e in task.events]
-    if one:
-        start, end = spans[rng.integers(len(spans))] if rng.random() < 0.5 else (0.0, float(task.duration))
-        return [round(float(rng.uniform(start, end)) * world.FPS) / world.FPS]
+    start, end = spans[rng.integers(len(spans))] if rng.random() < 0.5 else (0.0, float(task.duration))
+    return [round(float(rng.uniform(start, end)) * world.FPS) / world.FPS]
+
+
+def _expert_look_times(rng: np.random.Generator, task: world.Task) -> list[float]:
+    """A look of 12 frames as the expert takes them: the whole video, or between two scan frames 1–3 spacings apart
+    around an event (the question's own event three times in four), so every label is a grid time (one token)."""
+    spans = [(e.start, e.end) for e in task.events]
     scan = np.linspace(0.0, float(task.duration), world.MAX_FRAMES)
     if rng.random() < 0.5:
         return scan.tolist()
@@ -56,13 +60,36 @@ def _look_times(rng: np.random.Generator, task: world.Task, *, one: bool) -> lis
     return np.linspace(scan[first], scan[first + spacings], world.MAX_FRAMES).tolist()
 
 
+def _grid_look(start: int, step: int) -> list[float]:
+    """12 frame times from frame ``start`` on, ``step`` frames apart."""
+    return [(start + k * step) / world.FPS for k in range(world.MAX_FRAMES)]
+
+
 def _random_look_times(rng: np.random.Generator, task: world.Task) -> list[float]:
     """A look of 12 frames at a random start and spacing on the frame grid (inside the video): its labels follow no
     pattern a model could recall, so writing them takes looking each one up in the prompt."""
-    max_step = int(task.duration * world.FPS) // (world.MAX_FRAMES - 1)
-    step = int(rng.integers(1, max_step + 1))
-    start = int(rng.integers(0, int(task.duration * world.FPS) - step * (world.MAX_FRAMES - 1) + 1))
-    return [(start + k * step) / world.FPS for k in range(world.MAX_FRAMES)]
+    frames = int(task.duration * world.FPS)
+    step = int(rng.integers(1, frames // (world.MAX_FRAMES - 1) + 1))
+    return _grid_look(int(rng.integers(0, frames - step * (world.MAX_FRAMES - 1) + 1)), step)
+
+
+def _event_look_times(rng: np.random.Generator, task: world.Task) -> list[float]:
+    """A look of 12 frames around the question's event at a random grid step of at most half its lit span (so at
+    least two frames are lit where the span allows) and a random start that puts the event's first frame inside the
+    look: the labels must be looked up, as in :func:`_random_look_times`, and lit frames come in runs, as in the
+    expert's focused looks."""
+    frames = int(task.duration * world.FPS)
+    event = task.events[task.target]
+    lit = int((event.end - event.start) * world.FPS)
+    step = int(rng.integers(1, max(1, min(frames // (world.MAX_FRAMES - 1), lit // 2)) + 1))
+    span = step * (world.MAX_FRAMES - 1)
+    first_lit = math.ceil(event.start * world.FPS - 1e-6)
+    return _grid_look(int(rng.integers(max(0, first_lit - span), min(first_lit, frames - span) + 1)), step)
+
+
+# How the log phase places its 12-frame looks (docs/toy.md §5): as the expert takes them, or around the question's
+# event at a random grid step.
+LOG_LOOKS = {"expert": _expert_look_times, "event": _event_look_times}
 
 
 def label_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, *, per_task: int,
@@ -101,17 +128,21 @@ def _question(task: world.Task) -> str:
 
 
 def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, *, frames: int | None,
-                 per_task: int, seed: int) -> Iterator[dict[str, Any]]:
+                 per_task: int, seed: int, looks: str = "expert") -> Iterator[dict[str, Any]]:
     """``per_task`` step rows (the SFT ``raw_input`` / ``output`` / ``extra_info.video`` format) per task row of a
     split written under ``data_root``: with ``frames=1`` one frame and its colour log entry; with ``frames=None``
-    the task's question, a look of 12 frames and the frame log the expert writes for that question."""
+    the task's question, a look of 12 frames placed as ``looks`` says (a :data:`LOG_LOOKS` key) and the frame log
+    the expert writes for that question."""
     if frames not in (1, None):
         raise ValueError(f"frames must be 1 or None, got {frames!r}")
+    if looks not in LOG_LOOKS:
+        raise ValueError(f"looks must be one of {sorted(LOG_LOOKS)}, got {looks!r}")
+    look_times = _one_frame_time if frames == 1 else LOG_LOOKS[looks]
     rng = np.random.default_rng(seed)
     for task, video in _task_videos(tasks, data_root, per_task):
         reader = open_video(video)
         for _ in range(per_task):
-            times = _look_times(rng, task, one=frames == 1)
+            times = look_times(rng, task)
             seen = [perceive.look(np.asarray(f)) for f in reader.frames(times)]
             labels = [prompts.format_seconds(t) + "s" for t in times]
             content = _frames_message(times, video)
@@ -163,10 +194,11 @@ def _read_tasks(tasks_path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def write_reading_rows(tasks_path: str | pathlib.Path, out: str | pathlib.Path, *, frames: int | None, per_task: int,
-                       seed: int) -> pathlib.Path:
+                       seed: int, looks: str = "expert") -> pathlib.Path:
     """:func:`reading_rows` over the task rows of ``tasks_path`` (videos beside it), written to ``out`` as JSONL."""
     tasks_path = pathlib.Path(tasks_path)
-    rows = reading_rows(_read_tasks(tasks_path), tasks_path.parent, frames=frames, per_task=per_task, seed=seed)
+    rows = reading_rows(_read_tasks(tasks_path), tasks_path.parent, frames=frames, per_task=per_task, seed=seed,
+                        looks=looks)
     return _write_rows(rows, pathlib.Path(out))
 
 

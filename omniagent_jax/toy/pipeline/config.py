@@ -7,6 +7,7 @@ import dataclasses
 import pathlib
 
 from omniagent_jax.toy import settings
+from omniagent_jax.toy.reading import LOG_LOOKS
 from omniagent_jax.train.config import read_config_mapping
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[3] / "configs" / "toy" / "pipeline.yaml"
@@ -41,6 +42,7 @@ class PipelineConfig:
     read_label_steps: int = 0
     read_copy_steps: int = 0
     read_log_steps: int = 800
+    read_log_looks: str = "expert"  # the log phase's looks: the expert's, or around the event (toy.reading.LOG_LOOKS)
     read_rows_per_task: int = 12
     eval_max_new_tokens: int = settings.MAX_NEW_TOKENS
     eval_max_live: int = 16
@@ -74,6 +76,8 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
                 "read_copy_steps", "read_frame_steps", "read_label_steps", "read_log_steps", "read_rows_per_task"):
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
             raise PipelineError(f"{key} must be an integer, got {raw[key]!r}")
+    if "read_log_looks" in raw and raw["read_log_looks"] not in LOG_LOOKS:
+        raise PipelineError(f"read_log_looks must be one of {sorted(LOG_LOOKS)}, got {raw['read_log_looks']!r}")
     cfg = PipelineConfig(**raw)
     for key in ("train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live", "read_rows_per_task"):
         if getattr(cfg, key) < 1:

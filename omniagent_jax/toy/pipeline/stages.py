@@ -144,7 +144,8 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
     from omniagent_jax.train.sft import train
 
     def frame_rows(frames: int | None, seed: int):
-        return lambda rows: write_reading_rows(train_rows, rows, frames=frames, per_task=cfg.read_rows_per_task, seed=seed)
+        return lambda rows: write_reading_rows(train_rows, rows, frames=frames, per_task=cfg.read_rows_per_task, seed=seed,
+                                               looks=cfg.read_log_looks)
 
     model = init
     # copy rows are short, so they get their own buckets
