@@ -18,7 +18,7 @@ from omniagent_jax.toy.pipeline.config import PipelineError, load_pipeline_confi
 from omniagent_jax.toy.reading import reading_rows
 
 SHORT = ["train_tasks=2", "test_tasks=1", "data_workers=2", "read_copy_steps=1", "read_frame_steps=1", "read_label_steps=1",
-         "read_log_steps=1", "read_log_looks=event", "read_rows_per_task=2",
+         "read_log_steps=1", "read_log_looks=event", "read_agent_steps=1", "read_rows_per_task=2",
          "eval_max_new_tokens=8", "eval_max_live=2",
          "sft=[max_steps=1, data.batch_size=2, 'data.buckets=[512]', checkpoint.every=0]",
          "rl=[steps=1, 'data.mix=[MCQ=1]', rollout.n=2, rollout.max_new_tokens=8, rollout.num_pages=256, rollout.max_batch=4, "
@@ -54,14 +54,14 @@ def test_short_pipeline_runs_every_stage(short_run):
         assert read_episode_card(model)["max_frames"] == settings.MAX_FRAMES  # `--model DIR` plays the toy episode
     init = Thinker.from_pretrained(root / "init")  # its output head starts as the input embedding's transpose
     np.testing.assert_array_equal(init.lm_head.kernel[...], init.model.embed_tokens.embedding[...].T)
-    for phase in ("frame", "label", "log"):
-        assert len(_lines(root / "read" / f"{phase}.jsonl")) == 4  # 2 rows per task
+    for phase in ("frame", "label", "log", "agent"):
+        assert len(_lines(root / "read" / f"{phase}.jsonl")) == 4  # 2 rows per task (agent: per expert episode)
     assert len(_lines(root / "read" / "copy.jsonl")) == stages.COPY_BATCH  # one step's rows
     # read_log_looks=event reaches the log phase's rows (its seed: the pipeline's, as stage_read derives it)
     looks = reading_rows(_lines(root / "data" / "train.jsonl"), root / "data", frames=None, per_task=2,
                          seed=cfg.seed * 10 + 1, looks="event")
     assert _lines(root / "read" / "log.jsonl") == list(looks)
-    for phase in ("frame", "label", "copy", "log"):
+    for phase in ("frame", "label", "copy", "log", "agent"):
         assert [m["step"] for m in _lines(root / "read" / phase / "metrics.jsonl")] == [1]
     # each phase starts from the checkpoint before it; the agentic SFT from the last
     def init_of(run: str) -> str:
@@ -71,7 +71,8 @@ def test_short_pipeline_runs_every_stage(short_run):
     assert init_of("read/label") == str(root / "read" / "frame" / "export_jax")
     assert init_of("read/copy") == str(root / "read" / "label" / "export_jax")
     assert init_of("read/log") == str(root / "read" / "copy" / "export_jax")
-    assert init_of("sft") == str(root / "read" / "log" / "export_jax")
+    assert init_of("read/agent") == str(root / "read" / "log" / "export_jax")
+    assert init_of("sft") == str(root / "read" / "agent" / "export_jax")
     assert len(_lines(root / "sft" / "metrics.jsonl")) == 1
     assert [m["step"] for m in _lines(root / "taura" / "metrics.jsonl")] == [1]
     for name in ("sft", "taura"):
@@ -118,6 +119,7 @@ def test_finished_stages_are_skipped(short_run, monkeypatch):
     (["read_copy_steps=-1"], "read_copy_steps must be >= 0"),
     (["read_frame_steps=-1"], "read_frame_steps must be >= 0"),
     (["read_label_steps=-2"], "read_label_steps must be >= 0"),
+    (["read_agent_steps=-1"], "read_agent_steps must be >= 0"),
     (["read_log_steps=many"], "read_log_steps must be an integer"),
     (["read_log_looks=sideways"], "read_log_looks must be one of"),
     (["read_rows_per_task=0"], "read_rows_per_task must be >= 1"),
@@ -202,11 +204,14 @@ def test_log_entries_point_at_what_each_frame_showed():
     output = ('{"observation": "0.00s -, 4.27s magenta, 8.55s dot, 12.82s lit 13px. magenta square lit at 4.27s.", '
               '"think": "t", "confidence": 0.5, "action": {"type": "answer", "content": "A"}}')
     entries = log_entries(output)
-    assert [kind for _, kind in entries] == ["-", "colour", "dot", "lit"]
-    assert [output[i : i + 3] for i, _ in entries] == ["-, ", "mag", "dot", "lit"]
+    assert [kind for _, kind, _ in entries] == ["-", "colour", "dot", "lit"]
+    assert [output[i : i + 3] for i, _, _ in entries] == ["-, ", "mag", "dot", "lit"]
+    assert [changed for _, _, changed in entries] == [False, True, True, True]
+    runs = log_entries('{"observation": "0.00s -, 1.00s -, 2.00s red, 3.00s red, 4.00s blue, 5.00s dot, 6.00s dot."}')
+    assert [changed for _, _, changed in runs] == [False, False, True, False, True, True, False]
     for text in ("Nothing inspected yet.", "A steady high tone."):
         assert log_entries(json.dumps({"observation": text, "think": "t", "confidence": 0.5, "action": {}})) == []
-    assert [kind for _, kind in log_entries('{"observation": "0.00s -, 4.27s dot."}')] == ["-", "dot"]
+    assert [kind for _, kind, _ in log_entries('{"observation": "0.00s -, 4.27s dot."}')] == ["-", "dot"]
     assert log_entries('{"observation": "0.00s -, 4.27s') == []  # cut off: not JSON
 
 
@@ -221,6 +226,7 @@ def test_perception_report_scores_every_log_entry(short_run, capsys):
     assert sum(t["entries"] for kinds in report.values() for t in kinds.values()) == sum(
         len(perception.log_entries(r["output"])) for r in logged)
     assert all(0 < t["p"] <= 1 and 0 <= t["argmax"] <= 1 for kinds in report.values() for t in kinds.values())
+    assert any(kind.endswith(" new") for kinds in report.values() for kind in kinds)  # changes scored on their own
     first_turn = perception.perception(str(cfg.root / "sft" / "export_jax"), rows, step=2, limit=1)
     assert sum(t["entries"] for kinds in first_turn.values() for t in kinds.values()) == len(
         perception.log_entries(next(r for r in logged if r["step"] == 2)["output"]))

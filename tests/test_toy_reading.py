@@ -11,15 +11,19 @@ import pytest
 import toy_helpers
 
 from omniagent_jax.agent import prompts
+from omniagent_jax.agent.data import iter_samples
+from omniagent_jax.agent.messages import serialize_messages
 from omniagent_jax.model.config import REPO_CONFIGS
 from omniagent_jax.processing import OmniProcessor
-from omniagent_jax.toy import world
+from omniagent_jax.toy import settings, splits, world
 from omniagent_jax.toy.reading import (
     COPY_MAX_TOKENS,
     LOG_WORDS,
+    agent_rows,
     copy_rows,
     label_rows,
     reading_rows,
+    write_agent_rows,
     write_copy_rows,
     write_label_rows,
     write_reading_rows,
@@ -171,6 +175,71 @@ def test_label_rows_write_a_random_looks_labels(tasks, tmp_path):
     assert [json.loads(line) for line in a.read_text().splitlines()] == out
     with pytest.raises(ValueError, match="per_task must be >= 1"):
         next(label_rows(rows, path.parent, per_task=0, seed=0))
+
+
+@pytest.fixture(scope="module")
+def expert_steps(tasks, tmp_path_factory):
+    """The expert's step rows on the sample split, as `omniagent export-sft` writes them (media as the video path)."""
+    path, _ = tasks
+    samples = list(iter_samples(path, resolve_videos=True))
+    played = splits.play(path, "expert", progress=False)
+    rows = [{"question_id": f"q{i}", "step": step.step, "raw_input": serialize_messages(step.raw_input, sample.video),
+             "output": step.output, "extra_info": {"video": sample.video}}
+            for i, (sample, (_, result)) in enumerate(zip(samples, played)) for step in result.steps]
+    out = tmp_path_factory.mktemp("steps") / "steps.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out, rows
+
+
+def test_agent_rows_lay_a_look_out_as_the_agent_sees_it(tasks, expert_steps, tmp_path):
+    """Agent-layout rows: each episode's second turn with its look replaced by the scan or a look around the event,
+    the first turn asking for that look, and the expert's reply to those frames."""
+    path, rows = tasks
+    steps_path, steps = expert_steps
+    out = list(agent_rows(steps, rows, path.parent, per_task=4, seed=7))
+    assert len(out) == 4 * len(rows)
+    scans = 0
+    for i, row in enumerate(out):
+        task = world.generate_task("test", rows[i // 4]["extra_info"]["index"])
+        (source,) = [r for r in steps if r["step"] == 2 and r["question_id"] == f"q{i // 4}"]
+        system, question, first, frames = row["raw_input"]
+        assert [system, question] == source["raw_input"][:2]
+        assert frames["content"][-1] == source["raw_input"][3]["content"][-1]  # the step countdown
+        assert frames["content"][0]["text"].startswith("Frames ")
+        labels = [p["text"] for p in frames["content"][1:-1] if p["type"] == "text"]
+        times = [float(re.fullmatch(r"Frame (\S+)s:", x).group(1)) for x in labels]
+        assert all(p["image"] == row["extra_info"]["video"] for p in frames["content"] if p["type"] == "image")
+        action = json.loads(first["content"][0]["text"])["action"]
+        assert action == {"type": "get_frames", "start": times[0], "end": times[-1], "num": world.MAX_FRAMES}
+        if times[0] == 0.0 and times[-1] == task.duration and len(times) == world.MAX_FRAMES:
+            scans += 1
+        else:  # a look around the question's event
+            assert times[0] <= math.ceil(task.events[task.target].start * world.FPS) / world.FPS <= times[-1]
+        reply = json.loads(row["output"])
+        _check_log(task, times, reply["observation"].split(". ")[0])
+    assert 0 < scans < len(out)
+    written = write_agent_rows(steps_path, path, tmp_path / "a.jsonl", per_task=4, seed=7)
+    assert [json.loads(line) for line in written.read_text().splitlines()] == out  # seeded
+    processor = OmniProcessor.from_pretrained(str(REPO_CONFIGS / "toy" / "tokenizer"))
+    encoder = SampleEncoder(processor, data_root=".", max_length=768)
+    for row in out:
+        sample = encoder.encode(row)
+        assert len(sample["input_ids"]) <= settings.MAX_ROW_TOKENS
+        assert processor.tokenizer.decode([int(t) for t in sample["labels"] if t >= 0]).startswith(row["output"])
+
+
+@pytest.mark.parametrize("kwargs, message", [({"per_task": 0}, "per_task must be >= 1"),
+                                             ({"per_task": 1, "scan_share": 1.5}, r"scan_share must be in \[0, 1\]")])
+def test_agent_rows_bad_arguments(tasks, expert_steps, kwargs, message):
+    path, rows = tasks
+    with pytest.raises(ValueError, match=message):
+        next(agent_rows(expert_steps[1], rows, path.parent, seed=0, **kwargs))
+
+
+def test_agent_rows_name_a_step_row_without_its_task(tasks, expert_steps):
+    path, rows = tasks
+    with pytest.raises(ValueError, match="video .* is not in the task rows"):
+        next(agent_rows(expert_steps[1], rows[1:], path.parent, per_task=1, seed=0))
 
 
 def test_copy_rows_repeat_a_frame_log(tmp_path):

@@ -228,8 +228,14 @@ class UniformScanPolicy(ExpertPolicy):
 
 # ------------------------------------------------------------------------------------------ turns
 def _coarse_scan(ctx: _Context) -> PolicyOutput:
-    think = "I scan the whole video."
-    return _turn("Nothing inspected yet.", think, SEARCHING, _frames("0.00s", ctx.duration + "s", ctx.max_frames))
+    return PolicyOutput(first_look("0.00s", ctx.duration + "s", ctx.max_frames, scan=True))
+
+
+def first_look(start: str, end: str, num: int, *, scan: bool) -> str:
+    """A first turn asking for ``num`` frames from ``start`` to ``end`` (labels such as ``12.50s``): the expert's
+    coarse scan when ``scan`` (the whole video), else a look at that span (the agent-layout reading rows)."""
+    think = "I scan the whole video." if scan else f"I look at {start} to {end}."
+    return _turn("Nothing inspected yet.", think, SEARCHING, _frames(start, end, num)).text
 
 
 def _turn(observation: str, think: str, confidence: str, action: str) -> PolicyOutput:

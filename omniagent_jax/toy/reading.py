@@ -8,7 +8,8 @@ starts using the image after ≈ 450 steps of 16 such rows), then the frame log 
 question and a frames message laid out as the environment writes it (12 frames over the whole video or between
 scan frames around one of its events). Label rows (a look at a random grid span, the output only its labels) train
 the look-up of a frame's label in the prompt, and copy rows (text only: a frame log repeated) copying from the context,
-each on its own. Numpy + media + the expert's own log; no JAX.
+each on its own. Agent rows put a look in the agent's own layout (the expert's second turn, its look replaced).
+Numpy + media + the expert; no JAX.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 from omniagent_jax.agent import prompts
 from omniagent_jax.media import open_video
 from omniagent_jax.toy import perceive, world
-from omniagent_jax.toy.expert import frame_log
+from omniagent_jax.toy.expert import ExpertPolicy, first_look, frame_log
 
 COPY_ENTRIES = (2, 9)  # entries per copy row (inclusive): rows stay within COPY_MAX_TOKENS
 COPY_MAX_TOKENS = 128  # the longest copy row in toy tokens, chat template included: the copy phase's max_length
@@ -156,6 +157,47 @@ def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, 
             yield _row(content, output, video, task)
 
 
+def agent_rows(step_rows: Iterable[Mapping[str, Any]], tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, *,
+               per_task: int, seed: int, scan_share: float = 0.5) -> Iterator[dict[str, Any]]:
+    """Reading rows in the agent's own layout: ``per_task`` rows per expert episode of ``step_rows`` (its second
+    turn: system prompt, question, first turn, the frames of the first look), the look replaced by the whole-video
+    scan (a ``scan_share`` of the rows) or a look around the question's event (:func:`_event_look_times`), the first
+    turn asking for that look, the output the expert's reply to those frames. ``tasks`` are the split's task rows
+    (videos under ``data_root``); reading learned in the bare log layout does not carry into this one (docs/toy.md §5)."""
+    if per_task < 1:
+        raise ValueError(f"per_task must be >= 1, got {per_task}")
+    if not 0.0 <= scan_share <= 1.0:
+        raise ValueError(f"scan_share must be in [0, 1], got {scan_share}")
+    by_video = {pathlib.Path(row["video"]).name: row for row in tasks}
+    rng = np.random.default_rng(seed)
+    expert = ExpertPolicy()
+    for step_row in step_rows:
+        if step_row.get("step") != 2:
+            continue
+        name = pathlib.Path(step_row["extra_info"]["video"]).name
+        if name not in by_video:
+            raise ValueError(f"step row {step_row.get('question_id')!r}: video {name} is not in the task rows")
+        task_row = by_video[name]
+        task = world.generate_task(task_row["extra_info"]["split"], task_row["extra_info"]["index"])
+        video = str(pathlib.Path(data_root) / task_row["video"])
+        system, question, _, look = step_row["raw_input"]
+        notice = look["content"][-1]  # the step countdown after the frames
+        reader = open_video(video)
+        for _ in range(per_task):
+            scan = rng.random() < scan_share
+            times = np.linspace(0.0, float(task.duration), world.MAX_FRAMES).tolist() if scan else _event_look_times(rng, task)
+            labels = [prompts.format_seconds(t) + "s" for t in times]
+            first = {"role": "assistant", "content": [{"type": "text", "text": first_look(labels[0], labels[-1], len(times),
+                                                                                             scan=scan)}]}
+            frames = {"role": "user", "content": [*_frames_message(times, video), notice]}
+            pictures = iter(reader.frames(times))
+            seen = {"role": "user", "content": [{**p, "image": np.asarray(next(pictures))} if p["type"] == "image" else p
+                                                for p in frames["content"]]}
+            output = expert.generate([system, question, first, seen]).text
+            yield {"raw_input": [system, question, first, frames], "output": output,
+                   "extra_info": {"video": video, "question_type": task.question_type}}
+
+
 def copy_rows(count: int, seed: int) -> Iterator[dict[str, Any]]:
     """``count`` text-only rows whose output repeats the user's message: a frame log of 2–9 entries at random times
     on the frame grid in 0–575 s (``163.75s lit, 170.00s -``): copying from the context (an induction head), the first
@@ -188,8 +230,8 @@ def write_copy_rows(out: str | pathlib.Path, *, count: int, seed: int) -> pathli
     return _write_rows(copy_rows(count, seed), pathlib.Path(out))
 
 
-def _read_tasks(tasks_path: pathlib.Path) -> list[dict[str, Any]]:
-    with open(tasks_path, encoding="utf-8") as f:
+def _read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -197,13 +239,23 @@ def write_reading_rows(tasks_path: str | pathlib.Path, out: str | pathlib.Path, 
                        seed: int, looks: str = "expert") -> pathlib.Path:
     """:func:`reading_rows` over the task rows of ``tasks_path`` (videos beside it), written to ``out`` as JSONL."""
     tasks_path = pathlib.Path(tasks_path)
-    rows = reading_rows(_read_tasks(tasks_path), tasks_path.parent, frames=frames, per_task=per_task, seed=seed,
+    rows = reading_rows(_read_jsonl(tasks_path), tasks_path.parent, frames=frames, per_task=per_task, seed=seed,
                         looks=looks)
+    return _write_rows(rows, pathlib.Path(out))
+
+
+def write_agent_rows(step_rows_path: str | pathlib.Path, tasks_path: str | pathlib.Path, out: str | pathlib.Path, *,
+                     per_task: int, seed: int, scan_share: float = 0.5) -> pathlib.Path:
+    """:func:`agent_rows` from the expert's step rows at ``step_rows_path`` and the task rows of ``tasks_path``
+    (videos beside it), written to ``out`` as JSONL."""
+    tasks_path = pathlib.Path(tasks_path)
+    rows = agent_rows(_read_jsonl(pathlib.Path(step_rows_path)), _read_jsonl(tasks_path), tasks_path.parent,
+                      per_task=per_task, seed=seed, scan_share=scan_share)
     return _write_rows(rows, pathlib.Path(out))
 
 
 def write_label_rows(tasks_path: str | pathlib.Path, out: str | pathlib.Path, *, per_task: int, seed: int) -> pathlib.Path:
     """:func:`label_rows` over the task rows of ``tasks_path`` (videos beside it), written to ``out`` as JSONL."""
     tasks_path = pathlib.Path(tasks_path)
-    rows = label_rows(_read_tasks(tasks_path), tasks_path.parent, per_task=per_task, seed=seed)
+    rows = label_rows(_read_jsonl(tasks_path), tasks_path.parent, per_task=per_task, seed=seed)
     return _write_rows(rows, pathlib.Path(out))

@@ -36,13 +36,14 @@ class PipelineConfig:
     rl: tuple[str, ...] = ()  # key=value overrides of the RL config
     # The reading curriculum before SFT (toy.reading; docs/toy.md §5): steps of one-frame rows (batch 16), of label
     # rows (batch 8; off by default: 23 min for 3,000 steps, no gain in score yet), of copy rows (batch 32; off by
-    # default: text-only rows erase the frame reading), then of frame-log rows (batch 8), each from the checkpoint
-    # before; 0 skips a phase.
+    # default: text-only rows erase the frame reading), of frame-log rows (batch 8), then of agent-layout rows (batch
+    # 8; off by default), each from the checkpoint before; 0 skips a phase.
     read_frame_steps: int = 1000
     read_label_steps: int = 0
     read_copy_steps: int = 0
     read_log_steps: int = 800
     read_log_looks: str = "expert"  # the log phase's looks: the expert's, or around the event (toy.reading.LOG_LOOKS)
+    read_agent_steps: int = 0
     read_rows_per_task: int = 12
     eval_max_new_tokens: int = settings.MAX_NEW_TOKENS
     eval_max_live: int = 16
@@ -73,7 +74,8 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
                 raise PipelineError(f"{key} must be a list of key=value strings, got {value!r}")
             raw[key] = tuple(value)
     for key in ("seed", "train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live",
-                "read_copy_steps", "read_frame_steps", "read_label_steps", "read_log_steps", "read_rows_per_task"):
+                "read_agent_steps", "read_copy_steps", "read_frame_steps", "read_label_steps", "read_log_steps",
+                "read_rows_per_task"):
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
             raise PipelineError(f"{key} must be an integer, got {raw[key]!r}")
     if "read_log_looks" in raw and raw["read_log_looks"] not in LOG_LOOKS:
@@ -85,7 +87,7 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
     for key in ("sft_config", "rl_config"):
         if not pathlib.Path(getattr(cfg, key)).is_file():
             raise PipelineError(f"{key} {getattr(cfg, key)} not found")
-    for key in ("read_copy_steps", "read_frame_steps", "read_label_steps", "read_log_steps"):
+    for key in ("read_agent_steps", "read_copy_steps", "read_frame_steps", "read_label_steps", "read_log_steps"):
         if getattr(cfg, key) < 0:
             raise PipelineError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.root.is_file():

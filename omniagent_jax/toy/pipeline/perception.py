@@ -25,9 +25,11 @@ from omniagent_jax.toy.world import COLOURS
 _LOG_START = re.compile(r"\d+\.\d\ds ")  # a frame log starts with its first frame's label
 
 
-def log_entries(output: str) -> list[tuple[int, str]]:
+def log_entries(output: str) -> list[tuple[int, str, bool]]:
     """For each entry of the frame log that opens ``output``'s observation: the character offset in ``output``
-    of what the frame showed, and its kind (``-``, ``lit``, ``dot``, ``colour``). [] when the observation has no log."""
+    of what the frame showed, its kind (``-``, ``lit``, ``dot``, ``colour``), and whether it says something other
+    than the entry before it (a change: the text before it cannot predict it, only the image can). [] when the
+    observation has no log."""
     key = '"observation": "'
     at = output.find(key)
     if at < 0:
@@ -40,13 +42,14 @@ def log_entries(output: str) -> list[tuple[int, str]]:
     if not isinstance(observation, str) or not _LOG_START.match(observation):
         return []
     log = observation.split(". ", 1)[0].removesuffix(".")
-    out, offset = [], start
+    out, offset, before = [], start, None
     for entry in log.split(", "):
         what_at = offset + entry.index(" ") + 1
         what = entry[entry.index(" ") + 1 :].split(" ")[0]
         kind = what if what in ("-", "lit", "dot") else "colour" if what in COLOURS else "other"
-        out.append((what_at, kind))
+        out.append((what_at, kind, before is not None and what != before))
         offset += len(entry) + 2
+        before = what
     return out
 
 
@@ -67,7 +70,9 @@ def perception(model_dir: str, rows: Iterable[Mapping[str, Any]], *, step: int |
                limit: int | None = None) -> dict[str, dict[str, dict]]:
     """``{question type: {kind: {"entries", "p" (geometric mean), "argmax" (share right)}}}`` over the step rows whose
     output starts with a frame log (only those of episode step ``step`` when given; the first ``limit`` of them).
-    Step 2 is the first frames turn: the coarse scan, where nothing but the images says which frames are lit."""
+    Entries that change from the one before are their own kind (``lit new``, ``dot new``, ...): there the text
+    pattern says nothing and only reading the image helps. Step 2 is the first frames turn: the coarse scan, where
+    nothing but the images says which frames are lit."""
     import numpy as np
 
     from omniagent_jax.model.thinker import Thinker
@@ -94,11 +99,11 @@ def perception(model_dir: str, rows: Iterable[Mapping[str, Any]], *, step: int |
         targets = labels[positions]
         ends = np.cumsum([len(processor.tokenizer.decode([int(t)])) for t in targets])  # each token's end in the output
         qtype = row["extra_info"].get("question_type", "?")
-        for offset, kind in entries:
+        for offset, kind, changed in entries:
             k = int(np.searchsorted(ends, offset, side="right"))  # the token holding the entry's first character
             i, target = positions[k], int(targets[k])
             row_logits = logits[i] - logits[i].max()
-            t = tally[(qtype, kind)]
+            t = tally[(qtype, f"{kind} new" if changed else kind)]
             t.count += 1
             t.logp += float(row_logits[target] - np.log(np.exp(row_logits).sum()))
             t.argmax += int(row_logits.argmax() == target)
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         report = perception(args.model, (json.loads(line) for line in f if line.strip()), step=args.step, limit=args.limit)
     for qtype, kinds in report.items():
         for kind, t in kinds.items():
-            print(f"{qtype:5s} {kind:7s} entries {t['entries']:5d}  p {t['p']:.3f}  argmax right {100 * t['argmax']:.0f} %")
+            print(f"{qtype:5s} {kind:10s} entries {t['entries']:5d}  p {t['p']:.3f}  argmax right {100 * t['argmax']:.0f} %")
     return 0
 
 

@@ -134,12 +134,19 @@ def stage_init(cfg: PipelineConfig) -> pathlib.Path:
     return with_tokenizer(out)
 
 
-def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path) -> pathlib.Path:
+def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path, sft_rows: pathlib.Path) -> pathlib.Path:
     """The reading curriculum (`toy.reading`): SFT runs on one-frame rows, then on label rows (a look's labels alone),
-    then on copy rows (text only), then on frame-log rows, each from the checkpoint before; returns the checkpoint
-    the agentic SFT starts from (``init`` when every phase has 0 steps). Frame and label rows come from the train
-    split's videos; each phase is skipped once exported."""
-    from omniagent_jax.toy.reading import COPY_MAX_TOKENS, write_copy_rows, write_label_rows, write_reading_rows
+    then on copy rows (text only), then on frame-log rows, then on agent-layout rows (the expert's second turns with
+    their look replaced), each from the checkpoint before; returns the checkpoint the agentic SFT starts from
+    (``init`` when every phase has 0 steps). Frame, label and agent rows come from the train split's videos; each
+    phase is skipped once exported."""
+    from omniagent_jax.toy.reading import (
+        COPY_MAX_TOKENS,
+        write_agent_rows,
+        write_copy_rows,
+        write_label_rows,
+        write_reading_rows,
+    )
     from omniagent_jax.train.config import load_config
     from omniagent_jax.train.sft import train
 
@@ -158,6 +165,8 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
         ("copy", lambda rows: write_copy_rows(rows, count=cfg.read_copy_steps * COPY_BATCH, seed=cfg.seed * 10 + 2),
          COPY_BATCH, cfg.read_copy_steps, copy_lengths),
         ("log", frame_rows(None, cfg.seed * 10 + 1), 8, cfg.read_log_steps, []),
+        ("agent", lambda rows: write_agent_rows(sft_rows, train_rows, rows, per_task=cfg.read_rows_per_task,
+                                                seed=cfg.seed * 10 + 4), 8, cfg.read_agent_steps, []),
     )
     for name, write_rows, batch, steps, extra in phases:
         if steps < 1:
@@ -260,7 +269,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     steps = timed("collect", stage_collect, cfg, rows["train"])
     sft_rows = timed("sft_data", stage_sft_data, cfg, steps)
     init = timed("init", stage_init, cfg)
-    reader = timed("read", stage_read, cfg, init, rows["train"])
+    reader = timed("read", stage_read, cfg, init, rows["train"], sft_rows)
     sft = timed("sft", stage_sft, cfg, reader, sft_rows)
     summaries = {"sft": timed("eval_sft", stage_eval, cfg, sft, rows["test"], "sft")}
     rl = timed("rl", stage_rl, cfg, sft, rows["train"])
