@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from omniagent_jax.toy.pipeline.__main__ import main
 from omniagent_jax.toy.pipeline.config import PipelineError, load_pipeline_config
 from omniagent_jax.toy.reading import reading_rows
 
-SHORT = ["train_tasks=2", "test_tasks=1", "data_workers=2", "read_copy_steps=1", "read_frame_steps=1", "read_label_steps=1",
+SHORT = ["train_tasks=2", "test_tasks=1", "data_workers=2", "read_copy_steps=1", "read_frame_steps=1", "read_frame_words=true",
+         "read_word_steps=1", "read_label_steps=1",
          "read_log_steps=1", "read_log_looks=event", "read_agent_steps=1", "read_rows_per_task=2",
          "eval_max_new_tokens=8", "eval_max_live=2",
          "sft=[max_steps=1, data.batch_size=2, 'data.buckets=[512]', checkpoint.every=0]",
@@ -54,21 +56,24 @@ def test_short_pipeline_runs_every_stage(short_run):
         assert read_episode_card(model)["max_frames"] == settings.MAX_FRAMES  # `--model DIR` plays the toy episode
     init = Thinker.from_pretrained(root / "init")  # its output head starts as the input embedding's transpose
     np.testing.assert_array_equal(init.lm_head.kernel[...], init.model.embed_tokens.embedding[...].T)
-    for phase in ("frame", "label", "log", "agent"):
+    for phase in ("frame", "word", "label", "log", "agent"):
         assert len(_lines(root / "read" / f"{phase}.jsonl")) == 4  # 2 rows per task (agent: per expert episode)
+    for phase in ("frame", "word"):  # read_frame_words and the word phase: no labels in the output
+        assert all(not re.search(r"\d\.\d\ds", r["output"]) for r in _lines(root / "read" / f"{phase}.jsonl"))
     assert len(_lines(root / "read" / "copy.jsonl")) == stages.COPY_BATCH  # one step's rows
     # read_log_looks=event reaches the log phase's rows (its seed: the pipeline's, as stage_read derives it)
     looks = reading_rows(_lines(root / "data" / "train.jsonl"), root / "data", frames=None, per_task=2,
                          seed=cfg.seed * 10 + 1, looks="event")
     assert _lines(root / "read" / "log.jsonl") == list(looks)
-    for phase in ("frame", "label", "copy", "log", "agent"):
+    for phase in ("frame", "word", "label", "copy", "log", "agent"):
         assert [m["step"] for m in _lines(root / "read" / phase / "metrics.jsonl")] == [1]
     # each phase starts from the checkpoint before it; the agentic SFT from the last
     def init_of(run: str) -> str:
         return yaml.safe_load((root / run / "config.yaml").read_text())["init"]
 
     assert init_of("read/frame") == str(root / "init")
-    assert init_of("read/label") == str(root / "read" / "frame" / "export_jax")
+    assert init_of("read/word") == str(root / "read" / "frame" / "export_jax")
+    assert init_of("read/label") == str(root / "read" / "word" / "export_jax")
     assert init_of("read/copy") == str(root / "read" / "label" / "export_jax")
     assert init_of("read/log") == str(root / "read" / "copy" / "export_jax")
     assert init_of("read/agent") == str(root / "read" / "log" / "export_jax")
@@ -116,6 +121,8 @@ def test_finished_stages_are_skipped(short_run, monkeypatch):
     (["sft=max_steps"], "sft must be a list of key=value"),
     (["sft_config=missing.yaml"], "sft_config missing.yaml not found"),
     (["head_from_embeddings=maybe"], "head_from_embeddings must be true or false"),
+    (["read_frame_words=1"], "read_frame_words must be true or false"),
+    (["read_word_steps=-1"], "read_word_steps must be >= 0"),
     (["read_copy_steps=-1"], "read_copy_steps must be >= 0"),
     (["read_frame_steps=-1"], "read_frame_steps must be >= 0"),
     (["read_label_steps=-2"], "read_label_steps must be >= 0"),

@@ -132,6 +132,20 @@ def test_event_looks_surround_the_question_event(tasks):
     assert len(looks) > 2 * len(rows)  # starts and steps vary per look, not one look per video
 
 
+def test_word_rows_are_the_log_without_labels(tasks):
+    """``words=True``: the same looks and what each frame shows, in frame order, without the labels."""
+    path, rows = tasks
+    for frames in (1, None):
+        logs = list(reading_rows(rows, path.parent, frames=frames, per_task=3, seed=6))
+        words = list(reading_rows(rows, path.parent, frames=frames, per_task=3, seed=6, words=True))
+        assert [r["raw_input"] for r in words] == [r["raw_input"] for r in logs]
+        for log, word in zip(logs, words):
+            entries = log["output"].split(", ")
+            assert word["output"] == ", ".join(e.split(" ", 1)[1] for e in entries)
+            assert not re.search(r"\d+\.\d\ds", word["output"])  # no label left
+            assert len(word["output"].split(", ")) == (1 if frames == 1 else world.MAX_FRAMES)
+
+
 def test_rows_are_deterministic_and_load_for_sft(tasks, tmp_path):
     path, rows = tasks
     a = write_reading_rows(path, tmp_path / "a.jsonl", frames=None, per_task=2, seed=3)

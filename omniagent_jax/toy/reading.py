@@ -129,11 +129,12 @@ def _question(task: world.Task) -> str:
 
 
 def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, *, frames: int | None,
-                 per_task: int, seed: int, looks: str = "expert") -> Iterator[dict[str, Any]]:
+                 per_task: int, seed: int, looks: str = "expert", words: bool = False) -> Iterator[dict[str, Any]]:
     """``per_task`` step rows (the SFT ``raw_input`` / ``output`` / ``extra_info.video`` format) per task row of a
     split written under ``data_root``: with ``frames=1`` one frame and its colour log entry; with ``frames=None``
     the task's question, a look of 12 frames placed as ``looks`` says (a :data:`LOG_LOOKS` key) and the frame log
-    the expert writes for that question."""
+    the expert writes for that question. ``words``: the log without its labels (``-, -, magenta``), what each frame
+    shows in frame order: reading on its own, which a label to copy first keeps from forming (docs/toy.md §5)."""
     if frames not in (1, None):
         raise ValueError(f"frames must be 1 or None, got {frames!r}")
     if looks not in LOG_LOOKS:
@@ -154,6 +155,8 @@ def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, 
                 sizes = task.question_type == "SIZE" and rng.random() < 0.5
                 content = [{"type": "text", "text": _question(task)}, *content]
                 output = frame_log(labels, seen, focus, sizes=sizes)
+            if words:
+                output = ", ".join(entry.split(" ", 1)[1] for entry in output.split(", "))
             yield _row(content, output, video, task)
 
 
@@ -236,11 +239,11 @@ def _read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def write_reading_rows(tasks_path: str | pathlib.Path, out: str | pathlib.Path, *, frames: int | None, per_task: int,
-                       seed: int, looks: str = "expert") -> pathlib.Path:
+                       seed: int, looks: str = "expert", words: bool = False) -> pathlib.Path:
     """:func:`reading_rows` over the task rows of ``tasks_path`` (videos beside it), written to ``out`` as JSONL."""
     tasks_path = pathlib.Path(tasks_path)
     rows = reading_rows(_read_jsonl(tasks_path), tasks_path.parent, frames=frames, per_task=per_task, seed=seed,
-                        looks=looks)
+                        looks=looks, words=words)
     return _write_rows(rows, pathlib.Path(out))
 
 

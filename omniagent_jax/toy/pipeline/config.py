@@ -34,11 +34,13 @@ class PipelineConfig:
     rl_config: str = "configs/toy/taura.yaml"
     sft: tuple[str, ...] = ()  # key=value overrides of the SFT config
     rl: tuple[str, ...] = ()  # key=value overrides of the RL config
-    # The reading curriculum before SFT (toy.reading; docs/toy.md §5): steps of one-frame rows (batch 16), of label
-    # rows (batch 8; off by default: 23 min for 3,000 steps, no gain in score yet), of copy rows (batch 32; off by
-    # default: text-only rows erase the frame reading), of frame-log rows (batch 8), then of agent-layout rows (batch
-    # 8; off by default), each from the checkpoint before; 0 skips a phase.
+    # The reading curriculum before SFT (toy.reading; docs/toy.md §5): steps of one-frame rows (batch 16), of word
+    # rows (batch 16; off by default), of label rows (batch 8; off by default: 23 min for 3,000 steps, no gain in score
+    # yet), of copy rows (batch 32; off by default: text-only rows erase the frame reading), of frame-log rows (batch
+    # 8), then of agent-layout rows (batch 8; off by default), each from the checkpoint before; 0 skips a phase.
     read_frame_steps: int = 1000
+    read_frame_words: bool = False  # one-frame rows' output the word alone (`magenta`), no label to copy first
+    read_word_steps: int = 0  # then looks of 12 frames whose output is their words alone (batch 16)
     read_label_steps: int = 0
     read_copy_steps: int = 0
     read_log_steps: int = 800
@@ -65,8 +67,9 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise PipelineError(f"unknown pipeline key(s) {unknown}; known: {sorted(fields)}")
-    if "head_from_embeddings" in raw and not isinstance(raw["head_from_embeddings"], bool):
-        raise PipelineError(f"head_from_embeddings must be true or false, got {raw['head_from_embeddings']!r}")
+    for key in ("head_from_embeddings", "read_frame_words"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise PipelineError(f"{key} must be true or false, got {raw[key]!r}")
     for key in ("sft", "rl"):
         if key in raw:
             value = raw[key] or []
@@ -75,7 +78,7 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
             raw[key] = tuple(value)
     for key in ("seed", "train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live",
                 "read_agent_steps", "read_copy_steps", "read_frame_steps", "read_label_steps", "read_log_steps",
-                "read_rows_per_task"):
+                "read_rows_per_task", "read_word_steps"):
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
             raise PipelineError(f"{key} must be an integer, got {raw[key]!r}")
     if "read_log_looks" in raw and raw["read_log_looks"] not in LOG_LOOKS:
@@ -87,7 +90,8 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
     for key in ("sft_config", "rl_config"):
         if not pathlib.Path(getattr(cfg, key)).is_file():
             raise PipelineError(f"{key} {getattr(cfg, key)} not found")
-    for key in ("read_agent_steps", "read_copy_steps", "read_frame_steps", "read_label_steps", "read_log_steps"):
+    for key in ("read_agent_steps", "read_copy_steps", "read_frame_steps", "read_label_steps", "read_log_steps",
+                "read_word_steps"):
         if getattr(cfg, key) < 0:
             raise PipelineError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if cfg.root.is_file():

@@ -135,10 +135,11 @@ def stage_init(cfg: PipelineConfig) -> pathlib.Path:
 
 
 def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path, sft_rows: pathlib.Path) -> pathlib.Path:
-    """The reading curriculum (`toy.reading`): SFT runs on one-frame rows, then on label rows (a look's labels alone),
+    """The reading curriculum (`toy.reading`): SFT runs on one-frame rows, then on word rows (a look's words alone,
+    no labels), then on label rows (a look's labels alone),
     then on copy rows (text only), then on frame-log rows, then on agent-layout rows (the expert's second turns with
     their look replaced), each from the checkpoint before; returns the checkpoint the agentic SFT starts from
-    (``init`` when every phase has 0 steps). Frame, label and agent rows come from the train split's videos; each
+    (``init`` when every phase has 0 steps). Frame, word, label and agent rows come from the train split's videos; each
     phase is skipped once exported."""
     from omniagent_jax.toy.reading import (
         COPY_MAX_TOKENS,
@@ -150,16 +151,17 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
     from omniagent_jax.train.config import load_config
     from omniagent_jax.train.sft import train
 
-    def frame_rows(frames: int | None, seed: int):
+    def frame_rows(frames: int | None, seed: int, words: bool = False):
         return lambda rows: write_reading_rows(train_rows, rows, frames=frames, per_task=cfg.read_rows_per_task, seed=seed,
-                                               looks=cfg.read_log_looks)
+                                               looks=cfg.read_log_looks, words=words)
 
     model = init
     # copy rows are short, so they get their own buckets
     copy_lengths = [f"data.max_length={COPY_MAX_TOKENS}", f"data.buckets=[{COPY_MAX_TOKENS // 2},{COPY_MAX_TOKENS}]"]
     # (name, writes the rows, batch size, steps, overrides)
     phases = (
-        ("frame", frame_rows(1, cfg.seed * 10), 16, cfg.read_frame_steps, []),
+        ("frame", frame_rows(1, cfg.seed * 10, cfg.read_frame_words), 16, cfg.read_frame_steps, []),
+        ("word", frame_rows(None, cfg.seed * 10 + 5, True), 16, cfg.read_word_steps, []),
         ("label", lambda rows: write_label_rows(train_rows, rows, per_task=cfg.read_rows_per_task, seed=cfg.seed * 10 + 3),
          8, cfg.read_label_steps, []),
         ("copy", lambda rows: write_copy_rows(rows, count=cfg.read_copy_steps * COPY_BATCH, seed=cfg.seed * 10 + 2),
