@@ -40,6 +40,16 @@ def _frames_message(times: list[float], video: str) -> list[dict[str, Any]]:
     return parts
 
 
+def _labels(times: list[float]) -> list[str]:
+    """The frame labels of ``times`` as a log writes them (``12.50s``)."""
+    return [prompts.format_seconds(t) + "s" for t in times]
+
+
+def _scan_times(task: world.Task) -> list[float]:
+    """The expert's coarse scan: 12 frames over the whole video."""
+    return np.linspace(0.0, float(task.duration), world.MAX_FRAMES).tolist()
+
+
 def _one_frame_time(rng: np.random.Generator, task: world.Task) -> list[float]:
     """One frame on the frame grid, inside a lit span half the time."""
     spans = [(e.start, e.end) for e in task.events]
@@ -51,9 +61,9 @@ def _expert_look_times(rng: np.random.Generator, task: world.Task) -> list[float
     """A look of 12 frames as the expert takes them: the whole video, or between two scan frames 1–3 spacings apart
     around an event (the question's own event three times in four), so every label is a grid time (one token)."""
     spans = [(e.start, e.end) for e in task.events]
-    scan = np.linspace(0.0, float(task.duration), world.MAX_FRAMES)
+    scan = _scan_times(task)
     if rng.random() < 0.5:
-        return scan.tolist()
+        return scan
     start, _ = spans[task.target] if rng.random() < 0.75 else spans[rng.integers(len(spans))]
     spacings = int(rng.integers(1, 4))
     first = int(np.clip(int(start // world.coarse_spacing(task.duration)) - int(rng.integers(0, 2)), 0,
@@ -103,7 +113,7 @@ def label_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, *,
         for _ in range(per_task):
             times = _random_look_times(rng, task)
             content = [{"type": "text", "text": _question(task)}, *_frames_message(times, video)]
-            yield _row(content, ", ".join(prompts.format_seconds(t) + "s" for t in times), video, task)
+            yield _row(content, ", ".join(_labels(times)), video, task)
 
 
 def _task_videos(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path,
@@ -146,7 +156,7 @@ def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, 
         for _ in range(per_task):
             times = look_times(rng, task)
             seen = [perceive.look(np.asarray(f)) for f in reader.frames(times)]
-            labels = [prompts.format_seconds(t) + "s" for t in times]
+            labels = _labels(times)
             content = _frames_message(times, video)
             if frames == 1:
                 output = frame_log(labels, seen)
@@ -188,8 +198,8 @@ def agent_rows(step_rows: Iterable[Mapping[str, Any]], tasks: list[Mapping[str, 
         reader = open_video(video)
         for _ in range(per_task):
             scan = rng.random() < scan_share
-            times = np.linspace(0.0, float(task.duration), world.MAX_FRAMES).tolist() if scan else _event_look_times(rng, task)
-            labels = [prompts.format_seconds(t) + "s" for t in times]
+            times = _scan_times(task) if scan else _event_look_times(rng, task)
+            labels = _labels(times)
             first = {"role": "assistant", "content": [{"type": "text", "text": first_look(labels[0], labels[-1], len(times),
                                                                                              scan=scan)}]}
             frames = {"role": "user", "content": [*_frames_message(times, video), notice]}
