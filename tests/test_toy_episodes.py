@@ -21,11 +21,11 @@ SCAN = [0.0, 5.0, 10.0, 15.0]
 LOOK = [9.0, 10.0, 11.0, 12.0]
 EPISODES = [
     # sees the lit frame at 10.00 s, copies every scan label and names its first dot; answers right
-    _result("TR", [_frames(SCAN, "Nothing yet."), _frames(LOOK, "0.00s -, 5.00s -, 10.00s lit, 15.00s dot. dot from 15.00s."),
-                   {"observation": "9.00s -, 10.00s lit, 12.00s lit, 12.00s dot. lit at 10.00s.", "media": None}],
+    _result("TR", [_frames(SCAN, "Nothing yet."), _frames(LOOK, "- 0.00s, - 5.00s, lit 10.00s, dot 15.00s. dot from 15.00s."),
+                   {"observation": "- 9.00s, lit 10.00s, lit 12.00s, dot 12.00s. lit at 10.00s.", "media": None}],
             correct=True, answer="[[10.00, 14.00]]"),
     # frames only: for NUM that is not the evidence (the beeps are heard); one scan label wrong, "dot from" wrong
-    _result("NUM", [_frames(SCAN, "Nothing yet."), {"observation": "0.00s -, 5.00s dot, 10.00s dot, 15.00s dot. dot from 10.00s.",
+    _result("NUM", [_frames(SCAN, "Nothing yet."), {"observation": "- 0.00s, dot 5.00s, dot 10.00s, dot 15.00s. dot from 10.00s.",
                                                     "media": None}], correct=True, answer="3", beeps=3),
     # audio over the beeps (10.0–10.9 s) covers a NUM event; wrong answer
     _result("NUM", [{"observation": "x", "media": {"kind": "audio", "start": 10.5, "end": 12.0}}, {"observation": "y"}],

@@ -25,7 +25,8 @@ from omniagent_jax.processing.policy_contract import PolicyError
 from omniagent_jax.processing.processor import OmniProcessor
 from omniagent_jax.processing.tokenizer import load_tokenizer, save_pretrained_tokenizer
 from omniagent_jax.toy import settings, splits, tokenizer
-from omniagent_jax.toy.expert import ExpertPolicy, UniformScanPolicy
+from omniagent_jax.toy.expert import ExpertPolicy, UniformScanPolicy, frame_log, read_log
+from omniagent_jax.toy.perceive import Seen
 
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -73,8 +74,8 @@ def test_every_number_the_expert_writes_is_in_its_context(played):
 
 
 def test_frame_observations_log_every_frame_in_order(played):
-    """After frames, the observation starts with one entry per frame, in the order of their labels, and its
-    summary names the first lit frame of the log."""
+    """After frames, the observation starts with one entry per frame, in the order of their labels (what the frame
+    showed, then its label), and its summary names the first lit frame of the log."""
     _, expert, _ = played
     logged = 0
     for result in expert:
@@ -86,14 +87,33 @@ def test_frame_observations_log_every_frame_in_order(played):
             labels = [t[len("Frame "):-1] for t in texts if t.startswith("Frame ")]
             observation = re.search(r'"observation": "([^"]*)"', step.output).group(1)
             log, summary = observation.split(". ", 1)
-            entries = [e.split(" ", 1) for e in log.split(", ")]
-            assert [label for label, _ in entries] == labels
-            assert all(re.fullmatch(r"-|dot|lit|lit \d+px|[a-z]+", what) for _, what in entries), entries
-            lit = [label for label, what in entries if what.startswith("lit")]
+            entries = [e.rsplit(" ", 1) for e in log.split(", ")]  # what the frame showed, then its label
+            assert [label for _, label in entries] == labels
+            assert all(re.fullmatch(r"-|dot|lit|lit \d+px|[a-z]+", what) for what, _ in entries), entries
+            lit = [label for what, label in entries if what.startswith("lit")]
             if lit:
                 assert re.search(rf"lit at {re.escape(lit[0])}\b", summary), (lit, summary)
             logged += 1
     assert logged >= len(expert)
+
+
+def test_frame_log_reads_back():
+    """``read_log`` returns the entries ``frame_log`` writes (what, label, where ``what`` starts), and stops where the
+    log does."""
+    labels = ["0.00s", "2.75s", "5.50s", "8.25s"]
+    seen = [[], [Seen("red", 0, 13)], [Seen("red", 0, 0), Seen("cyan", 2, 9)], [Seen("red", 0, 0), Seen("cyan", 2, 0)]]
+    log = frame_log(labels, seen, "red", sizes=True)
+    assert log == "- 0.00s, lit 13px 2.75s, dot 5.50s, dot 8.25s"
+    assert frame_log(labels, seen) == "- 0.00s, red 2.75s, cyan 5.50s, - 8.25s"
+    assert frame_log(labels, seen, "red", with_labels=False) == "-, lit, dot, dot"
+    observation = log + ". square (13 px) lit at 2.75s; dot from 5.50s."
+    entries = read_log(observation)
+    assert [(e.what, e.word, e.label) for e in entries] == [
+        ("-", "-", "0.00s"), ("lit 13px", "lit", "2.75s"), ("dot", "dot", "5.50s"), ("dot", "dot", "8.25s")]
+    assert [observation[e.at : e.at + len(e.what)] for e in entries] == ["-", "lit 13px", "dot", "dot"]
+    assert [e.label for e in read_log("- 0.00s, dot 4.27s, then something else. x")] == ["0.00s", "4.27s"]
+    for text in ("Nothing inspected yet.", "A steady high tone.", "3 short high beeps.", "0.00s -, 2.75s lit."):
+        assert read_log(text) == []
 
 
 def test_rows_fit_the_toy_tokenizer(played, tmp_path):

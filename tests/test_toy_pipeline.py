@@ -20,7 +20,7 @@ from omniagent_jax.toy.reading import reading_rows
 
 SHORT = ["train_tasks=2", "test_tasks=1", "data_workers=2", "read_copy_steps=1", "read_frame_steps=1", "read_frame_words=true",
          "read_word_steps=1", "read_label_steps=1",
-         "read_log_steps=1", "read_log_looks=event", "read_agent_steps=1", "read_rows_per_task=2",
+         "read_log_steps=1", "read_log_looks=event", "read_word_looks=single", "read_agent_steps=1", "read_rows_per_task=2",
          "eval_max_new_tokens=8", "eval_max_live=2",
          "sft=[max_steps=1, data.batch_size=2, 'data.buckets=[512]', checkpoint.every=0]",
          "rl=[steps=1, 'data.mix=[MCQ=1]', rollout.n=2, rollout.max_new_tokens=8, rollout.num_pages=256, rollout.max_batch=4, "
@@ -65,6 +65,9 @@ def test_short_pipeline_runs_every_stage(short_run):
     looks = reading_rows(_lines(root / "data" / "train.jsonl"), root / "data", frames=None, per_task=2,
                          seed=cfg.seed * 10 + 1, looks="event")
     assert _lines(root / "read" / "log.jsonl") == list(looks)
+    words = reading_rows(_lines(root / "data" / "train.jsonl"), root / "data", frames=None, per_task=2,
+                         seed=cfg.seed * 10 + 5, looks="single", words=True)
+    assert _lines(root / "read" / "word.jsonl") == list(words)  # and read_word_looks=single the word phase's
     for phase in ("frame", "word", "label", "copy", "log", "agent"):
         assert [m["step"] for m in _lines(root / "read" / phase / "metrics.jsonl")] == [1]
     # each phase starts from the checkpoint before it; the agentic SFT from the last
@@ -129,6 +132,7 @@ def test_finished_stages_are_skipped(short_run, monkeypatch):
     (["read_agent_steps=-1"], "read_agent_steps must be >= 0"),
     (["read_log_steps=many"], "read_log_steps must be an integer"),
     (["read_log_looks=sideways"], "read_log_looks must be one of"),
+    (["read_word_looks=sideways"], "read_word_looks must be one of"),
     (["read_rows_per_task=0"], "read_rows_per_task must be >= 1"),
 ])
 def test_bad_pipeline_config(overrides, message):
@@ -208,18 +212,18 @@ def test_results_table_from_eval_runs(short_run, tmp_path):
 def test_log_entries_point_at_what_each_frame_showed():
     from omniagent_jax.toy.pipeline.perception import log_entries
 
-    output = ('{"observation": "0.00s -, 4.27s magenta, 8.55s dot, 12.82s lit 13px. magenta square lit at 4.27s.", '
+    output = ('{"observation": "- 0.00s, magenta 4.27s, dot 8.55s, lit 13px 12.82s. magenta square lit at 4.27s.", '
               '"think": "t", "confidence": 0.5, "action": {"type": "answer", "content": "A"}}')
     entries = log_entries(output)
     assert [kind for _, kind, _ in entries] == ["-", "colour", "dot", "lit"]
-    assert [output[i : i + 3] for i, _, _ in entries] == ["-, ", "mag", "dot", "lit"]
+    assert [output[i : i + 3] for i, _, _ in entries] == ["- 0", "mag", "dot", "lit"]
     assert [changed for _, _, changed in entries] == [False, True, True, True]
-    runs = log_entries('{"observation": "0.00s -, 1.00s -, 2.00s red, 3.00s red, 4.00s blue, 5.00s dot, 6.00s dot."}')
+    runs = log_entries('{"observation": "- 0.00s, - 1.00s, red 2.00s, red 3.00s, blue 4.00s, dot 5.00s, dot 6.00s."}')
     assert [changed for _, _, changed in runs] == [False, False, True, False, True, True, False]
     for text in ("Nothing inspected yet.", "A steady high tone."):
         assert log_entries(json.dumps({"observation": text, "think": "t", "confidence": 0.5, "action": {}})) == []
-    assert [kind for _, kind, _ in log_entries('{"observation": "0.00s -, 4.27s dot."}')] == ["-", "dot"]
-    assert log_entries('{"observation": "0.00s -, 4.27s') == []  # cut off: not JSON
+    assert [kind for _, kind, _ in log_entries('{"observation": "- 0.00s, dot 4.27s."}')] == ["-", "dot"]
+    assert log_entries('{"observation": "- 0.00s, dot 4.27s') == []  # cut off: not JSON
 
 
 def test_perception_report_scores_every_log_entry(short_run, capsys):

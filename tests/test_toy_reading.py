@@ -64,7 +64,7 @@ def test_one_frame_rows_name_what_is_lit(tasks):
         assert header == prompts.frames_header(t, t, 1)
         assert [p["type"] for p in row["raw_input"][0]["content"]] == ["text", "text", "image"]
         colours = _lit_colours(task, t)
-        assert row["output"] == f"{prompts.format_seconds(t)}s {' '.join(colours) or '-'}"
+        assert row["output"] == f"{' '.join(colours) or '-'} {prompts.format_seconds(t)}s"
         lit += bool(colours)
     assert 0.25 * len(out) < lit < 0.9 * len(out)  # about half the frames are picked inside a lit span
 
@@ -82,12 +82,12 @@ def _log_times(task: world.Task, row: dict) -> list[float]:
 
 def _check_log(task: world.Task, times: list[float], output: str) -> int:
     """The log names what each frame shows (the world's schedule); returns how many frames show the question's square lit."""
-    entries = output.split(", ")
-    assert [e.split(" ")[0] for e in entries] == [prompts.format_seconds(t) + "s" for t in times]
+    entries = output.split(", ")  # each: what the frame shows, then its label
+    assert [e.rsplit(" ", 1)[1] for e in entries] == [prompts.format_seconds(t) + "s" for t in times]
     target = task.events[task.target]
     focused = 0
     for t, entry in zip(times, entries):
-        what = entry.split(" ", 1)[1]
+        what = entry.rsplit(" ", 1)[0]
         if task.question_type == "MCQ":
             assert what == (" ".join(_lit_colours(task, t)) or "-")
         else:  # the log of the question's square: lit (with its size on some SIZE rows), its dot, or nothing
@@ -132,6 +132,27 @@ def test_event_looks_surround_the_question_event(tasks):
     assert len(looks) > 2 * len(rows)  # starts and steps vary per look, not one look per video
 
 
+def test_single_looks_hold_one_lit_frame(tasks):
+    """``looks="single"``: 12 distinct grid times in order, exactly one inside the question's lit span (MCQ: inside
+    one square's span) and none inside another event's; the log is the expert's for those frames."""
+    path, rows = tasks
+    out = list(reading_rows(rows, path.parent, frames=None, per_task=6, seed=8, looks="single"))
+    looks = set()
+    for i, row in enumerate(out):
+        task = world.generate_task("test", rows[i // 6]["extra_info"]["index"])
+        times = _log_times(task, row)
+        assert len(set(times)) == world.MAX_FRAMES and times == sorted(times) and times[-1] <= task.duration
+        assert all(round(t * world.FPS, 6) == round(t * world.FPS) for t in times)  # on the frame grid
+        inside = [[e.start <= _frame_time(task, t) < e.end for t in times] for e in task.events]
+        assert sum(map(sum, inside)) == 1
+        if task.question_type != "MCQ":
+            assert sum(inside[task.target]) == 1 and _check_log(task, times, row["output"]) == 1
+        else:
+            _check_log(task, times, row["output"])
+        looks.add(tuple(times))
+    assert len(looks) == len(out)  # a fresh draw every look
+
+
 def test_word_rows_are_the_log_without_labels(tasks):
     """``words=True``: the same looks and what each frame shows, in frame order, without the labels."""
     path, rows = tasks
@@ -141,7 +162,7 @@ def test_word_rows_are_the_log_without_labels(tasks):
         assert [r["raw_input"] for r in words] == [r["raw_input"] for r in logs]
         for log, word in zip(logs, words):
             entries = log["output"].split(", ")
-            assert word["output"] == ", ".join(e.split(" ", 1)[1] for e in entries)
+            assert word["output"] == ", ".join(e.rsplit(" ", 1)[0] for e in entries)
             assert not re.search(r"\d+\.\d\ds", word["output"])  # no label left
             assert len(word["output"].split(", ")) == (1 if frames == 1 else world.MAX_FRAMES)
 
@@ -266,7 +287,7 @@ def test_copy_rows_repeat_a_frame_log(tmp_path):
         entries = row["output"].split(", ")
         sizes.add(len(entries))
         for entry in entries:
-            label, what = entry.split(" ")
+            what, label = entry.split(" ")
             assert re.fullmatch(r"\d+\.\d\ds", label) and 0 <= float(label[:-1]) <= world.MAX_DURATION
             assert what in LOG_WORDS
     assert sizes == set(range(2, 10))

@@ -13,6 +13,7 @@ system prompt, the choices in the question. Baseline: the same coarse scan, then
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -51,9 +52,10 @@ class _Frames:
             out += [s.colour for s in things if s.colour not in out]
         return out
 
-    def log(self, focus: str = "", *, sizes: bool = False) -> str:
+    def log(self, focus: str = "", *, sizes: bool = False, labels: bool = True) -> str:
         """Frame by frame, in order: what each frame shows of ``focus`` (``lit``, with the square's size when
-        ``sizes``; ``dot``; ``-``), or with no focus the colour of the lit square (``-`` when none)."""
+        ``sizes``; ``dot``; ``-``), or with no focus the colour of the lit square (``-`` when none); then, when
+        ``labels``, the frame's label (``-, 2.75s`` is written ``- 2.75s``)."""
         entries = []
         for label, things in zip(self.labels, self.seen):
             if focus:
@@ -62,16 +64,19 @@ class _Frames:
                 what = (f"lit {lit[0].size}px" if sizes else "lit") if lit else "dot" if dot else "-"
             else:
                 what = " ".join(s.colour for s in things if s.lit) or "-"
-            entries.append(f"{label} {what}")
+            entries.append(f"{what} {label}" if labels else what)
         return ", ".join(entries)
 
     def describe(self, focus: str = "", *, sizes: bool = False) -> str:
         """What the frames showed: the frame-by-frame log, then per colour (only ``focus`` when given) the frames
         where its square was lit and where its dot first showed.
 
-        The log comes first so that a model writes each frame's label right after the previous one and what the
-        frame shows right after its label: one look-up per token (the image that follows the label just written),
-        where a summary alone asks it to find the lit image among all of them and copy the label before it."""
+        The log comes first, each entry what the frame shows and then its label, so that a model reads the frames
+        in order (the word after ``, `` is the next frame's picture) and copies the label of the frame it has just
+        read; the summary and the action then copy labels that stand right after (or before) a word of the log. A
+        label first would have the model find, for each entry, the label just written in the prompt and the image
+        after it: with one token per label that look-up keeps the decoder from ever reading (docs/toy.md §5).
+        """
         facts = []
         for colour in self.colours():
             if focus and colour != focus:
@@ -88,9 +93,41 @@ class _Frames:
         return f"{self.log(focus, sizes=sizes)}. " + ("; ".join(facts) if facts else "no coloured square") + "."
 
 
-def frame_log(labels: list[str], seen: list[list[perceive.Seen]], focus: str = "", *, sizes: bool = False) -> str:
+def frame_log(labels: list[str], seen: list[list[perceive.Seen]], focus: str = "", *, sizes: bool = False,
+              with_labels: bool = True) -> str:
     """The frame log the expert writes for frames labelled ``labels`` that show ``seen`` (see ``_Frames.log``)."""
-    return _Frames(labels, seen).log(focus, sizes=sizes)
+    return _Frames(labels, seen).log(focus, sizes=sizes, labels=with_labels)
+
+
+_LOG_ENTRY = re.compile(r"(?P<what>[a-z-][a-z0-9 -]*?) (?P<label>\d+\.\d\ds)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogEntry:
+    """One entry of a frame log: what the frame showed (``-``, ``lit``, ``lit 13px``, ``dot``, colours), its label
+    (``12.50s``) and the character offset of ``what`` in the observation."""
+
+    what: str
+    label: str
+    at: int
+
+    @property
+    def word(self) -> str:
+        """The entry's first word: ``-``, ``lit``, ``dot`` or a colour."""
+        return self.what.split(" ")[0]
+
+
+def read_log(observation: str) -> list[LogEntry]:
+    """The entries of the frame log that opens ``observation`` (as :func:`frame_log` writes them, up to the first
+    ``. ``; the log ends at the first entry that is not one)."""
+    entries, offset = [], 0
+    for text in observation.split(". ", 1)[0].removesuffix(".").split(", "):
+        found = _LOG_ENTRY.fullmatch(text)
+        if not found:
+            break
+        entries.append(LogEntry(found["what"], found["label"], offset))
+        offset += len(text) + 2
+    return entries
 
 
 class _Context:

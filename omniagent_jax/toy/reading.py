@@ -29,7 +29,7 @@ from omniagent_jax.toy.expert import ExpertPolicy, first_look, frame_log
 
 COPY_ENTRIES = (2, 9)  # entries per copy row (inclusive): rows stay within COPY_MAX_TOKENS
 COPY_MAX_TOKENS = 128  # the longest copy row in toy tokens, chat template included: the copy phase's max_length
-LOG_WORDS = ("-", "lit", "dot", *world.COLOURS)  # what a frame-log entry says after its label
+LOG_WORDS = ("-", "lit", "dot", *world.COLOURS)  # what a frame-log entry says before its label
 
 
 def _frames_message(times: list[float], video: str) -> list[dict[str, Any]]:
@@ -98,9 +98,21 @@ def _event_look_times(rng: np.random.Generator, task: world.Task) -> list[float]
     return _grid_look(int(rng.integers(max(0, first_lit - span), min(first_lit, frames - span) + 1)), step)
 
 
-# How the log phase places its 12-frame looks (docs/toy.md §5): as the expert takes them, or around the question's
-# event at a random grid step.
-LOG_LOOKS = {"expert": _expert_look_times, "event": _event_look_times}
+def _single_look_times(rng: np.random.Generator, task: world.Task) -> list[float]:
+    """A look of 12 frames at distinct random grid times in increasing order, exactly one of them inside the question's
+    lit span (MCQ: inside one of its two squares' spans and no other): the one lit frame among twelve that a whole-video
+    scan of a short event shows, at a place no pattern predicts, so naming it takes reading that frame."""
+    frames = int(task.duration * world.FPS)
+    spans = [(math.ceil(e.start * world.FPS - 1e-6), math.ceil(e.end * world.FPS - 1e-6)) for e in task.events]
+    start, end = spans[task.target] if task.question_type != "MCQ" else spans[rng.integers(len(spans))]
+    dark = np.setdiff1d(np.arange(frames), np.concatenate([np.arange(a, b) for a, b in spans]))
+    picked = [int(rng.integers(start, end)), *rng.choice(dark, world.MAX_FRAMES - 1, replace=False).tolist()]
+    return [f / world.FPS for f in sorted(picked)]
+
+
+# How the log and word phases place their 12-frame looks (docs/toy.md §5): as the expert takes them, around the question's
+# event at a random grid step, or one lit frame among eleven at random times.
+LOG_LOOKS = {"expert": _expert_look_times, "event": _event_look_times, "single": _single_look_times}
 
 
 def label_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, *, per_task: int,
@@ -159,14 +171,12 @@ def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, 
             labels = _labels(times)
             content = _frames_message(times, video)
             if frames == 1:
-                output = frame_log(labels, seen)
+                output = frame_log(labels, seen, with_labels=not words)
             else:
                 focus = "" if task.question_type == "MCQ" else task.events[task.target].colour
                 sizes = task.question_type == "SIZE" and rng.random() < 0.5
                 content = [{"type": "text", "text": _question(task)}, *content]
-                output = frame_log(labels, seen, focus, sizes=sizes)
-            if words:
-                output = ", ".join(entry.split(" ", 1)[1] for entry in output.split(", "))
+                output = frame_log(labels, seen, focus, sizes=sizes, with_labels=not words)
             yield _row(content, output, video, task)
 
 
@@ -213,7 +223,7 @@ def agent_rows(step_rows: Iterable[Mapping[str, Any]], tasks: list[Mapping[str, 
 
 def copy_rows(count: int, seed: int) -> Iterator[dict[str, Any]]:
     """``count`` text-only rows whose output repeats the user's message: a frame log of 2–9 entries at random times
-    on the frame grid in 0–575 s (``163.75s lit, 170.00s -``): copying from the context (an induction head), the first
+    on the frame grid in 0–575 s (``lit 163.75s, - 170.00s``): copying from the context (an induction head), the first
     hop of every log entry, summary and action the agent writes, on its own. 1,200 steps of 32 copy 76 % of the tokens; text-only
     rows also erase the frame reading learned before them (docs/toy.md §5)."""
     if count < 1:
@@ -222,7 +232,7 @@ def copy_rows(count: int, seed: int) -> Iterator[dict[str, Any]]:
     for _ in range(count):
         n = int(rng.integers(COPY_ENTRIES[0], COPY_ENTRIES[1] + 1))
         times = np.round(rng.uniform(0.0, float(world.MAX_DURATION), n) * world.FPS) / world.FPS
-        text = ", ".join(f"{prompts.format_seconds(t)}s {LOG_WORDS[rng.integers(len(LOG_WORDS))]}" for t in times)
+        text = ", ".join(f"{LOG_WORDS[rng.integers(len(LOG_WORDS))]} {prompts.format_seconds(t)}s" for t in times)
         yield {"raw_input": [{"role": "user", "content": [{"type": "text", "text": text}]}], "output": text,
                "extra_info": {}}
 

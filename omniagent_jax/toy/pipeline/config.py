@@ -45,6 +45,7 @@ class PipelineConfig:
     read_copy_steps: int = 0
     read_log_steps: int = 800
     read_log_looks: str = "expert"  # the log phase's looks: the expert's, or around the event (toy.reading.LOG_LOOKS)
+    read_word_looks: str = "expert"  # the word phase's looks (toy.reading.LOG_LOOKS)
     read_agent_steps: int = 0
     read_rows_per_task: int = 12
     eval_max_new_tokens: int = settings.MAX_NEW_TOKENS
@@ -81,8 +82,9 @@ def load_pipeline_config(path: str | None, overrides: list[str] | tuple[str, ...
                 "read_rows_per_task", "read_word_steps"):
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
             raise PipelineError(f"{key} must be an integer, got {raw[key]!r}")
-    if "read_log_looks" in raw and raw["read_log_looks"] not in LOG_LOOKS:
-        raise PipelineError(f"read_log_looks must be one of {sorted(LOG_LOOKS)}, got {raw['read_log_looks']!r}")
+    for key in ("read_log_looks", "read_word_looks"):
+        if key in raw and raw[key] not in LOG_LOOKS:
+            raise PipelineError(f"{key} must be one of {sorted(LOG_LOOKS)}, got {raw[key]!r}")
     cfg = PipelineConfig(**raw)
     for key in ("train_tasks", "test_tasks", "data_workers", "eval_max_new_tokens", "eval_max_live", "read_rows_per_task"):
         if getattr(cfg, key) < 1:

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from omniagent_jax.agent.prompts import format_seconds
+from omniagent_jax.toy.expert import read_log
 from omniagent_jax.toy.world import BEEP_PERIOD, QUESTION_TYPES
 
-_LABEL = re.compile(r"(\d+\.\d\d)s\b")
 _DOT_FROM = re.compile(r"dot from (\d+\.\d\d)s")
 
 
@@ -66,18 +66,6 @@ def covers_event(result: Mapping[str, Any]) -> bool:
     return False
 
 
-def written_log(observation: str) -> list[tuple[str, str]]:
-    """The (label, what it showed) entries of the frame log that opens ``observation`` (``12.50s lit`` separated
-    by ``, ``, up to the first ``. ``)."""
-    entries = []
-    for entry in observation.split(". ")[0].split(", "):
-        found = _LABEL.match(entry.strip())
-        if not found:
-            break
-        entries.append((found.group(1), entry.strip()[found.end():].strip().split(" ")[0]))
-    return entries
-
-
 def episode_stats(results: Iterable[Mapping[str, Any]]) -> tuple[dict[str, TypeStats], dict[str, LabelStats]]:
     """Answers and evidence by question type; label copying for ``scan`` (an episode's first frames call) and
     ``look`` (later ones). A frames call is scored on the observation of the turn after it."""
@@ -98,7 +86,7 @@ def episode_stats(results: Iterable[Mapping[str, Any]]) -> tuple[dict[str, TypeS
                 continue
             want = [format_seconds(t) for t in media.get("timestamps") or []]
             observation = after.get("observation") or ""
-            log = written_log(observation)
+            log = [(e.label.removesuffix("s"), e.word) for e in read_log(observation)]
             s = labels["scan" if first else "look"]
             first = False
             right = sum(a == b for (a, _), b in zip(log, want))

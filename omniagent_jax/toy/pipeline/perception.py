@@ -15,14 +15,12 @@ import collections
 import dataclasses
 import json
 import math
-import re
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from omniagent_jax.toy.expert import read_log
 from omniagent_jax.toy.world import COLOURS
-
-_LOG_START = re.compile(r"\d+\.\d\ds ")  # a frame log starts with its first frame's label
 
 
 def log_entries(output: str) -> list[tuple[int, str, bool]]:
@@ -39,17 +37,13 @@ def log_entries(output: str) -> list[tuple[int, str, bool]]:
         observation = json.loads(output)["observation"]
     except (json.JSONDecodeError, TypeError, KeyError):
         return []
-    if not isinstance(observation, str) or not _LOG_START.match(observation):
+    if not isinstance(observation, str):
         return []
-    log = observation.split(". ", 1)[0].removesuffix(".")
-    out, offset, before = [], start, None
-    for entry in log.split(", "):
-        what_at = offset + entry.index(" ") + 1
-        what = entry[entry.index(" ") + 1 :].split(" ")[0]
-        kind = what if what in ("-", "lit", "dot") else "colour" if what in COLOURS else "other"
-        out.append((what_at, kind, before is not None and what != before))
-        offset += len(entry) + 2
-        before = what
+    out, before = [], None
+    for entry in read_log(observation):
+        kind = entry.word if entry.word in ("-", "lit", "dot") else "colour" if entry.word in COLOURS else "other"
+        out.append((start + entry.at, kind, before is not None and entry.word != before))
+        before = entry.word
     return out
 
 

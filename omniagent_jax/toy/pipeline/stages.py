@@ -151,9 +151,9 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
     from omniagent_jax.train.config import load_config
     from omniagent_jax.train.sft import train
 
-    def frame_rows(frames: int | None, seed: int, words: bool = False):
+    def frame_rows(frames: int | None, seed: int, words: bool = False, looks: str = "expert"):
         return lambda rows: write_reading_rows(train_rows, rows, frames=frames, per_task=cfg.read_rows_per_task, seed=seed,
-                                               looks=cfg.read_log_looks, words=words)
+                                               looks=looks, words=words)
 
     model = init
     # copy rows are short, so they get their own buckets
@@ -161,12 +161,12 @@ def stage_read(cfg: PipelineConfig, init: pathlib.Path, train_rows: pathlib.Path
     # (name, writes the rows, batch size, steps, overrides)
     phases = (
         ("frame", frame_rows(1, cfg.seed * 10, cfg.read_frame_words), 16, cfg.read_frame_steps, []),
-        ("word", frame_rows(None, cfg.seed * 10 + 5, True), 16, cfg.read_word_steps, []),
+        ("word", frame_rows(None, cfg.seed * 10 + 5, True, cfg.read_word_looks), 16, cfg.read_word_steps, []),
         ("label", lambda rows: write_label_rows(train_rows, rows, per_task=cfg.read_rows_per_task, seed=cfg.seed * 10 + 3),
          8, cfg.read_label_steps, []),
         ("copy", lambda rows: write_copy_rows(rows, count=cfg.read_copy_steps * COPY_BATCH, seed=cfg.seed * 10 + 2),
          COPY_BATCH, cfg.read_copy_steps, copy_lengths),
-        ("log", frame_rows(None, cfg.seed * 10 + 1), 8, cfg.read_log_steps, []),
+        ("log", frame_rows(None, cfg.seed * 10 + 1, looks=cfg.read_log_looks), 8, cfg.read_log_steps, []),
         ("agent", lambda rows: write_agent_rows(sft_rows, train_rows, rows, per_task=cfg.read_rows_per_task,
                                                 seed=cfg.seed * 10 + 4), 8, cfg.read_agent_steps, []),
     )
