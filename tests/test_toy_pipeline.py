@@ -224,6 +224,10 @@ def test_log_entries_point_at_what_each_frame_showed():
         assert log_entries(json.dumps({"observation": text, "think": "t", "confidence": 0.5, "action": {}})) == []
     assert [kind for _, kind, _ in log_entries('{"observation": "- 0.00s, dot 4.27s."}')] == ["-", "dot"]
     assert log_entries('{"observation": "- 0.00s, dot 4.27s') == []  # cut off: not JSON
+    bare = "- 0.00s, red 2.75s, - 5.50s"  # a reading row's output: the log itself
+    assert [(bare[i:i + 3], kind, changed) for i, kind, changed in log_entries(bare)] == [
+        ("- 0", "-", False), ("red", "colour", True), ("- 5", "-", True)]
+    assert log_entries("-, red, -") == []  # words alone: no entry to score
 
 
 def test_perception_report_scores_every_log_entry(short_run, capsys):

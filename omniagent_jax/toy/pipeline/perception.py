@@ -27,16 +27,17 @@ def log_entries(output: str) -> list[tuple[int, str, bool]]:
     """For each entry of the frame log that opens ``output``'s observation: the character offset in ``output``
     of what the frame showed, its kind (``-``, ``lit``, ``dot``, ``colour``), and whether it says something other
     than the entry before it (a change: the text before it cannot predict it, only the image can). [] when the
-    observation has no log."""
+    observation has no log. A reading row's output (``toy.reading``) is the log itself."""
     key = '"observation": "'
     at = output.find(key)
     if at < 0:
-        return []
-    start = at + len(key)
-    try:
-        observation = json.loads(output)["observation"]
-    except (json.JSONDecodeError, TypeError, KeyError):
-        return []
+        observation, start = output, 0
+    else:
+        start = at + len(key)
+        try:
+            observation = json.loads(output)["observation"]
+        except (json.JSONDecodeError, TypeError, KeyError):
+            return []
     if not isinstance(observation, str):
         return []
     out, before = [], None
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m omniagent_jax.toy.pipeline.perception", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a toy checkpoint directory (with its tokenizer)")
-    parser.add_argument("--rows", required=True, help="expert step rows (export-sft JSONL, e.g. runs/toy/sft.jsonl)")
+    parser.add_argument("--rows", required=True,
+                        help="expert step rows (export-sft JSONL, e.g. runs/toy/sft.jsonl) or frame-log reading rows")
     parser.add_argument("--step", type=int, default=None, help="only rows of this episode step (2: the first frames turn)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N rows that hold a frame log")
     args = parser.parse_args(argv)
