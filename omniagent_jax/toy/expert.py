@@ -55,7 +55,7 @@ class _Frames:
     def log(self, focus: str = "", *, sizes: bool = False, labels: bool = True) -> str:
         """Frame by frame, in order: what each frame shows of ``focus`` (``lit``, with the square's size when
         ``sizes``; ``dot``; ``-``), or with no focus the colour of the lit square (``-`` when none); then, when
-        ``labels``, the frame's label (``-, 2.75s`` is written ``- 2.75s``)."""
+        ``labels``, the frame's label: ``- 46.75s, lit 49.50s, dot 55.00s``."""
         entries = []
         for label, things in zip(self.labels, self.seen):
             if focus:
@@ -73,9 +73,9 @@ class _Frames:
 
         The log comes first, each entry what the frame shows and then its label, so that a model reads the frames
         in order (the word after ``, `` is the next frame's picture) and copies the label of the frame it has just
-        read; the summary and the action then copy labels that stand right after (or before) a word of the log. A
-        label first would have the model find, for each entry, the label just written in the prompt and the image
-        after it: with one token per label that look-up keeps the decoder from ever reading (docs/toy.md §5).
+        read; the summary and the action then copy labels that stand right after (or before) a word of the log. (Up
+        to v5 the label came first. Either way, learning to copy a label per frame has so far cost the toy decoder
+        the frame reading it had: docs/toy.md §5.)
         """
         facts = []
         for colour in self.colours():
