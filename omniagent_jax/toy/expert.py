@@ -64,7 +64,7 @@ class _Frames:
                 what = (f"lit {lit[0].size}px" if sizes else "lit") if lit else "dot" if dot else "-"
             else:
                 what = " ".join(s.colour for s in things if s.lit) or "-"
-            entries.append(f"{what} {label}" if labels else what)
+            entries.append(log_entry(what, label) if labels else what)
         return ", ".join(entries)
 
     def describe(self, focus: str = "", *, sizes: bool = False) -> str:
@@ -91,6 +91,11 @@ class _Frames:
             if dots:
                 facts.append(f"{name}dot from {self.labels[dots[0]]}")
         return f"{self.log(focus, sizes=sizes)}. " + ("; ".join(facts) if facts else "no coloured square") + "."
+
+
+def log_entry(what: str, label: str) -> str:
+    """One frame-log entry: what the frame showed, then its label (``lit 49.50s``); :func:`read_log` reads it back."""
+    return f"{what} {label}"
 
 
 def frame_log(labels: list[str], seen: list[list[perceive.Seen]], focus: str = "", *, sizes: bool = False,

@@ -25,7 +25,7 @@ import numpy as np
 from omniagent_jax.agent import prompts
 from omniagent_jax.media import open_video
 from omniagent_jax.toy import perceive, world
-from omniagent_jax.toy.expert import ExpertPolicy, first_look, frame_log
+from omniagent_jax.toy.expert import ExpertPolicy, first_look, frame_log, log_entry
 
 COPY_ENTRIES = (2, 9)  # entries per copy row (inclusive): rows stay within COPY_MAX_TOKENS
 COPY_MAX_TOKENS = 128  # the longest copy row in toy tokens, chat template included: the copy phase's max_length
@@ -43,6 +43,11 @@ def _frames_message(times: list[float], video: str) -> list[dict[str, Any]]:
 def _labels(times: list[float]) -> list[str]:
     """The frame labels of ``times`` as a log writes them (``12.50s``)."""
     return [prompts.format_seconds(t) + "s" for t in times]
+
+
+def _frame_at(t: float) -> int:
+    """The index of the first frame shown at or after ``t`` (event times are on the frame grid)."""
+    return math.ceil(t * world.FPS - 1e-6)
 
 
 def _scan_times(task: world.Task) -> list[float]:
@@ -79,7 +84,7 @@ def _grid_look(start: int, step: int) -> list[float]:
 def _random_look_times(rng: np.random.Generator, task: world.Task) -> list[float]:
     """A look of 12 frames at a random start and spacing on the frame grid (inside the video): its labels follow no
     pattern a model could recall, so writing them takes looking each one up in the prompt."""
-    frames = int(task.duration * world.FPS)
+    frames = task.frame_count
     step = int(rng.integers(1, frames // (world.MAX_FRAMES - 1) + 1))
     return _grid_look(int(rng.integers(0, frames - step * (world.MAX_FRAMES - 1) + 1)), step)
 
@@ -89,12 +94,12 @@ def _event_look_times(rng: np.random.Generator, task: world.Task) -> list[float]
     least two frames are lit where the span allows) and a random start that puts the event's first frame inside the
     look: the labels must be looked up, as in :func:`_random_look_times`, and lit frames come in runs, as in the
     expert's focused looks."""
-    frames = int(task.duration * world.FPS)
+    frames = task.frame_count
     event = task.events[task.target]
     lit = int((event.end - event.start) * world.FPS)
     step = int(rng.integers(1, max(1, min(frames // (world.MAX_FRAMES - 1), lit // 2)) + 1))
     span = step * (world.MAX_FRAMES - 1)
-    first_lit = math.ceil(event.start * world.FPS - 1e-6)
+    first_lit = _frame_at(event.start)
     return _grid_look(int(rng.integers(max(0, first_lit - span), min(first_lit, frames - span) + 1)), step)
 
 
@@ -102,8 +107,8 @@ def _single_look_times(rng: np.random.Generator, task: world.Task) -> list[float
     """A look of 12 frames at distinct random grid times in increasing order, exactly one of them inside the question's
     lit span (MCQ: inside one of its two squares' spans and no other): the one lit frame among twelve that a whole-video
     scan of a short event shows, at a place no pattern predicts, so naming it takes reading that frame."""
-    frames = int(task.duration * world.FPS)
-    spans = [(math.ceil(e.start * world.FPS - 1e-6), math.ceil(e.end * world.FPS - 1e-6)) for e in task.events]
+    frames = task.frame_count
+    spans = [(_frame_at(e.start), _frame_at(e.end)) for e in task.events]
     start, end = spans[task.target] if task.question_type != "MCQ" else spans[rng.integers(len(spans))]
     dark = np.setdiff1d(np.arange(frames), np.concatenate([np.arange(a, b) for a, b in spans]))
     picked = [int(rng.integers(start, end)), *rng.choice(dark, world.MAX_FRAMES - 1, replace=False).tolist()]
@@ -156,7 +161,7 @@ def reading_rows(tasks: list[Mapping[str, Any]], data_root: str | pathlib.Path, 
     split written under ``data_root``: with ``frames=1`` one frame and its colour log entry; with ``frames=None``
     the task's question, a look of 12 frames placed as ``looks`` says (a :data:`LOG_LOOKS` key) and the frame log
     the expert writes for that question. ``words``: the log without its labels (``-, -, magenta``), what each frame
-    shows in frame order: reading on its own, which a label to copy first keeps from forming (docs/toy.md §5)."""
+    shows in frame order: reading on its own, which a label to copy keeps from forming (docs/toy.md §5)."""
     if frames not in (1, None):
         raise ValueError(f"frames must be 1 or None, got {frames!r}")
     if looks not in LOG_LOOKS:
@@ -232,7 +237,7 @@ def copy_rows(count: int, seed: int) -> Iterator[dict[str, Any]]:
     for _ in range(count):
         n = int(rng.integers(COPY_ENTRIES[0], COPY_ENTRIES[1] + 1))
         times = np.round(rng.uniform(0.0, float(world.MAX_DURATION), n) * world.FPS) / world.FPS
-        text = ", ".join(f"{LOG_WORDS[rng.integers(len(LOG_WORDS))]} {prompts.format_seconds(t)}s" for t in times)
+        text = ", ".join(log_entry(LOG_WORDS[rng.integers(len(LOG_WORDS))], label) for label in _labels(times.tolist()))
         yield {"raw_input": [{"role": "user", "content": [{"type": "text", "text": text}]}], "output": text,
                "extra_info": {}}
 
